@@ -1,0 +1,50 @@
+//! The Consumer API (Konsumerator's, compatible) and the names konsumer shares with
+//! Konsumerator: labels, annotations and env vars.
+
+pub mod consumer;
+pub mod crd;
+pub mod duration;
+pub mod quantity;
+mod schema;
+pub mod status;
+
+pub use consumer::{
+    AutoscalerSpec, ContainerResourcePolicy, Consumer, ConsumerSpec, GlobalResourcePolicy,
+    PrometheusAutoscalerSpec, QuerySpec, ResourceList, ResourcePolicy,
+};
+pub use status::{ConsumerStatus, ContainerResources, InstanceStatus, PartitionState, ScalingState};
+
+/// API group of the Consumer resource.
+pub const GROUP: &str = "konsumerator.lwolf.org";
+/// Storage version.
+pub const VERSION_V1: &str = "v1";
+/// Served, deprecated version (same schema).
+pub const VERSION_V1ALPHA1: &str = "v1alpha1";
+
+/// Labels and annotations (Konsumerator's keys, plus the Kubernetes ones konsumer reads).
+pub mod keys {
+    /// Label that ties a Pod or Deployment to its Consumer (`metadata.name`).
+    pub const CONSUMER: &str = "konsumerator.lwolf.org/consumer";
+    /// Label or annotation with the instance ordinal.
+    pub const INSTANCE: &str = "konsumerator.lwolf.org/instance";
+    /// Konsumerator's instance annotation; konsumer reads and writes it.
+    pub const CONSUMER_ID: &str = "konsumerator.lwolf.org/consumer-id";
+    /// Konsumerator's partition list annotation (`0,1,2`); written by konsumer.
+    pub const PARTITION: &str = "konsumerator.lwolf.org/partition";
+    /// On a Consumer: freeze its recommendations.
+    pub const DISABLE_AUTOSCALER: &str = "konsumerator.lwolf.org/disable-autoscaler";
+    /// StatefulSet pod ordinal (Kubernetes 1.28+).
+    pub const POD_INDEX: &str = "apps.kubernetes.io/pod-index";
+    /// Indexed Job completion index.
+    pub const JOB_COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
+}
+
+/// Env var names injected into every container.
+pub mod env {
+    pub const DEFAULT_PARTITION: &str = "KONSUMERATOR_PARTITION";
+    pub const INSTANCE: &str = "KONSUMERATOR_INSTANCE";
+    pub const NUM_INSTANCES: &str = "KONSUMERATOR_NUM_INSTANCES";
+    pub const NUM_PARTITIONS: &str = "KONSUMERATOR_NUM_PARTITIONS";
+    pub const GOMAXPROCS: &str = "GOMAXPROCS";
+    pub const GOMEMLIMIT: &str = "GOMEMLIMIT";
+}

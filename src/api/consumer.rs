@@ -1,0 +1,176 @@
+//! The `Consumer` custom resource, field for field Konsumerator's
+//! (`konsumerator.lwolf.org`), so existing objects keep working unchanged.
+//!
+//! Every field is optional in Rust even where the CRD schema requires it: the
+//! validator must be able to read a broken object and say everything that is wrong
+//! with it, and the webhook must still serve Consumers that predate konsumer.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::schema;
+use super::status::ConsumerStatus;
+
+/// `cpu`, `memory`, ... → quantity (`corev1.ResourceList`).
+pub type ResourceList = BTreeMap<String, Quantity>;
+
+/// Desired state of a partitioned Kafka consumer.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "konsumerator.lwolf.org",
+    version = "v1",
+    kind = "Consumer",
+    plural = "consumers",
+    singular = "consumer",
+    namespaced,
+    status = "ConsumerStatus",
+    printcolumn = r#"{"name":"Expected","type":"integer","jsonPath":".status.expected","description":"Number of instances supposed to run"}"#,
+    printcolumn = r#"{"name":"Running","type":"integer","jsonPath":".status.running"}"#,
+    printcolumn = r#"{"name":"Paused","type":"integer","jsonPath":".status.paused"}"#,
+    printcolumn = r#"{"name":"Missing","type":"integer","jsonPath":".status.missing"}"#,
+    printcolumn = r#"{"name":"Lagging","type":"integer","jsonPath":".status.lagging"}"#,
+    printcolumn = r#"{"name":"Outdated","type":"integer","jsonPath":".status.outdated"}"#,
+    printcolumn = r#"{"name":"Autoscaler","type":"string","jsonPath":".spec.autoscaler.mode","description":"Autoscaler in use"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerSpec {
+    /// Number of partitions of the topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_partitions: Option<i32>,
+    /// Partitions per instance (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_partitions_per_instance: Option<i32>,
+    /// Base name of the instances (Deployments are named `<name>-<instance>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Namespace the instances run in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Autoscaler configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<AutoscalerSpec>,
+    /// Name of the env var that receives the partitions (default `KONSUMERATOR_PARTITION`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_env_key: Option<String>,
+    /// An `apps/v1` DeploymentSpec, kept opaque; only container names are read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::opaque_object")]
+    pub deployment_template: Option<serde_json::Value>,
+    /// Bounds of the recommended resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_policy: Option<ResourcePolicy>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalerSpec {
+    /// `prometheus`, or empty for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// How long a scale-up must stay wanted before it is recommended (default 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_scale_up_duration: Option<String>,
+    /// How long a scale-down must stay wanted before it is recommended (default 15m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_scale_down_duration: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusAutoscalerSpec>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusAutoscalerSpec {
+    /// Prometheus base URLs, all tried; the first answer wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Vec<String>>,
+    /// Minimum time between two metric refreshes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_sync_period: Option<String>,
+    /// Messages behind, per partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<QuerySpec>,
+    /// Production rate (messages/s), per partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub production: Option<QuerySpec>,
+    /// Consumption rate (messages/s), per partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumption: Option<QuerySpec>,
+    /// `min` or `max`: what to inject before there is a recommendation (default min).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_strategy: Option<String>,
+    /// Messages per second one core consumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_core: Option<i64>,
+    /// Memory per core of CPU limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram_per_core: Option<Quantity>,
+    /// CPU request step (default 100m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_increment: Option<Quantity>,
+    /// Lag (time behind) that counts as lagging.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerable_lag: Option<String>,
+    /// Lag at which an instance gets its `maxAllowed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critical_lag: Option<String>,
+    /// Time in which a lagging instance should catch up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_time: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuerySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Label of the result series that holds the partition number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_label: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourcePolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_policy: Option<GlobalResourcePolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_policies: Option<Vec<ContainerResourcePolicy>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GlobalResourcePolicy {
+    /// Cap on the sum of requests over all instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_allowed: Option<ResourceList>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerResourcePolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    /// `Auto` (default) or `Off` (the container keeps its own resources).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_allowed: Option<ResourceList>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_allowed: Option<ResourceList>,
+}
+
+impl Consumer {
+    /// `namespace/name`, for messages and logs.
+    pub fn key(&self) -> String {
+        format!(
+            "{}/{}",
+            self.metadata.namespace.as_deref().unwrap_or_default(),
+            self.metadata.name.as_deref().unwrap_or_default()
+        )
+    }
+}

@@ -1,0 +1,24 @@
+//! The CustomResourceDefinition, generated from the Rust types.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+use super::{Consumer, VERSION_V1ALPHA1};
+
+/// The Consumer CRD: `v1` served and stored, `v1alpha1` served with the same schema
+/// and marked deprecated.
+pub fn consumer_crd() -> CustomResourceDefinition {
+    let mut crd = Consumer::crd();
+    if let Some(v1) = crd.spec.versions.first().cloned() {
+        let mut alpha = v1;
+        alpha.name = VERSION_V1ALPHA1.to_string();
+        alpha.storage = false;
+        alpha.deprecated = Some(true);
+        alpha.deprecation_warning = Some(
+            "konsumerator.lwolf.org/v1alpha1 Consumer is deprecated; use konsumerator.lwolf.org/v1"
+                .to_string(),
+        );
+        crd.spec.versions.push(alpha);
+    }
+    crd
+}

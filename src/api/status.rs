@@ -1,0 +1,118 @@
+//! `Consumer.status`: Konsumerator's counters and last metrics, plus konsumer's
+//! per-instance recommendation, which every webhook replica reads.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::consumer::ResourceList;
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerStatus {
+    /// `metadata.generation` of the spec this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Number of instances the spec asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lagging: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outdated: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redundant: Option<i32>,
+    /// When the metrics in `lastSyncState` were read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<Time>,
+    /// Last good metrics, keyed by partition number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_state: Option<BTreeMap<String, PartitionState>>,
+    /// The recommendation per instance, injected into new Pods and Deployments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<Vec<InstanceStatus>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<Condition>>,
+}
+
+/// Konsumerator's `InstanceState` (it is per partition despite its name).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionState {
+    pub production_rate: i64,
+    pub consumption_rate: i64,
+    /// Konsumerator's spelling, kept for compatibility.
+    #[serde(rename = "messageBehind")]
+    pub messages_behind: i64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ScalingState {
+    #[default]
+    Running,
+    PendingScaleUp,
+    PendingScaleDown,
+    Saturated,
+}
+
+impl ScalingState {
+    pub const ALL: [ScalingState; 4] = [
+        ScalingState::Running,
+        ScalingState::PendingScaleUp,
+        ScalingState::PendingScaleDown,
+        ScalingState::Saturated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScalingState::Running => "RUNNING",
+            ScalingState::PendingScaleUp => "PENDING_SCALE_UP",
+            ScalingState::PendingScaleDown => "PENDING_SCALE_DOWN",
+            ScalingState::Saturated => "SATURATED",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    /// Instance ordinal.
+    pub id: i32,
+    /// Partitions the recommendation was made for.
+    #[serde(default)]
+    pub partitions: Vec<i32>,
+    #[serde(default)]
+    pub state: ScalingState,
+    /// When the instance entered `state`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+    /// Recommended resources per container.
+    #[serde(default)]
+    pub resources: Vec<ContainerResources>,
+    /// The prediction waiting out its pending period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Vec<ContainerResources>>,
+    /// CPU the caps (`maxAllowed`, `globalPolicy`) cut off the prediction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saturation: Option<Quantity>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerResources {
+    pub container_name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: ResourceList,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: ResourceList,
+}
