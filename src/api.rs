@@ -9,10 +9,12 @@ mod schema;
 pub mod status;
 
 pub use consumer::{
-    AutoscalerSpec, ContainerResourcePolicy, Consumer, ConsumerSpec, GlobalResourcePolicy,
+    AutoscalerSpec, Consumer, ConsumerSpec, ContainerResourcePolicy, GlobalResourcePolicy,
     PrometheusAutoscalerSpec, QuerySpec, ResourceList, ResourcePolicy,
 };
-pub use status::{ConsumerStatus, ContainerResources, InstanceStatus, PartitionState, ScalingState};
+pub use status::{
+    ConsumerStatus, ContainerResources, InstanceStatus, PartitionState, ScalingState,
+};
 
 /// API group of the Consumer resource.
 pub const GROUP: &str = "konsumerator.lwolf.org";

@@ -14,7 +14,7 @@ pub use patch::{Injection, Mutation};
 pub use settings::{ConsumerSettings, ContainerTarget, InstancePlan, ResourceSource, Resources};
 
 use instance::{Hints, InstanceError, Source};
-use workload::{Deployment, Meta, Pod};
+use workload::{Meta, Workload};
 
 /// Why a workload is refused, in words a user can act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,7 +115,11 @@ fn resolve<'s>(
     Ok((plan, source))
 }
 
-fn injection<'s>(plan: InstancePlan<'s>, settings: &'s ConsumerSettings, ratio: f64) -> Injection<'s> {
+fn injection<'s>(
+    plan: InstancePlan<'s>,
+    settings: &'s ConsumerSettings,
+    ratio: f64,
+) -> Injection<'s> {
     Injection::new(
         plan,
         &settings.partition_env_key,
@@ -127,7 +131,7 @@ fn injection<'s>(plan: InstancePlan<'s>, settings: &'s ConsumerSettings, ratio: 
 
 /// Decides a Pod.
 pub fn decide_pod(
-    pod: &Pod<'_>,
+    pod: &Workload<'_>,
     settings: &ConsumerSettings,
     gomemlimit_ratio: f64,
 ) -> Result<Decision, Denial> {
@@ -136,7 +140,7 @@ pub fn decide_pod(
     let source = plan.source;
     let instance = plan.id;
     let inj = injection(plan, settings, gomemlimit_ratio);
-    let mutation = patch::pod(meta, pod.spec.as_ref(), &inj);
+    let mutation = patch::pod(meta, pod.spec.as_ref().map(|s| s.containers()), &inj);
     Ok(Decision {
         instance,
         found_by,
@@ -148,7 +152,7 @@ pub fn decide_pod(
 /// Decides a Deployment. The instance is read from the Deployment's own metadata,
 /// then from its pod template's, then from its name (`<spec.name>-<n>`).
 pub fn decide_deployment(
-    dep: &Deployment<'_>,
+    dep: &Workload<'_>,
     settings: &ConsumerSettings,
     gomemlimit_ratio: f64,
 ) -> Result<Decision, Denial> {
@@ -167,7 +171,9 @@ pub fn decide_deployment(
     let mutation = patch::deployment(
         meta,
         template_meta,
-        template.and_then(|t| t.spec.as_ref()),
+        template
+            .and_then(|t| t.spec.as_ref())
+            .map(|s| s.containers()),
         template.is_some(),
         &inj,
     );

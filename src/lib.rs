@@ -1,5 +1,18 @@
 //! konsumer: partition assignment and right-sized resources for partitioned Kafka
 //! consumers on Kubernetes, a compatible successor to Konsumerator.
+//!
+//! - [`api`]: the Consumer API (Konsumerator's, compatible) and its CRD.
+//! - [`inject`]: pure — what a labelled Pod or Deployment gets, as a JSON Patch.
+//! - [`admission`]: the webhook handlers around the pure core.
+//! - [`store`]: where Consumers come from and status goes (local files or Kubernetes).
+//! - [`server`]: listeners, TLS, admin endpoints, one shutdown signal.
+//! - [`cli`]: the `konsumer` command line.
 
+pub mod admission;
 pub mod api;
+pub mod cli;
+pub mod config;
 pub mod inject;
+pub mod server;
+pub mod store;
+pub mod telemetry;

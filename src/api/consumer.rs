@@ -28,6 +28,7 @@ pub type ResourceList = BTreeMap<String, Quantity>;
     singular = "consumer",
     namespaced,
     status = "ConsumerStatus",
+    derive = "PartialEq",
     printcolumn = r#"{"name":"Expected","type":"integer","jsonPath":".status.expected","description":"Number of instances supposed to run"}"#,
     printcolumn = r#"{"name":"Running","type":"integer","jsonPath":".status.running"}"#,
     printcolumn = r#"{"name":"Paused","type":"integer","jsonPath":".status.paused"}"#,

@@ -22,3 +22,8 @@ pub fn consumer_crd() -> CustomResourceDefinition {
     }
     crd
 }
+
+/// The CRD as YAML, as committed under `manifests/`.
+pub fn consumer_crd_yaml() -> Result<String, serde_saphyr::ser_error::Error> {
+    serde_saphyr::to_string(&consumer_crd())
+}

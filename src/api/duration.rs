@@ -155,11 +155,25 @@ mod tests {
 
     #[test]
     fn malformed_durations_are_errors() {
-        for bad in ["", "5", "m", "1d", "5 m", "1.2.3s", "-", ".s", "1hh", "99999999999999999999h"] {
+        for bad in [
+            "",
+            "5",
+            "m",
+            "1d",
+            "5 m",
+            "1.2.3s",
+            "-",
+            ".s",
+            "1hh",
+            "99999999999999999999h",
+        ] {
             assert!(parse_go_duration_nanos(bad).is_err(), "{bad:?} parsed");
         }
         assert!(matches!(parse_go_duration("1d"), Err(DurationError::Unit(_, u)) if u == "d"));
-        assert!(matches!(parse_go_duration("-5m"), Err(DurationError::Negative(_))));
+        assert!(matches!(
+            parse_go_duration("-5m"),
+            Err(DurationError::Negative(_))
+        ));
     }
 
     #[test]

@@ -12,7 +12,9 @@ pub struct Milli(pub i128);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuantityError {
-    #[error("{0:?} is not a quantity (expected a number with an optional suffix such as 500m, 2, 128Mi or 1G)")]
+    #[error(
+        "{0:?} is not a quantity (expected a number with an optional suffix such as 500m, 2, 128Mi or 1G)"
+    )]
     Syntax(String),
     #[error("{0:?} is out of range")]
     Range(String),
@@ -157,13 +159,27 @@ impl Milli {
         if bytes == 0 {
             return "0".to_string();
         }
-        for (suffix, shift) in [("Ei", 60), ("Pi", 50), ("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)] {
+        for (suffix, shift) in [
+            ("Ei", 60),
+            ("Pi", 50),
+            ("Ti", 40),
+            ("Gi", 30),
+            ("Mi", 20),
+            ("Ki", 10),
+        ] {
             let unit = 1i128 << shift;
             if bytes % unit == 0 {
                 return format!("{}{}", bytes / unit, suffix);
             }
         }
-        for (suffix, exp) in [("E", 18), ("P", 15), ("T", 12), ("G", 9), ("M", 6), ("k", 3)] {
+        for (suffix, exp) in [
+            ("E", 18),
+            ("P", 15),
+            ("T", 12),
+            ("G", 9),
+            ("M", 6),
+            ("k", 3),
+        ] {
             let unit = 10i128.pow(exp);
             if bytes % unit == 0 {
                 return format!("{}{}", bytes / unit, suffix);

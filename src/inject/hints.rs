@@ -76,14 +76,20 @@ mod tests {
     #[test]
     fn gomaxprocs_uses_the_request_without_a_limit_and_nothing_without_either() {
         let none = Resources::default();
-        assert_eq!(gomaxprocs(&res(Some("2500m"), None), &none).as_deref(), Some("3"));
+        assert_eq!(
+            gomaxprocs(&res(Some("2500m"), None), &none).as_deref(),
+            Some("3")
+        );
         assert_eq!(
             gomaxprocs(&res(Some("8"), None), &res(Some("2"), None)).as_deref(),
             Some("2"),
             "the limit wins over the request"
         );
         assert_eq!(gomaxprocs(&none, &none), None);
-        assert_eq!(gomaxprocs(&res(None, Some("1Gi")), &res(None, Some("1Gi"))), None);
+        assert_eq!(
+            gomaxprocs(&res(None, Some("1Gi")), &res(None, Some("1Gi"))),
+            None
+        );
     }
 
     #[test]
@@ -111,7 +117,13 @@ mod tests {
     fn gomemlimit_needs_a_limit_and_honours_the_ratio() {
         assert_eq!(gomemlimit(&Resources::default(), 0.8), None);
         assert_eq!(gomemlimit(&res(None, Some("0")), 0.8), None);
-        assert_eq!(gomemlimit(&res(None, Some("1Gi")), 0.9).as_deref(), Some("921MiB"));
-        assert_eq!(gomemlimit(&res(None, Some("1Gi")), 1.0).as_deref(), Some("1024MiB"));
+        assert_eq!(
+            gomemlimit(&res(None, Some("1Gi")), 0.9).as_deref(),
+            Some("921MiB")
+        );
+        assert_eq!(
+            gomemlimit(&res(None, Some("1Gi")), 1.0).as_deref(),
+            Some("1024MiB")
+        );
     }
 }

@@ -75,12 +75,12 @@ pub fn find(hints: &Hints<'_>, base_name: &str) -> Result<(u32, Source), Instanc
     ];
     for (value, source) in explicit {
         if let Some(value) = value {
-            return parse_ordinal(value)
-                .map(|n| (n, source))
-                .ok_or_else(|| InstanceError::NotANumber {
+            return parse_ordinal(value).map(|n| (n, source)).ok_or_else(|| {
+                InstanceError::NotANumber {
                     source,
                     value: value.to_string(),
-                });
+                }
+            });
         }
     }
     if let Some(n) = hints
@@ -119,17 +119,38 @@ mod tests {
             deployment_name: Some("orders-5"),
         };
         assert_eq!(find(&all, "orders"), Ok((0, Source::InstanceLabel)));
-        let h = Hints { instance_label: None, ..all };
+        let h = Hints {
+            instance_label: None,
+            ..all
+        };
         assert_eq!(find(&h, "orders"), Ok((1, Source::InstanceAnnotation)));
-        let h = Hints { instance_annotation: None, ..h };
+        let h = Hints {
+            instance_annotation: None,
+            ..h
+        };
         assert_eq!(find(&h, "orders"), Ok((2, Source::ConsumerIdAnnotation)));
-        let h = Hints { consumer_id_annotation: None, ..h };
+        let h = Hints {
+            consumer_id_annotation: None,
+            ..h
+        };
         assert_eq!(find(&h, "orders"), Ok((3, Source::PodIndexLabel)));
-        let h = Hints { pod_index_label: None, ..h };
-        assert_eq!(find(&h, "orders"), Ok((4, Source::JobCompletionIndexAnnotation)));
-        let h = Hints { job_completion_index_annotation: None, ..h };
+        let h = Hints {
+            pod_index_label: None,
+            ..h
+        };
+        assert_eq!(
+            find(&h, "orders"),
+            Ok((4, Source::JobCompletionIndexAnnotation))
+        );
+        let h = Hints {
+            job_completion_index_annotation: None,
+            ..h
+        };
         assert_eq!(find(&h, "orders"), Ok((5, Source::DeploymentName)));
-        let h = Hints { deployment_name: None, ..h };
+        let h = Hints {
+            deployment_name: None,
+            ..h
+        };
         assert_eq!(find(&h, "orders"), Err(InstanceError::Unknown));
     }
 
@@ -142,10 +163,16 @@ mod tests {
         };
         assert_eq!(
             find(&h, "orders"),
-            Err(InstanceError::NotANumber { source: Source::InstanceLabel, value: "one".into() })
+            Err(InstanceError::NotANumber {
+                source: Source::InstanceLabel,
+                value: "one".into()
+            })
         );
         for bad in ["-1", "+1", "01", "1.0", "", "99999999999"] {
-            let h = Hints { instance_label: Some(bad), ..Hints::default() };
+            let h = Hints {
+                instance_label: Some(bad),
+                ..Hints::default()
+            };
             assert!(find(&h, "orders").is_err(), "{bad:?}");
         }
     }
@@ -161,7 +188,10 @@ mod tests {
             ("payments-2", None),
             ("orders-", None),
         ] {
-            let h = Hints { deployment_name: Some(name), ..Hints::default() };
+            let h = Hints {
+                deployment_name: Some(name),
+                ..Hints::default()
+            };
             assert_eq!(find(&h, "orders").ok().map(|(n, _)| n), want, "{name}");
         }
     }

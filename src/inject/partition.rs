@@ -75,12 +75,24 @@ mod tests {
 
     #[test]
     fn konsumerator_golden_splits() {
-        assert_eq!(buckets(10, 3), vec![vec![0, 1, 2], vec![3, 4, 5], vec![6, 7], vec![8, 9]]);
-        assert_eq!(buckets(9, 3), vec![vec![0, 1, 2], vec![3, 4, 5], vec![6, 7, 8]]);
-        assert_eq!(buckets(10, 4), vec![vec![0, 1, 2, 3], vec![4, 5, 6], vec![7, 8, 9]]);
+        assert_eq!(
+            buckets(10, 3),
+            vec![vec![0, 1, 2], vec![3, 4, 5], vec![6, 7], vec![8, 9]]
+        );
+        assert_eq!(
+            buckets(9, 3),
+            vec![vec![0, 1, 2], vec![3, 4, 5], vec![6, 7, 8]]
+        );
+        assert_eq!(
+            buckets(10, 4),
+            vec![vec![0, 1, 2, 3], vec![4, 5, 6], vec![7, 8, 9]]
+        );
         assert_eq!(buckets(3, 5), vec![vec![0, 1, 2]]);
         assert_eq!(buckets(1, 1), vec![vec![0]]);
-        assert_eq!(buckets(5, 1), vec![vec![0], vec![1], vec![2], vec![3], vec![4]]);
+        assert_eq!(
+            buckets(5, 1),
+            vec![vec![0], vec![1], vec![2], vec![3], vec![4]]
+        );
         assert!(buckets(0, 3).is_empty());
         assert!(buckets(10, 0).is_empty());
     }

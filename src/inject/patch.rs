@@ -7,13 +7,12 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
 use serde_json::{Map, Value};
 
-use crate::api::quantity::Milli;
 use crate::api::{env, keys};
 
 use super::hints;
 use super::partition;
 use super::settings::{ContainerTarget, InstancePlan, ResourceSource, Resources};
-use super::workload::{Container, Meta, PodSpec, Selected};
+use super::workload::{Container, Containers, Meta, Selected};
 
 /// The operations and the warnings for the user (one per value replaced).
 #[derive(Debug, Default)]
@@ -73,12 +72,19 @@ impl<'a> Injection<'a> {
     }
 
     fn annotations(&self) -> [(&'static str, &str); 2] {
-        [(keys::PARTITION, &self.partitions), (keys::CONSUMER_ID, &self.instance)]
+        [
+            (keys::PARTITION, &self.partitions),
+            (keys::CONSUMER_ID, &self.instance),
+        ]
     }
 }
 
 /// Patch for a Pod.
-pub fn pod(meta: Option<&Meta<'_>>, spec: Option<&PodSpec<'_>>, inj: &Injection<'_>) -> Mutation {
+pub fn pod(
+    meta: Option<&Meta<'_>>,
+    spec: Option<Containers<'_, '_>>,
+    inj: &Injection<'_>,
+) -> Mutation {
     let mut b = Builder::default();
     b.annotations(meta, ptr(&["metadata"]), inj);
     if let Some(spec) = spec {
@@ -92,7 +98,7 @@ pub fn pod(meta: Option<&Meta<'_>>, spec: Option<&PodSpec<'_>>, inj: &Injection<
 pub fn deployment(
     meta: Option<&Meta<'_>>,
     template_meta: Option<&Meta<'_>>,
-    template_spec: Option<&PodSpec<'_>>,
+    template_spec: Option<Containers<'_, '_>>,
     has_template: bool,
     inj: &Injection<'_>,
 ) -> Mutation {
@@ -196,16 +202,22 @@ impl Builder {
         }
     }
 
-    fn pod_spec(&mut self, spec: &PodSpec<'_>, spec_path: &PointerBuf, inj: &Injection<'_>) {
-        if let Some(init) = &spec.init_containers {
+    fn pod_spec(&mut self, spec: Containers<'_, '_>, spec_path: &PointerBuf, inj: &Injection<'_>) {
+        if let Some(init) = spec.init_containers {
             let base = child(spec_path, "initContainers");
             for (i, c) in init.iter().enumerate() {
                 // Init containers get resources only when a policy names them.
                 let target = inj.plan.targets.iter().find(|t| t.name == c.name.as_str());
-                self.container(c, &child(&base, i.to_string()), target, "init container", inj);
+                self.container(
+                    c,
+                    &child(&base, i.to_string()),
+                    target,
+                    "init container",
+                    inj,
+                );
             }
         }
-        if let Some(containers) = &spec.containers {
+        if let Some(containers) = spec.containers {
             let base = child(spec_path, "containers");
             for (i, c) in containers.iter().enumerate() {
                 let target = inj.plan.target_for(c.name.as_str());
@@ -248,8 +260,7 @@ impl Builder {
         let view = c.resources.as_ref();
         let current_requests = side(view.and_then(|r| r.requests.as_ref()));
         let current_limits = side(view.and_then(|r| r.limits.as_ref()));
-        let Some(target) = target.filter(|t| !t.requests.is_empty() || !t.limits.is_empty())
-        else {
+        let Some(target) = target.filter(|t| !t.requests.is_empty() || !t.limits.is_empty()) else {
             return (current_requests, current_limits);
         };
         let merge = |want: &Resources, cur: &Resources| Resources {
@@ -282,13 +293,13 @@ impl Builder {
                 self.add(side_path, resource_object(want));
                 continue;
             };
-            let entries: [(&str, Option<Milli>, fn(Milli) -> String); 2] = [
-                ("cpu", want.cpu, Milli::cpu_string),
-                ("memory", want.memory, Milli::memory_string),
-            ];
-            for (key, value, format) in entries {
+            for (key, value) in [("cpu", want.cpu), ("memory", want.memory)] {
                 let Some(value) = value else { continue };
-                let text = format(value);
+                let text = if key == "cpu" {
+                    value.cpu_string()
+                } else {
+                    value.memory_string()
+                };
                 match current.get(key) {
                     Some(cur) if hints::lenient(Some(cur)) == Some(value) => {}
                     Some(cur) => {
@@ -304,7 +315,13 @@ impl Builder {
         (final_requests, final_limits)
     }
 
-    fn env(&mut self, c: &Container<'_>, path: &PointerBuf, wanted: &[(&str, String)], label: &str) {
+    fn env(
+        &mut self,
+        c: &Container<'_>,
+        path: &PointerBuf,
+        wanted: &[(&str, String)],
+        label: &str,
+    ) {
         let env_path = child(path, "env");
         let Some(list) = &c.env else {
             let entries = wanted.iter().map(|(n, v)| env_entry(n, v)).collect();
@@ -322,7 +339,10 @@ impl Builder {
             }
         }
         for &i in removed.iter().rev() {
-            self.warn(format!("{label}: duplicate env {} removed", list[i].name.as_str()));
+            self.warn(format!(
+                "{label}: duplicate env {} removed",
+                list[i].name.as_str()
+            ));
             self.remove(child(&env_path, i.to_string()));
         }
         for (name, value) in wanted {
@@ -341,9 +361,14 @@ impl Builder {
                 (None, Some(v)) => format!("{:?}", v.as_str()),
                 (None, None) => "(empty)".to_string(),
             };
-            self.warn(format!("{label}: env {name}={before} replaced by {value:?}"));
+            self.warn(format!(
+                "{label}: env {name}={before} replaced by {value:?}"
+            ));
             let shifted = i - removed.iter().filter(|&&r| r < i).count();
-            self.replace(child(&env_path, shifted.to_string()), env_entry(name, value));
+            self.replace(
+                child(&env_path, shifted.to_string()),
+                env_entry(name, value),
+            );
         }
     }
 }

@@ -126,7 +126,11 @@ impl ConsumerSettings {
         let spec = &consumer.spec;
         let partitions = match spec.num_partitions {
             Some(n) if n >= 1 => n as u32,
-            Some(n) => return Err(fail(format!("spec.numPartitions is {n}, must be at least 1"))),
+            Some(n) => {
+                return Err(fail(format!(
+                    "spec.numPartitions is {n}, must be at least 1"
+                )));
+            }
             None => return Err(fail("spec.numPartitions is not set".into())),
         };
         let per_instance = match spec.num_partitions_per_instance {
@@ -224,7 +228,11 @@ pub fn fallback_targets(consumer: &Consumer) -> Result<Vec<ContainerTarget>, Str
         let Some(name) = policy.container_name.as_deref().filter(|n| !n.is_empty()) else {
             continue;
         };
-        if policy.mode.as_deref().is_some_and(|m| m.eq_ignore_ascii_case("off")) {
+        if policy
+            .mode
+            .as_deref()
+            .is_some_and(|m| m.eq_ignore_ascii_case("off"))
+        {
             continue;
         }
         let (field, list) = if use_max {
@@ -232,9 +240,8 @@ pub fn fallback_targets(consumer: &Consumer) -> Result<Vec<ContainerTarget>, Str
         } else {
             ("minAllowed", policy.min_allowed.as_ref())
         };
-        let bound = Resources::from_list(list).map_err(|e| {
-            format!("spec.resourcePolicy.containerPolicies[{i}].{field}.{e}")
-        })?;
+        let bound = Resources::from_list(list)
+            .map_err(|e| format!("spec.resourcePolicy.containerPolicies[{i}].{field}.{e}"))?;
         if bound.is_empty() {
             continue;
         }
@@ -264,12 +271,19 @@ fn recommendations(consumer: &Consumer, layout: &Layout) -> Vec<Option<Arc<[Cont
             continue;
         };
         let fits = inst.partitions.len() == bucket.len()
-            && inst.partitions.iter().zip(bucket).all(|(a, b)| *a as i64 == b as i64);
+            && inst
+                .partitions
+                .iter()
+                .zip(bucket)
+                .all(|(a, b)| *a as i64 == b as i64);
         if !fits || inst.resources.is_empty() {
             continue;
         }
-        let targets: Result<Vec<_>, _> =
-            inst.resources.iter().map(ContainerTarget::from_status).collect();
+        let targets: Result<Vec<_>, _> = inst
+            .resources
+            .iter()
+            .map(ContainerTarget::from_status)
+            .collect();
         if let Ok(targets) = targets {
             out[id as usize] = Some(targets.into());
         }
@@ -309,10 +323,22 @@ mod tests {
     #[test]
     fn max_strategy_falls_back_to_max_allowed() {
         let mut c = orders();
-        let p = c.spec.autoscaler.as_mut().unwrap().prometheus.as_mut().unwrap();
+        let p = c
+            .spec
+            .autoscaler
+            .as_mut()
+            .unwrap()
+            .prometheus
+            .as_mut()
+            .unwrap();
         p.fallback_strategy = Some("max".into());
         let s = ConsumerSettings::from_consumer(&c).unwrap();
-        let t = s.instance(0).unwrap().target_for("consumer").unwrap().clone();
+        let t = s
+            .instance(0)
+            .unwrap()
+            .target_for("consumer")
+            .unwrap()
+            .clone();
         assert_eq!(t.requests.cpu, Some(q("4")));
         assert_eq!(t.limits.memory, Some(q("4Gi")));
     }
@@ -320,7 +346,13 @@ mod tests {
     #[test]
     fn off_mode_containers_keep_their_resources() {
         let mut c = orders();
-        let policies = c.spec.resource_policy.as_mut().unwrap().container_policies.as_mut();
+        let policies = c
+            .spec
+            .resource_policy
+            .as_mut()
+            .unwrap()
+            .container_policies
+            .as_mut();
         policies.unwrap()[1].mode = Some("Off".into());
         let s = ConsumerSettings::from_consumer(&c).unwrap();
         assert!(s.instance(0).unwrap().target_for("log-shipper").is_none());
@@ -351,7 +383,10 @@ mod tests {
         let s = ConsumerSettings::from_consumer(&with_recommendation(vec![3, 4, 5])).unwrap();
         let plan = s.instance(1).unwrap();
         assert_eq!(plan.source, ResourceSource::Recommendation);
-        assert_eq!(plan.target_for("consumer").unwrap().requests.cpu, Some(q("1300m")));
+        assert_eq!(
+            plan.target_for("consumer").unwrap().requests.cpu,
+            Some(q("1300m"))
+        );
         assert_eq!(s.instance(0).unwrap().source, ResourceSource::Fallback);
     }
 
@@ -373,13 +408,22 @@ mod tests {
         c.spec.partition_env_key = Some("GOMAXPROCS".into());
         assert!(ConsumerSettings::from_consumer(&c).is_err());
         let mut c = orders();
-        let policies = c.spec.resource_policy.as_mut().unwrap().container_policies.as_mut();
+        let policies = c
+            .spec
+            .resource_policy
+            .as_mut()
+            .unwrap()
+            .container_policies
+            .as_mut();
         policies.unwrap()[0]
             .min_allowed
             .as_mut()
             .unwrap()
             .insert("cpu".into(), Quantity("lots".into()));
         let err = ConsumerSettings::from_consumer(&c).unwrap_err();
-        assert!(err.reason.contains("containerPolicies[0].minAllowed.cpu"), "{err}");
+        assert!(
+            err.reason.contains("containerPolicies[0].minAllowed.cpu"),
+            "{err}"
+        );
     }
 }

@@ -18,7 +18,7 @@ fn apply(doc: &Value, m: &Mutation) -> Value {
 
 fn decide_pod_json(doc: &Value, s: &ConsumerSettings) -> Result<Decision, Denial> {
     let text = doc.to_string();
-    let pod: Pod = serde_json::from_str(&text).unwrap();
+    let pod: Workload = serde_json::from_str(&text).unwrap();
     decide_pod(&pod, s, 0.8)
 }
 
@@ -48,10 +48,19 @@ fn pod_without_env_gets_env_array_created_first() {
         "spec": {"containers": [{"name": "consumer", "image": "x"}]}
     });
     let d = decide_pod_json(&pod, &s).unwrap();
-    let paths: Vec<String> = d.mutation.ops.iter().map(|o| o.path().to_string()).collect();
+    let paths: Vec<String> = d
+        .mutation
+        .ops
+        .iter()
+        .map(|o| o.path().to_string())
+        .collect();
     assert_eq!(
         paths,
-        vec!["/metadata/annotations", "/spec/containers/0/resources", "/spec/containers/0/env"]
+        vec![
+            "/metadata/annotations",
+            "/spec/containers/0/resources",
+            "/spec/containers/0/env"
+        ]
     );
     let out = apply(&pod, &d.mutation);
     let c = &out["spec"]["containers"][0];
@@ -59,7 +68,10 @@ fn pod_without_env_gets_env_array_created_first() {
     assert_eq!(env_value(c, "GOMAXPROCS").as_deref(), Some("1"));
     assert_eq!(env_value(c, "GOMEMLIMIT").as_deref(), Some("102MiB"));
     assert_eq!(c["resources"]["limits"]["memory"], "128Mi");
-    assert_eq!(out["metadata"]["annotations"]["konsumerator.lwolf.org/partition"], "6,7");
+    assert_eq!(
+        out["metadata"]["annotations"]["konsumerator.lwolf.org/partition"],
+        "6,7"
+    );
     assert!(d.mutation.warnings.is_empty());
 }
 
@@ -74,11 +86,19 @@ fn annotation_keys_with_slashes_and_tildes_are_escaped() {
         "spec": {"containers": []}
     });
     let d = decide_pod_json(&pod, &s).unwrap();
-    let paths: Vec<String> = d.mutation.ops.iter().map(|o| o.path().to_string()).collect();
+    let paths: Vec<String> = d
+        .mutation
+        .ops
+        .iter()
+        .map(|o| o.path().to_string())
+        .collect();
     assert!(paths.contains(&"/metadata/annotations/konsumerator.lwolf.org~1partition".to_string()));
     let out = apply(&pod, &d.mutation);
     assert_eq!(out["metadata"]["annotations"]["example.com/path"], "a/b~c");
-    assert_eq!(out["metadata"]["annotations"]["konsumerator.lwolf.org/consumer-id"], "0");
+    assert_eq!(
+        out["metadata"]["annotations"]["konsumerator.lwolf.org/consumer-id"],
+        "0"
+    );
 }
 
 #[test]
@@ -112,8 +132,16 @@ fn duplicate_env_entries_are_collapsed_and_indices_stay_right() {
     );
     assert_eq!(env_value(c, "KAFKA_PARTITIONS").as_deref(), Some("3,4,5"));
     assert_eq!(env_value(c, "KONSUMERATOR_INSTANCE").as_deref(), Some("1"));
-    assert!(c["env"][2]["valueFrom"].is_object(), "other entries are kept whole");
-    assert!(d.mutation.warnings.iter().any(|w| w.contains("duplicate env KONSUMERATOR_INSTANCE")));
+    assert!(
+        c["env"][2]["valueFrom"].is_object(),
+        "other entries are kept whole"
+    );
+    assert!(
+        d.mutation
+            .warnings
+            .iter()
+            .any(|w| w.contains("duplicate env KONSUMERATOR_INSTANCE"))
+    );
 }
 
 #[test]
@@ -165,8 +193,15 @@ fn denials_name_the_field_and_the_way_out() {
     let s = orders();
     let bad = json!({"metadata": {"labels": {"konsumerator.lwolf.org/instance": "x"}}});
     let d = decide_pod_json(&bad, &s).unwrap_err();
-    assert_eq!(d.field.as_deref(), Some("metadata.labels[konsumerator.lwolf.org/instance]"));
-    assert!(d.message.contains("\"x\" is not an instance number"), "{}", d.message);
+    assert_eq!(
+        d.field.as_deref(),
+        Some("metadata.labels[konsumerator.lwolf.org/instance]")
+    );
+    assert!(
+        d.message.contains("\"x\" is not an instance number"),
+        "{}",
+        d.message
+    );
 
     let range = json!({"metadata": {"labels": {"konsumerator.lwolf.org/instance": "4"}}});
     let d = decide_pod_json(&range, &s).unwrap_err();
@@ -175,8 +210,15 @@ fn denials_name_the_field_and_the_way_out() {
 
     let none = json!({"metadata": {"name": "orders-1"}});
     let d = decide_pod_json(&none, &s).unwrap_err();
-    assert!(d.message.contains("cannot tell which instance"), "{}", d.message);
-    assert!(!d.message.contains("name the Deployment"), "Pods are not named by instance");
+    assert!(
+        d.message.contains("cannot tell which instance"),
+        "{}",
+        d.message
+    );
+    assert!(
+        !d.message.contains("name the Deployment"),
+        "Pods are not named by instance"
+    );
 }
 
 #[test]
@@ -188,13 +230,16 @@ fn deployment_template_gets_annotations_so_its_pods_resolve() {
                               "spec": {"containers": [{"name": "consumer"}]}}}
     });
     let text = dep.to_string();
-    let view: Deployment = serde_json::from_str(&text).unwrap();
+    let view: Workload = serde_json::from_str(&text).unwrap();
     let d = decide_deployment(&view, &s, 0.8).unwrap();
     assert_eq!(d.instance, 3);
     assert_eq!(d.found_by, Source::DeploymentName);
     let out = apply(&dep, &d.mutation);
     let tmeta = &out["spec"]["template"]["metadata"];
-    assert_eq!(tmeta["annotations"]["konsumerator.lwolf.org/consumer-id"], "3");
+    assert_eq!(
+        tmeta["annotations"]["konsumerator.lwolf.org/consumer-id"],
+        "3"
+    );
 
     // A Pod of that template now resolves to the same instance.
     let pod = json!({"metadata": tmeta, "spec": out["spec"]["template"]["spec"]});
@@ -232,17 +277,21 @@ fn quantity() -> impl Strategy<Value = Value> {
 fn side() -> impl Strategy<Value = Value> {
     prop_oneof![
         Just(Value::Null),
-        (proptest::option::of(quantity()), proptest::option::of(quantity())).prop_map(|(c, m)| {
-            let mut o = serde_json::Map::new();
-            if let Some(c) = c {
-                o.insert("cpu".into(), c);
-            }
-            if let Some(m) = m {
-                o.insert("memory".into(), m);
-            }
-            o.insert("ephemeral-storage".into(), json!("1Gi"));
-            Value::Object(o)
-        }),
+        (
+            proptest::option::of(quantity()),
+            proptest::option::of(quantity())
+        )
+            .prop_map(|(c, m)| {
+                let mut o = serde_json::Map::new();
+                if let Some(c) = c {
+                    o.insert("cpu".into(), c);
+                }
+                if let Some(m) = m {
+                    o.insert("memory".into(), m);
+                }
+                o.insert("ephemeral-storage".into(), json!("1Gi"));
+                Value::Object(o)
+            }),
     ]
 }
 
@@ -285,12 +334,14 @@ fn pod() -> impl Strategy<Value = Value> {
     (
         0u32..4,
         proptest::option::of(prop::collection::btree_map(
-            prop::sample::select(&[
-                "konsumerator.lwolf.org/partition",
-                "konsumerator.lwolf.org/consumer-id",
-                "example.com/a~b",
-                "x",
-            ][..]),
+            prop::sample::select(
+                &[
+                    "konsumerator.lwolf.org/partition",
+                    "konsumerator.lwolf.org/consumer-id",
+                    "example.com/a~b",
+                    "x",
+                ][..],
+            ),
             "[a-z0-9,]{0,5}",
             0..4,
         )),

@@ -206,14 +206,6 @@ pub struct PodSpec<'a> {
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct Pod<'a> {
-    #[serde(borrow, default)]
-    pub metadata: Option<Meta<'a>>,
-    #[serde(borrow, default)]
-    pub spec: Option<PodSpec<'a>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
 pub struct PodTemplate<'a> {
     #[serde(borrow, default)]
     pub metadata: Option<Meta<'a>>,
@@ -221,18 +213,51 @@ pub struct PodTemplate<'a> {
     pub spec: Option<PodSpec<'a>>,
 }
 
+/// The spec of a Pod (`containers`) or of a Deployment (`template`): one view
+/// for both, so the object is read once whatever its kind.
 #[derive(Debug, Default, Deserialize)]
-pub struct DeploymentSpec<'a> {
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSpec<'a> {
+    #[serde(borrow, default)]
+    pub containers: Option<Vec<Container<'a>>>,
+    #[serde(borrow, default)]
+    pub init_containers: Option<Vec<Container<'a>>>,
     #[serde(borrow, default)]
     pub template: Option<PodTemplate<'a>>,
 }
 
+/// A Pod or a Deployment.
 #[derive(Debug, Default, Deserialize)]
-pub struct Deployment<'a> {
+pub struct Workload<'a> {
     #[serde(borrow, default)]
     pub metadata: Option<Meta<'a>>,
     #[serde(borrow, default)]
-    pub spec: Option<DeploymentSpec<'a>>,
+    pub spec: Option<WorkloadSpec<'a>>,
+}
+
+/// The containers of a pod spec, wherever it sits.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Containers<'x, 'a> {
+    pub containers: Option<&'x [Container<'a>]>,
+    pub init_containers: Option<&'x [Container<'a>]>,
+}
+
+impl<'a> PodSpec<'a> {
+    pub fn containers(&self) -> Containers<'_, 'a> {
+        Containers {
+            containers: self.containers.as_deref(),
+            init_containers: self.init_containers.as_deref(),
+        }
+    }
+}
+
+impl<'a> WorkloadSpec<'a> {
+    pub fn containers(&self) -> Containers<'_, 'a> {
+        Containers {
+            containers: self.containers.as_deref(),
+            init_containers: self.init_containers.as_deref(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -241,9 +266,13 @@ mod tests {
 
     #[test]
     fn strings_borrow_unless_escaped() {
-        let json = r#"{"name":"plain","labels":{"konsumerator.lwolf.org/consumer":"or\"ders","app":"x"}}"#;
+        let json =
+            r#"{"name":"plain","labels":{"konsumerator.lwolf.org/consumer":"or\"ders","app":"x"}}"#;
         let meta: Meta = serde_json::from_str(json).unwrap();
-        assert!(matches!(meta.name.as_ref().unwrap().0, Cow::Borrowed("plain")));
+        assert!(matches!(
+            meta.name.as_ref().unwrap().0,
+            Cow::Borrowed("plain")
+        ));
         assert_eq!(meta.label(keys::CONSUMER), Some("or\"ders"));
         assert_eq!(meta.label("app"), None, "uninteresting keys are skipped");
     }
@@ -259,7 +288,8 @@ mod tests {
 
     #[test]
     fn env_value_from_is_detected() {
-        let json = r#"[{"name":"A","value":"1"},{"name":"B","valueFrom":{"fieldRef":{"fieldPath":"x"}}}]"#;
+        let json =
+            r#"[{"name":"A","value":"1"},{"name":"B","valueFrom":{"fieldRef":{"fieldPath":"x"}}}]"#;
         let env: Vec<EnvVar> = serde_json::from_str(json).unwrap();
         assert!(env[0].value_from.is_none());
         assert!(env[1].value_from.is_some());

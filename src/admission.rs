@@ -1,0 +1,206 @@
+//! The admission webhooks (HTTP shell): read the AdmissionReview, hand the decision
+//! to the pure core, write the answer. Bad input gets an AdmissionReview answer with
+//! HTTP 200, or a clear 4xx when there is not even a uid to answer to.
+
+pub mod review;
+pub mod workloads;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use tower::limit::GlobalConcurrencyLimitLayer;
+
+use crate::api::duration::parse_go_duration;
+use crate::store::{ConsumerIndex, Store};
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::{AdmissionLabels, Kind, Operation, Outcome, Webhook};
+
+/// Tunables of the webhook listener.
+#[derive(Clone, Debug)]
+pub struct AdmissionConfig {
+    /// Fraction of the memory limit written to `GOMEMLIMIT`.
+    pub gomemlimit_ratio: f64,
+    /// Upper bound of a request's budget (`?timeout=` is honoured below it).
+    pub max_budget: Duration,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Requests decided at once; more wait.
+    pub max_concurrent: usize,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            gomemlimit_ratio: 0.8,
+            max_budget: Duration::from_secs(10),
+            max_body_bytes: 5 << 20,
+            max_concurrent: 256,
+        }
+    }
+}
+
+/// Shared by every admission handler.
+#[derive(Clone)]
+pub struct Admission {
+    pub index: Arc<ConsumerIndex>,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    pub config: Arc<AdmissionConfig>,
+}
+
+pub fn router(state: Admission) -> Router {
+    let limit = state.config.max_concurrent.max(1);
+    Router::new()
+        .route("/mutate/workloads", post(workloads_handler))
+        // The body limit is enforced while reading, with an answer that says so.
+        .layer(DefaultBodyLimit::disable())
+        .layer(GlobalConcurrencyLimitLayer::new(limit))
+        .with_state(state)
+}
+
+async fn workloads_handler(
+    State(state): State<Admission>,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Response {
+    run(
+        &state,
+        Webhook::mutate_workloads,
+        query,
+        body,
+        |state, bytes, budget| async move { workloads::answer(&state, &bytes, budget).await },
+    )
+    .await
+}
+
+/// What a webhook module returns: the HTTP answer and how to count it.
+pub struct Reply {
+    pub response: Response,
+    pub kind: Kind,
+    pub operation: Operation,
+    pub outcome: Outcome,
+}
+
+async fn run<F, Fut>(
+    state: &Admission,
+    webhook: Webhook,
+    query: Option<String>,
+    body: Body,
+    decide: F,
+) -> Response
+where
+    F: FnOnce(Admission, Bytes, Duration) -> Fut,
+    Fut: std::future::Future<Output = Reply>,
+{
+    let started = Instant::now();
+    let budget = budget(query.as_deref(), state.config.max_budget);
+    let reply = match axum::body::to_bytes(body, state.config.max_body_bytes).await {
+        Ok(bytes) => decide(state.clone(), bytes, budget).await,
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            let (code, message) = if too_large {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "request body exceeds the {} MiB limit of this webhook",
+                        state.config.max_body_bytes >> 20
+                    ),
+                )
+            } else {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body: {e}"),
+                )
+            };
+            Reply {
+                response: http_error(code, message),
+                kind: Kind::Other,
+                operation: Operation::Other,
+                outcome: Outcome::bad_request,
+            }
+        }
+    };
+    let labels = AdmissionLabels {
+        webhook,
+        kind: reply.kind,
+        operation: reply.operation,
+        outcome: reply.outcome,
+    };
+    state
+        .metrics
+        .observe_admission(labels, started.elapsed().as_secs_f64());
+    reply.response
+}
+
+/// The apiserver sends `?timeout=10s`: the time it waits for this webhook. The
+/// answer must come before it, so a little is kept back for the network.
+fn budget(query: Option<&str>, max: Duration) -> Duration {
+    let asked = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("timeout="))
+        .and_then(|v| parse_go_duration(v).ok());
+    let total = asked.map_or(max, |t| t.min(max));
+    total.saturating_sub((total / 10).min(Duration::from_millis(500)))
+}
+
+/// A plain `metav1.Status` error for requests that cannot be answered as reviews.
+pub fn http_error(code: StatusCode, message: String) -> Response {
+    let reason = match code {
+        StatusCode::PAYLOAD_TOO_LARGE => "RequestEntityTooLarge",
+        _ => "BadRequest",
+    };
+    let body = serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code.as_u16(),
+    });
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// An AdmissionReview answer (HTTP 200).
+pub fn review_response(body: Vec<u8>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_honours_the_apiserver_timeout_below_the_maximum() {
+        let max = Duration::from_secs(10);
+        assert_eq!(budget(Some("timeout=5s"), max), Duration::from_millis(4500));
+        assert_eq!(
+            budget(Some("x=1&timeout=30s"), max),
+            Duration::from_millis(9500)
+        );
+        assert_eq!(budget(None, max), Duration::from_millis(9500));
+        assert_eq!(
+            budget(Some("timeout=junk"), max),
+            Duration::from_millis(9500)
+        );
+        assert_eq!(budget(Some("timeout=1s"), max), Duration::from_millis(900));
+    }
+}

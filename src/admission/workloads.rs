@@ -1,0 +1,332 @@
+//! `POST /mutate/workloads`: Pods (CREATE) and `apps/v1` Deployments (CREATE,
+//! UPDATE) labelled `konsumerator.lwolf.org/consumer` get their instance's
+//! partitions, runtime hints and resources.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde::Deserialize;
+use tracing::Instrument;
+
+use super::review::{self, Answer, Cause, Details, Envelope, Review, Status};
+use super::{Admission, Reply, http_error, review_response};
+use crate::api::keys;
+use crate::inject::workload::Workload;
+use crate::inject::{self, Decision, Denial};
+use crate::store::CachedConsumer;
+use crate::telemetry::metrics::{Kind, Operation, Outcome};
+
+/// Answers one workload AdmissionReview.
+pub async fn answer(state: &Admission, body: &[u8], budget: Duration) -> Reply {
+    let review: Review<Workload> = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return malformed(body, &e),
+    };
+    let api_version = review::answer_version(review.api_version.as_ref().map(|v| v.as_str()));
+    let Some(request) = review.request else {
+        return bad_request("the AdmissionReview has no request".into());
+    };
+    let gvk = request.kind.as_ref();
+    let kind = match gvk.map(|k| (k.group.as_str(), k.kind.as_str())) {
+        Some(("", "Pod")) => Kind::Pod,
+        Some(("apps", "Deployment")) => Kind::Deployment,
+        _ => Kind::Other,
+    };
+    let operation = Operation::parse(request.operation.as_ref().map(|o| o.as_str()));
+    let uid = request.uid.as_str();
+    let namespace = request.namespace.as_ref().map(|n| n.as_str()).unwrap_or("");
+    let span = tracing::info_span!(
+        "admission",
+        webhook = "mutate_workloads",
+        uid,
+        kind = ?kind,
+        namespace,
+        name = request.name.as_ref().map(|n| n.as_str()).unwrap_or(""),
+        operation = ?operation,
+        dry_run = request.dry_run.unwrap_or(false),
+        consumer = tracing::field::Empty,
+        instance = tracing::field::Empty,
+        decision = tracing::field::Empty,
+    );
+    let reply = |answer: Answer, outcome: Outcome| Reply {
+        response: review_response(review::encode(api_version, uid, &answer)),
+        kind,
+        operation,
+        outcome,
+    };
+
+    let decided = async {
+        let handled = matches!(
+            (kind, operation),
+            (Kind::Pod, Operation::CREATE)
+                | (Kind::Deployment, Operation::CREATE)
+                | (Kind::Deployment, Operation::UPDATE)
+        );
+        if !handled {
+            let what = gvk
+                .map(|k| {
+                    format!(
+                        "{}/{} {}",
+                        k.group.as_str(),
+                        k.version.as_str(),
+                        k.kind.as_str()
+                    )
+                })
+                .unwrap_or_else(|| "an object without a kind".into());
+            let mut answer = Answer::allow();
+            if kind == Kind::Other {
+                answer.warnings.push(format!(
+                    "konsumer mutates Pods and apps/v1 Deployments only, not {what}; \
+                     check the rules of the MutatingWebhookConfiguration"
+                ));
+            }
+            return (answer, Outcome::allowed);
+        }
+        let Some(object) = request.object.as_ref() else {
+            return deny(Status::failure(
+                400,
+                "BadRequest",
+                "the request has no object".into(),
+            ));
+        };
+        let Some(consumer_name) = inject::consumer_name(object.metadata.as_ref()) else {
+            // Not labelled for a Consumer: not ours to change.
+            return (Answer::allow(), Outcome::allowed);
+        };
+        tracing::Span::current().record("consumer", consumer_name);
+        if namespace.is_empty() {
+            return deny(Status::failure(
+                400,
+                "BadRequest",
+                "the request has no namespace".into(),
+            ));
+        }
+        let cached = match lookup(state, namespace, consumer_name, budget).await {
+            Ok(c) => c,
+            Err(status) => return deny(status),
+        };
+        let settings = match &cached.settings {
+            Ok(s) => s,
+            Err(e) => {
+                return deny(invalid(
+                    format!("{e}; fix the Consumer (konsumer validate -f <file>) and retry"),
+                    format!("metadata.labels[{}]", keys::CONSUMER),
+                ));
+            }
+        };
+        let ratio = state.config.gomemlimit_ratio;
+        let decision = if kind == Kind::Pod {
+            inject::decide_pod(object, settings, ratio)
+        } else {
+            inject::decide_deployment(object, settings, ratio)
+        };
+        let decision = match decision {
+            Ok(d) => d,
+            Err(Denial { message, field }) => {
+                return deny(invalid(message, field.unwrap_or_default()));
+            }
+        };
+        tracing::Span::current().record("instance", decision.instance);
+        if kind == Kind::Deployment && operation == Operation::UPDATE {
+            match template_unchanged(body) {
+                Ok(true) => return unchanged_template(decision),
+                Ok(false) => {}
+                Err(e) => {
+                    return deny(Status::failure(
+                        400,
+                        "BadRequest",
+                        format!("malformed AdmissionReview: {e}"),
+                    ));
+                }
+            }
+        }
+        patched(decision)
+    }
+    .instrument(span.clone())
+    .await;
+
+    let (answer, outcome) = decided;
+    span.record("decision", format!("{outcome:?}"));
+    let _enter = span.enter();
+    match outcome {
+        Outcome::denied => tracing::info!(
+            message = answer
+                .status
+                .as_ref()
+                .map(|s| s.message.as_str())
+                .unwrap_or(""),
+            "denied"
+        ),
+        _ => tracing::debug!(warnings = answer.warnings.len(), "answered"),
+    }
+    reply(answer, outcome)
+}
+
+fn deny(status: Status) -> (Answer, Outcome) {
+    (Answer::deny(status), Outcome::denied)
+}
+
+fn invalid(message: String, field: String) -> Status {
+    let causes = if field.is_empty() {
+        Vec::new()
+    } else {
+        vec![Cause {
+            reason: "FieldValueInvalid".into(),
+            message: message.clone(),
+            field,
+        }]
+    };
+    Status::failure(422, "Invalid", message).with_details(Details {
+        name: None,
+        group: None,
+        kind: None,
+        causes,
+    })
+}
+
+fn patched(decision: Decision) -> (Answer, Outcome) {
+    let Decision { mutation, .. } = decision;
+    if mutation.ops.is_empty() {
+        return (
+            Answer::allow().with_warnings(mutation.warnings),
+            Outcome::allowed,
+        );
+    }
+    match serde_json::to_vec(&mutation.ops) {
+        Ok(patch) => (
+            Answer {
+                allowed: true,
+                patch: Some(patch),
+                warnings: mutation.warnings,
+                status: None,
+            },
+            Outcome::patched,
+        ),
+        Err(e) => deny(Status::failure(
+            500,
+            "InternalError",
+            format!("cannot encode the patch: {e}"),
+        )),
+    }
+}
+
+/// A Deployment UPDATE that leaves the pod template alone gets no change: a new
+/// recommendation must not roll a Deployment out behind its owner's back.
+fn unchanged_template(decision: Decision) -> (Answer, Outcome) {
+    let mut answer = Answer::allow();
+    if !decision.mutation.ops.is_empty() {
+        answer.warnings.push(format!(
+            "the pod template did not change, so konsumer left it alone (no rollout); \
+             {} of its konsumer values are out of date and are applied at the next template change \
+             (e.g. kubectl rollout restart); new Pods get them at creation",
+            decision.mutation.ops.len()
+        ));
+    }
+    (answer, Outcome::allowed)
+}
+
+/// The Consumer from the cache, else from one direct read within the budget.
+async fn lookup(
+    state: &Admission,
+    namespace: &str,
+    name: &str,
+    budget: Duration,
+) -> Result<Arc<CachedConsumer>, Status> {
+    if let Some(c) = state.index.get(namespace, name) {
+        return Ok(c);
+    }
+    state.metrics.consumer_cache_misses.inc();
+    let not_found = || {
+        invalid(
+            format!(
+                "no Consumer {name:?} in namespace {namespace:?} (label {}={name}): \
+                 create the Consumer first, or fix the label",
+                keys::CONSUMER
+            ),
+            format!("metadata.labels[{}]", keys::CONSUMER),
+        )
+    };
+    match tokio::time::timeout(budget, state.store.get(namespace, name)).await {
+        Ok(Ok(Some(_))) => state.index.get(namespace, name).ok_or_else(not_found),
+        Ok(Ok(None)) => Err(not_found()),
+        Ok(Err(e)) => Err(Status::failure(
+            503,
+            "ServiceUnavailable",
+            format!("cannot read Consumer {namespace}/{name}: {e}; retry"),
+        )),
+        Err(_) => Err(Status::failure(
+            504,
+            "Timeout",
+            format!(
+                "Consumer {namespace}/{name} is not cached and reading it took longer than the {}ms this request allows; retry",
+                budget.as_millis()
+            ),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+struct TemplateOf {
+    #[serde(default)]
+    spec: Option<TemplateSpec>,
+}
+
+#[derive(Deserialize)]
+struct TemplateSpec {
+    #[serde(default)]
+    template: Option<serde_json::Value>,
+}
+
+/// Whether `object.spec.template` equals `oldObject.spec.template`.
+fn template_unchanged(body: &[u8]) -> Result<bool, serde_json::Error> {
+    let review: Review<TemplateOf, TemplateOf> = serde_json::from_slice(body)?;
+    let Some(request) = review.request else {
+        return Ok(false);
+    };
+    let template = |o: Option<TemplateOf>| o.and_then(|o| o.spec).and_then(|s| s.template);
+    let old = template(request.old_object);
+    Ok(old.is_some() && old == template(request.object))
+}
+
+/// The body is not the AdmissionReview we expect: answer with its uid if it has
+/// one (HTTP 200, denied, with where it broke), else with a 400.
+fn malformed(body: &[u8], error: &serde_json::Error) -> Reply {
+    let detail = serde_path_to_error::deserialize::<_, Review<Workload>>(
+        &mut serde_json::Deserializer::from_slice(body),
+    )
+    .err()
+    .map(|e| format!("{}: {}", e.path(), e.inner()))
+    .unwrap_or_else(|| error.to_string());
+    match serde_json::from_slice::<Envelope>(body) {
+        Ok(Review {
+            api_version,
+            request: Some(request),
+        }) => {
+            let answer = Answer::deny(Status::failure(
+                400,
+                "BadRequest",
+                format!("malformed AdmissionReview: {detail}"),
+            ));
+            let version = review::answer_version(api_version.as_ref().map(|v| v.as_str()));
+            Reply {
+                response: review_response(review::encode(version, request.uid.as_str(), &answer)),
+                kind: Kind::Other,
+                operation: Operation::parse(request.operation.as_ref().map(|o| o.as_str())),
+                outcome: Outcome::denied,
+            }
+        }
+        _ => bad_request(format!(
+            "not an AdmissionReview with a request uid: {detail}"
+        )),
+    }
+}
+
+fn bad_request(message: String) -> Reply {
+    Reply {
+        response: http_error(StatusCode::BAD_REQUEST, message),
+        kind: Kind::Other,
+        operation: Operation::Other,
+        outcome: Outcome::bad_request,
+    }
+}

@@ -1,0 +1,244 @@
+//! The command line: `serve`, `crd`, `certs`, `plan`. Every flag also reads an
+//! environment variable (`KONSUMER_*`).
+
+pub mod plan;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::admission::AdmissionConfig;
+use crate::api::duration::parse_go_duration;
+use crate::config::{Mode, ServeConfig, TlsSource};
+use crate::server::tls::{self, CertFiles};
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "konsumer",
+    version,
+    about = "Partition assignment and right-sized resources for Kafka consumers on Kubernetes",
+    long_about = "konsumer gives partitioned Kafka consumers their partitions and resources when their \
+                  Pods and Deployments are created (mutating admission webhook), and is a compatible \
+                  successor to Konsumerator (konsumerator.lwolf.org Consumers)."
+)]
+pub struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        env = "KONSUMER_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    /// Log level or tracing filter (`info`, `konsumer=debug,kube=warn`).
+    #[arg(
+        long,
+        global = true,
+        env = "KONSUMER_LOG_LEVEL",
+        default_value = "info"
+    )]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the admission webhooks (kube mode, or local mode with --local).
+    Serve(ServeArgs),
+    /// Print the Consumer CustomResourceDefinition (YAML).
+    Crd,
+    /// Generate a CA and a serving certificate for the webhook Service.
+    Certs(CertsArgs),
+    /// Print what every instance of a Consumer gets now: partitions, env, resources.
+    Plan(plan::PlanArgs),
+}
+
+fn go_duration(s: &str) -> Result<Duration, String> {
+    parse_go_duration(s).map_err(|e| e.to_string())
+}
+
+fn ratio(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} must be in (0, 1]"))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the TLS webhook listener.
+    #[arg(long, env = "KONSUMER_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
+    pub webhook_addr: SocketAddr,
+    /// Address of the plain-HTTP admin listener (/livez, /readyz, /metrics).
+    #[arg(long, env = "KONSUMER_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    pub admin_addr: SocketAddr,
+    /// PEM serving certificate (required in kube mode; reloaded when it changes).
+    #[arg(
+        long,
+        env = "KONSUMER_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "KONSUMER_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Watch Consumers in this namespace only (default: all namespaces).
+    #[arg(long, env = "KONSUMER_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Local mode: Consumers from the YAML files in DIR, state under DIR/.konsumer, no cluster.
+    #[arg(
+        long,
+        env = "KONSUMER_LOCAL",
+        value_name = "DIR",
+        conflicts_with = "namespace"
+    )]
+    pub local: Option<PathBuf>,
+    /// Fraction of a container's memory limit written to GOMEMLIMIT.
+    #[arg(long, env = "KONSUMER_GOMEMLIMIT_RATIO", default_value = "0.8", value_parser = ratio)]
+    pub gomemlimit_ratio: f64,
+    /// Admission requests decided at once; more wait their turn.
+    #[arg(long, env = "KONSUMER_MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
+    pub max_concurrent_requests: usize,
+    /// Longest time an admission request may take (the apiserver's ?timeout= is honoured below it).
+    #[arg(long, env = "KONSUMER_MAX_REQUEST_TIMEOUT", default_value = "10s", value_parser = go_duration)]
+    pub max_request_timeout: Duration,
+    /// How often the certificate files are checked for changes.
+    #[arg(long, env = "KONSUMER_TLS_RELOAD_INTERVAL", default_value = "30s", value_parser = go_duration)]
+    pub tls_reload_interval: Duration,
+    /// Time between readiness turning false and the listeners closing on shutdown.
+    #[arg(long, env = "KONSUMER_DRAIN_DELAY", value_parser = go_duration)]
+    pub drain_delay: Option<Duration>,
+    /// Time open connections get to finish on shutdown.
+    #[arg(long, env = "KONSUMER_SHUTDOWN_GRACE", default_value = "20s", value_parser = go_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl ServeArgs {
+    pub fn into_config(self) -> anyhow::Result<ServeConfig> {
+        let mode = match self.local {
+            Some(dir) => Mode::Local { dir },
+            None => Mode::Kube {
+                namespace: self.namespace,
+            },
+        };
+        let tls = match (self.tls_cert, self.tls_key, &mode) {
+            (Some(cert), Some(key), _) => TlsSource::Files(CertFiles { cert, key }),
+            (None, None, Mode::Local { .. }) => TlsSource::GenerateLocal,
+            _ => anyhow::bail!(
+                "--tls-cert and --tls-key are required in kube mode (see `konsumer certs` or use cert-manager)"
+            ),
+        };
+        let drain_delay = self.drain_delay.unwrap_or(match mode {
+            Mode::Local { .. } => Duration::ZERO,
+            Mode::Kube { .. } => Duration::from_secs(5),
+        });
+        Ok(ServeConfig {
+            mode,
+            webhook_addr: self.webhook_addr,
+            admin_addr: self.admin_addr,
+            tls,
+            tls_reload_every: self.tls_reload_interval,
+            admission: AdmissionConfig {
+                gomemlimit_ratio: self.gomemlimit_ratio,
+                max_budget: self.max_request_timeout,
+                max_concurrent: self.max_concurrent_requests,
+                ..AdmissionConfig::default()
+            },
+            drain_delay,
+            shutdown_grace: self.shutdown_grace,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Directory to write ca.crt, ca.key, tls.crt and tls.key to.
+    #[arg(long, env = "KONSUMER_CERTS_OUT", default_value = "certs")]
+    pub out: PathBuf,
+    /// Name of the webhook Service.
+    #[arg(long, env = "KONSUMER_CERTS_SERVICE", default_value = "konsumer")]
+    pub service: String,
+    /// Namespace of the webhook Service.
+    #[arg(
+        long = "service-namespace",
+        env = "KONSUMER_CERTS_NAMESPACE",
+        default_value = "konsumer-system"
+    )]
+    pub service_namespace: String,
+    /// Extra DNS names or IP addresses for the certificate.
+    #[arg(long = "host", env = "KONSUMER_CERTS_HOSTS", value_delimiter = ',')]
+    pub hosts: Vec<String>,
+    /// Validity of the serving certificate, in days.
+    #[arg(long, env = "KONSUMER_CERTS_DAYS", default_value_t = 365)]
+    pub days: i64,
+}
+
+fn certs(args: CertsArgs) -> anyhow::Result<()> {
+    let svc = &args.service;
+    let ns = &args.service_namespace;
+    let mut hosts = vec![
+        format!("{svc}.{ns}.svc"),
+        format!("{svc}.{ns}.svc.cluster.local"),
+        format!("{svc}.{ns}"),
+        svc.clone(),
+    ];
+    hosts.extend(args.hosts.iter().cloned());
+    let generated = tls::generate(&hosts, args.days)?;
+    let files = tls::write(&args.out, &generated)?;
+    use base64::Engine;
+    let bundle = base64::engine::general_purpose::STANDARD.encode(generated.ca_cert.as_bytes());
+    eprintln!(
+        "wrote {} and {} (and the CA in {}) for {}",
+        files.cert.display(),
+        files.key.display(),
+        args.out.join("ca.crt").display(),
+        hosts.join(", ")
+    );
+    eprintln!("caBundle for the webhook configurations (stdout):");
+    println!("{bundle}");
+    Ok(())
+}
+
+fn crd() -> anyhow::Result<()> {
+    print!("{}", crate::api::crd::consumer_crd_yaml()?);
+    Ok(())
+}
+
+/// Runs a parsed command line; errors are printed, not panicked.
+pub async fn run(cli: Cli) -> ExitCode {
+    if let Err(e) = telemetry::init(cli.log_format, &cli.log_level) {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(2);
+    }
+    let result = match cli.command {
+        Command::Serve(args) => match args.into_config() {
+            Ok(config) => crate::server::run(config).await,
+            Err(e) => Err(e),
+        },
+        Command::Crd => crd(),
+        Command::Certs(args) => certs(args),
+        Command::Plan(args) => plan::run(args).context("plan"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

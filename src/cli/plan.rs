@@ -1,0 +1,273 @@
+//! `konsumer plan -f consumer.yaml`: a dry run of the workload webhook for every
+//! instance of a Consumer. Each instance's Pod (built from `deploymentTemplate`) is
+//! passed through the same decision and patch a real request gets.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::api::{Consumer, env, keys};
+use crate::inject::workload::Workload;
+use crate::inject::{self, ConsumerSettings};
+use crate::store::local::parse_consumers;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Consumer manifest(s), multi-document YAML or JSON; `-` reads stdin.
+    #[arg(short = 'f', long = "filename", required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: Output,
+    /// Fraction of a container's memory limit written to GOMEMLIMIT.
+    #[arg(long, env = "KONSUMER_GOMEMLIMIT_RATIO", default_value = "0.8")]
+    pub gomemlimit_ratio: f64,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerPlan {
+    pub consumer: String,
+    pub num_partitions: u32,
+    pub instances: Vec<InstanceView>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceView {
+    pub instance: u32,
+    pub partitions: Vec<u32>,
+    /// `recommendation` (from the status) or `fallback` (from resourcePolicy).
+    pub resources_from: &'static str,
+    pub containers: Vec<ContainerView>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerView {
+    pub name: String,
+    pub init: bool,
+    pub env: BTreeMap<String, String>,
+    pub requests: BTreeMap<String, String>,
+    pub limits: BTreeMap<String, String>,
+}
+
+/// The pod template of the Consumer's `deploymentTemplate`, or a Pod with one
+/// container per resource policy when there is none.
+fn pod_template(consumer: &Consumer) -> Value {
+    if let Some(t) = consumer
+        .spec
+        .deployment_template
+        .as_ref()
+        .and_then(|d| d.get("template"))
+        .filter(|t| t.is_object())
+    {
+        return t.clone();
+    }
+    let names: Vec<Value> = consumer
+        .spec
+        .resource_policy
+        .as_ref()
+        .and_then(|p| p.container_policies.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.container_name.clone())
+        .map(|n| json!({ "name": n }))
+        .collect();
+    json!({ "spec": { "containers": names } })
+}
+
+/// What every instance of `consumer` gets now.
+pub fn plan(consumer: &Consumer, gomemlimit_ratio: f64) -> anyhow::Result<ConsumerPlan> {
+    let settings = ConsumerSettings::from_consumer(consumer)?;
+    let template = pod_template(consumer);
+    let injected = [
+        settings.partition_env_key.as_str(),
+        env::GOMAXPROCS,
+        env::GOMEMLIMIT,
+        env::INSTANCE,
+        env::NUM_PARTITIONS,
+        env::NUM_INSTANCES,
+    ];
+    let mut instances = Vec::new();
+    for id in 0..settings.instances() {
+        let mut pod = json!({ "metadata": template.get("metadata").cloned().unwrap_or(json!({})), "spec": template.get("spec").cloned().unwrap_or(json!({})) });
+        pod["metadata"]["labels"][keys::CONSUMER] = json!(settings.name);
+        pod["metadata"]["labels"][keys::INSTANCE] = json!(id.to_string());
+        let text = pod.to_string();
+        let view: Workload = serde_json::from_str(&text).context("deploymentTemplate.template")?;
+        let decision = inject::decide_pod(&view, &settings, gomemlimit_ratio)
+            .map_err(|d| anyhow::anyhow!(d.message))?;
+        json_patch::patch(&mut pod, &decision.mutation.ops).context("applying the patch")?;
+        let mut containers = Vec::new();
+        for (list, init) in [("initContainers", true), ("containers", false)] {
+            for c in pod["spec"][list].as_array().into_iter().flatten() {
+                let env = c["env"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
+                    .filter(|(n, _)| injected.contains(n))
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect();
+                let side = |name: &str| -> BTreeMap<String, String> {
+                    c["resources"][name]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                v.as_str()
+                                    .map(String::from)
+                                    .unwrap_or_else(|| v.to_string()),
+                            )
+                        })
+                        .collect()
+                };
+                containers.push(ContainerView {
+                    name: c["name"].as_str().unwrap_or_default().to_string(),
+                    init,
+                    env,
+                    requests: side("requests"),
+                    limits: side("limits"),
+                });
+            }
+        }
+        let partitions = settings
+            .layout
+            .bucket(id)
+            .map(|r| r.collect())
+            .unwrap_or_default();
+        instances.push(InstanceView {
+            instance: id,
+            partitions,
+            resources_from: decision.source.as_str(),
+            containers,
+        });
+    }
+    Ok(ConsumerPlan {
+        consumer: consumer.key(),
+        num_partitions: settings.num_partitions(),
+        instances,
+    })
+}
+
+fn render_text(plan: &ConsumerPlan) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Consumer {}: {} partitions over {} instances",
+        plan.consumer,
+        plan.num_partitions,
+        plan.instances.len()
+    );
+    let list = |m: &BTreeMap<String, String>| {
+        m.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    for inst in &plan.instances {
+        let parts: Vec<String> = inst.partitions.iter().map(u32::to_string).collect();
+        let _ = writeln!(
+            out,
+            "\ninstance {}  partitions {}  (resources: {})",
+            inst.instance,
+            parts.join(","),
+            inst.resources_from
+        );
+        for c in &inst.containers {
+            let kind = if c.init {
+                "init container"
+            } else {
+                "container"
+            };
+            let _ = writeln!(out, "  {kind} {}", c.name);
+            if !c.requests.is_empty() || !c.limits.is_empty() {
+                let _ = writeln!(out, "    requests: {}", list(&c.requests));
+                let _ = writeln!(out, "    limits:   {}", list(&c.limits));
+            }
+            let _ = writeln!(out, "    env:      {}", list(&c.env));
+        }
+    }
+    out
+}
+
+fn read(path: &PathBuf) -> anyhow::Result<String> {
+    if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading stdin")?;
+        return Ok(s);
+    }
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+pub fn run(args: PlanArgs) -> anyhow::Result<()> {
+    let mut plans = Vec::new();
+    for path in &args.files {
+        let (consumers, problems) = parse_consumers(&read(path)?);
+        if let Some(p) = problems.first() {
+            anyhow::bail!("{}: {p}", path.display());
+        }
+        anyhow::ensure!(
+            !consumers.is_empty(),
+            "{}: no Consumer in this file",
+            path.display()
+        );
+        for c in consumers {
+            plans.push(plan(&c, args.gomemlimit_ratio).with_context(|| c.key())?);
+        }
+    }
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&plans)?),
+        Output::Text => {
+            for p in &plans {
+                print!("{}", render_text(p));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_plan_lists_every_instance_with_env_and_fallback_resources() {
+        let (cs, _) = parse_consumers(include_str!("../../tests/fixtures/consumer-orders.yaml"));
+        let p = plan(&cs[0], 0.8).unwrap();
+        assert_eq!(p.instances.len(), 4);
+        let i2 = &p.instances[2];
+        assert_eq!(i2.partitions, vec![6, 7]);
+        assert_eq!(i2.resources_from, "fallback");
+        let consumer = i2.containers.iter().find(|c| c.name == "consumer").unwrap();
+        assert_eq!(consumer.env["KAFKA_PARTITIONS"], "6,7");
+        assert_eq!(consumer.env["GOMEMLIMIT"], "102MiB");
+        assert_eq!(consumer.requests["cpu"], "100m");
+        let shipper = i2
+            .containers
+            .iter()
+            .find(|c| c.name == "log-shipper")
+            .unwrap();
+        assert_eq!(shipper.limits["memory"], "64Mi");
+        let text = render_text(&p);
+        assert!(text.contains("instance 3  partitions 8,9"), "{text}");
+    }
+}

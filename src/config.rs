@@ -1,0 +1,57 @@
+//! Typed configuration of `konsumer serve`: what the flags turn into, and what
+//! tests build by hand.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::admission::AdmissionConfig;
+use crate::server::tls::CertFiles;
+
+/// Where Consumers come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// YAML files in a directory, state under `DIR/.konsumer/`.
+    Local { dir: PathBuf },
+    /// The Kubernetes API (in-cluster or `KUBECONFIG`), all namespaces or one.
+    Kube { namespace: Option<String> },
+}
+
+/// Where the serving certificate comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TlsSource {
+    Files(CertFiles),
+    /// Local mode without `--tls-cert`: a self-signed CA under `DIR/.konsumer/tls/`.
+    GenerateLocal,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub mode: Mode,
+    pub webhook_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub tls: TlsSource,
+    pub tls_reload_every: Duration,
+    pub admission: AdmissionConfig,
+    /// Time between readiness turning false and the listeners closing, so that
+    /// load balancers stop sending traffic first.
+    pub drain_delay: Duration,
+    /// Time open connections get to finish after the listeners close.
+    pub shutdown_grace: Duration,
+}
+
+impl ServeConfig {
+    /// Local mode on `dir`, loopback ports chosen by the OS: what tests start.
+    pub fn local_for_tests(dir: PathBuf) -> Self {
+        ServeConfig {
+            mode: Mode::Local { dir },
+            webhook_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: TlsSource::GenerateLocal,
+            tls_reload_every: Duration::from_secs(30),
+            admission: AdmissionConfig::default(),
+            drain_delay: Duration::ZERO,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! The plain-HTTP admin listener: liveness, readiness and metrics.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::store::ConsumerIndex;
+use crate::telemetry::Metrics;
+
+/// Readiness: the Consumer cache has been filled once, and no stop has begun.
+pub struct Health {
+    index: Arc<ConsumerIndex>,
+    stopping: AtomicBool,
+}
+
+impl Health {
+    pub fn new(index: Arc<ConsumerIndex>) -> Arc<Self> {
+        Arc::new(Health {
+            index,
+            stopping: AtomicBool::new(false),
+        })
+    }
+
+    pub fn begin_stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// `Err(reason)` while not ready.
+    pub fn ready(&self) -> Result<(), &'static str> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err("shutting down");
+        }
+        if !self.index.is_synced() {
+            return Err("Consumer cache not synced yet");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+}
+
+pub fn router(health: Arc<Health>, metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_handler))
+        .with_state(AdminState { health, metrics })
+}
+
+async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+    match s.health.ready() {
+        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
+    }
+}
+
+async fn metrics_handler(State(s): State<AdminState>) -> impl IntoResponse {
+    s.metrics.consumers.set(s.health.index.len() as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+}

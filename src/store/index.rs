@@ -1,0 +1,212 @@
+//! The in-memory view of all Consumers: what every webhook request reads. Each entry
+//! is resolved once (`ConsumerSettings`) when it changes, not per request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::watch;
+
+use crate::api::Consumer;
+use crate::inject::ConsumerSettings;
+use crate::inject::settings::SettingsError;
+
+/// A Consumer as the webhook uses it.
+#[derive(Debug)]
+pub struct CachedConsumer {
+    pub consumer: Arc<Consumer>,
+    /// The resolved settings, or why this Consumer cannot be served.
+    pub settings: Result<ConsumerSettings, SettingsError>,
+}
+
+impl CachedConsumer {
+    pub fn new(consumer: Consumer) -> Self {
+        let settings = ConsumerSettings::from_consumer(&consumer);
+        CachedConsumer {
+            consumer: Arc::new(consumer),
+            settings,
+        }
+    }
+}
+
+type Namespaces = HashMap<String, HashMap<String, Arc<CachedConsumer>>>;
+
+/// Consumers by namespace and name, plus "synced" and "changed" signals.
+pub struct ConsumerIndex {
+    entries: RwLock<Namespaces>,
+    synced: watch::Sender<bool>,
+    changes: watch::Sender<u64>,
+}
+
+impl Default for ConsumerIndex {
+    fn default() -> Self {
+        ConsumerIndex {
+            entries: RwLock::new(HashMap::new()),
+            synced: watch::channel(false).0,
+            changes: watch::channel(0).0,
+        }
+    }
+}
+
+fn names(c: &Consumer) -> (String, String) {
+    (
+        c.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_string()),
+        c.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+impl ConsumerIndex {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<CachedConsumer>> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries.get(namespace).and_then(|ns| ns.get(name)).cloned()
+    }
+
+    /// Inserts or replaces one Consumer.
+    pub fn upsert(&self, consumer: Consumer) -> Arc<CachedConsumer> {
+        let (ns, name) = names(&consumer);
+        let entry = Arc::new(CachedConsumer::new(consumer));
+        {
+            let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+            entries.entry(ns).or_default().insert(name, entry.clone());
+        }
+        self.bump();
+        entry
+    }
+
+    /// Inserts a Consumer only if none is cached under its name (a direct read must
+    /// not overwrite a newer version the watch delivered meanwhile).
+    pub fn insert_if_absent(&self, consumer: Consumer) -> Arc<CachedConsumer> {
+        let (ns, name) = names(&consumer);
+        if let Some(existing) = self.get(&ns, &name) {
+            return existing;
+        }
+        self.upsert(consumer)
+    }
+
+    pub fn remove(&self, namespace: &str, name: &str) {
+        let removed = {
+            let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+            let removed = entries.get_mut(namespace).and_then(|ns| ns.remove(name));
+            if entries.get(namespace).is_some_and(HashMap::is_empty) {
+                entries.remove(namespace);
+            }
+            removed
+        };
+        if removed.is_some() {
+            self.bump();
+        }
+    }
+
+    /// Replaces the whole content (a relist), keeping entries whose object did not
+    /// change so their resolved settings are not recomputed.
+    pub fn replace_all(&self, consumers: Vec<Consumer>) {
+        let mut fresh: Namespaces = HashMap::new();
+        {
+            let current = self.entries.read().unwrap_or_else(|e| e.into_inner());
+            for consumer in consumers {
+                let (ns, name) = names(&consumer);
+                let entry = match current.get(&ns).and_then(|m| m.get(&name)) {
+                    Some(old) if *old.consumer == consumer => old.clone(),
+                    _ => Arc::new(CachedConsumer::new(consumer)),
+                };
+                fresh.entry(ns).or_default().insert(name, entry);
+            }
+        }
+        *self.entries.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        self.bump();
+    }
+
+    /// Every cached Consumer (for the reconciler), in a stable order.
+    pub fn all(&self) -> Vec<Arc<CachedConsumer>> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = entries.values().flat_map(|m| m.values().cloned()).collect();
+        out.sort_by_key(|c| c.consumer.key());
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries.values().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Marks the first full sync done (readiness waits for it).
+    pub fn mark_synced(&self) {
+        self.synced.send_replace(true);
+    }
+
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    pub async fn wait_synced(&self) {
+        let mut rx = self.synced.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// A receiver that sees a new value on every change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn bump(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn consumer(ns: &str, name: &str, partitions: i32) -> Consumer {
+        let mut c = Consumer::new(name, Default::default());
+        c.metadata.namespace = Some(ns.into());
+        c.spec.num_partitions = Some(partitions);
+        c
+    }
+
+    #[test]
+    fn lookups_are_by_namespace_and_name() {
+        let index = ConsumerIndex::new();
+        index.upsert(consumer("a", "orders", 3));
+        index.upsert(consumer("b", "orders", 5));
+        let a = index.get("a", "orders").unwrap();
+        assert_eq!(a.settings.as_ref().unwrap().num_partitions(), 3);
+        assert!(index.get("c", "orders").is_none());
+        index.remove("a", "orders");
+        assert!(index.get("a", "orders").is_none());
+        assert_eq!(index.len(), 1);
+    }
+
+    #[test]
+    fn replace_all_keeps_unchanged_entries_and_drops_missing_ones() {
+        let index = ConsumerIndex::new();
+        let kept = index.upsert(consumer("a", "x", 3));
+        index.upsert(consumer("a", "gone", 3));
+        let mut rx = index.subscribe();
+        rx.mark_unchanged();
+        index.replace_all(vec![consumer("a", "x", 3), consumer("a", "y", 4)]);
+        assert!(Arc::ptr_eq(&kept, &index.get("a", "x").unwrap()));
+        assert!(index.get("a", "gone").is_none());
+        assert!(index.get("a", "y").is_some());
+        assert!(rx.has_changed().unwrap());
+    }
+
+    #[test]
+    fn insert_if_absent_does_not_overwrite() {
+        let index = ConsumerIndex::new();
+        index.upsert(consumer("a", "x", 3));
+        index.insert_if_absent(consumer("a", "x", 9));
+        let got = index.get("a", "x").unwrap();
+        assert_eq!(got.settings.as_ref().unwrap().num_partitions(), 3);
+    }
+}
