@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
 use tower::limit::GlobalConcurrencyLimitLayer;
+use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::api::duration::parse_go_duration;
 use crate::store::{ConsumerIndex, Store};
@@ -62,7 +63,25 @@ pub fn router(state: Admission) -> Router {
         // The body limit is enforced while reading, with an answer that says so.
         .layer(DefaultBodyLimit::disable())
         .layer(GlobalConcurrencyLimitLayer::new(limit))
+        // A bug must not drop the connection: the apiserver gets a Status it can show.
+        .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
+}
+
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown");
+    tracing::error!(
+        panic = detail,
+        "admission handler panicked; this is a bug in konsumer"
+    );
+    http_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "konsumer failed to decide this request (internal error, logged); please report it".into(),
+    )
 }
 
 async fn workloads_handler(
@@ -156,6 +175,7 @@ fn budget(query: Option<&str>, max: Duration) -> Duration {
 pub fn http_error(code: StatusCode, message: String) -> Response {
     let reason = match code {
         StatusCode::PAYLOAD_TOO_LARGE => "RequestEntityTooLarge",
+        StatusCode::INTERNAL_SERVER_ERROR => "InternalError",
         _ => "BadRequest",
     };
     let body = serde_json::json!({

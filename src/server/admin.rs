@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use tower_http::trace::TraceLayer;
 
 use crate::store::ConsumerIndex;
 use crate::telemetry::Metrics;
@@ -53,6 +54,7 @@ pub fn router(health: Arc<Health>, metrics: Arc<Metrics>) -> Router {
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
+        .layer(TraceLayer::new_for_http())
         .with_state(AdminState { health, metrics })
 }
 

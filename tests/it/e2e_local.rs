@@ -1,0 +1,198 @@
+//! End to end through the built binary: `konsumer serve --local` on a copy of
+//! examples/local, a fixture POSTed over TLS, the Consumer file edited, the next
+//! answer changed; SIGTERM stops it cleanly.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+pub struct Binary {
+    child: Child,
+    pub webhook: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Binary {
+    /// Starts `konsumer serve --local dir` on loopback ports chosen by the OS and
+    /// waits for its "konsumer serving" log line (JSON logs).
+    pub fn serve_local(dir: &Path, extra: &[&str]) -> Binary {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_konsumer"))
+            .args(["--log-format", "json", "serve", "--local"])
+            .arg(dir)
+            .args([
+                "--webhook-addr",
+                "127.0.0.1:0",
+                "--admin-addr",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && v["message"] == "konsumer serving"
+                {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        let serving = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("konsumer did not log 'konsumer serving'");
+        let addr = |k: &str| serving[k].as_str().unwrap().parse().unwrap();
+        Binary {
+            webhook: addr("webhook_addr"),
+            admin: addr("admin_addr"),
+            child,
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        for _ in 0..100 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("konsumer did not stop within 5s of SIGTERM");
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn copy_example(to: &Path) {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/local");
+    for entry in std::fs::read_dir(example).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+async fn post(client: &reqwest::Client, port: u16, fixture_name: &str) -> Value {
+    client
+        .post(format!("https://localhost:{port}/mutate/workloads"))
+        .header("content-type", "application/json")
+        .body(fixture_bytes(fixture_name))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn local_mode_binary_answers_and_follows_edits_of_the_consumer_file() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_example(dir.path());
+    let konsumer = Binary::serve_local(dir.path(), &[]);
+    let ca = std::fs::read(dir.path().join(".konsumer/tls/ca.crt"))
+        .expect("CA generated on first start");
+    let client = client_trusting(&ca);
+    let port = konsumer.webhook.port();
+
+    let ready = reqwest::get(format!("http://{}/readyz", konsumer.admin))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+
+    let request = fixture("pod-create-indexed-job");
+    let review = post(&client, port, "pod-create-indexed-job").await;
+    let pod = patched_object(&request, &review);
+    assert_eq!(
+        env_value(&pod["spec"]["containers"][0], "KAFKA_PARTITIONS"),
+        "3,4,5"
+    );
+    assert_eq!(
+        env_value(&pod["spec"]["containers"][0], "KONSUMERATOR_NUM_PARTITIONS"),
+        "10"
+    );
+
+    // Grow the topic to 12 partitions: 4 instances of 3.
+    let file = dir.path().join("orders.yaml");
+    let edited = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("numPartitions: 10", "numPartitions: 12");
+    std::fs::write(&file, edited).unwrap();
+
+    let mut last = String::new();
+    for _ in 0..100 {
+        let review = post(&client, port, "pod-create-indexed-job").await;
+        let pod = patched_object(&request, &review);
+        last = env_value(&pod["spec"]["containers"][0], "KONSUMERATOR_NUM_PARTITIONS");
+        if last == "12" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last, "12", "the edit reached the webhook");
+
+    let status = konsumer.terminate();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+}
+
+#[test]
+fn kube_mode_without_certificates_refuses_to_start_with_a_clear_message() {
+    let out = Command::new(env!("CARGO_BIN_EXE_konsumer"))
+        .args([
+            "serve",
+            "--webhook-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .env_remove("KONSUMER_TLS_CERT")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--tls-cert and --tls-key are required in kube mode"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn plan_prints_every_instance_of_the_example() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/local/orders.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_konsumer"))
+        .args(["plan", "-o", "json", "-f"])
+        .arg(&example)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plans: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let instances = plans[0]["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 4);
+    assert_eq!(instances[3]["partitions"], serde_json::json!([8, 9]));
+    assert_eq!(
+        instances[3]["containers"][0]["env"]["KAFKA_PARTITIONS"],
+        "8,9"
+    );
+}

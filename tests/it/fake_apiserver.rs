@@ -1,0 +1,335 @@
+//! A mocked Kubernetes API server at the HTTP boundary, the way kube-rs tests do
+//! (`tower_test::mock::pair` handed to `kube::Client::new`). Requests are answered
+//! from an in-memory object store with the shapes a real apiserver sends: lists
+//! with `metadata.resourceVersion`, newline-delimited watch events, `Status`
+//! bodies for errors, server-side apply on `/status`.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use kube::client::Body;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+pub type MockBody = BoxBody<Bytes, Infallible>;
+type Handle = tower_test::mock::Handle<Request<Body>, Response<MockBody>>;
+
+const CONSUMERS: &str = "/apis/konsumerator.lwolf.org/v1";
+
+/// One request as the fake saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: Method,
+    pub path: String,
+    pub query: String,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Default)]
+struct State {
+    /// (namespace, name) -> object
+    consumers: BTreeMap<(String, String), Value>,
+    resource_version: u64,
+    watchers: Vec<mpsc::UnboundedSender<Bytes>>,
+    seen: Vec<Seen>,
+}
+
+pub struct FakeApiServer {
+    state: Mutex<State>,
+    /// Lists are held until this turns true (to observe readiness before sync).
+    list_open: watch::Sender<bool>,
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<MockBody> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .unwrap()
+}
+
+fn status_error(code: u16, reason: &str, message: String, name: &str) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason,
+        "details": {"name": name, "group": "konsumerator.lwolf.org", "kind": "consumers"},
+        "code": code
+    })
+}
+
+impl FakeApiServer {
+    /// A kube client talking to a new fake, and the fake.
+    pub fn start() -> (kube::Client, Arc<FakeApiServer>) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<MockBody>>();
+        let client = kube::Client::new(service, "default");
+        let fake = Arc::new(FakeApiServer {
+            state: Mutex::new(State {
+                resource_version: 100,
+                ..State::default()
+            }),
+            list_open: watch::channel(true).0,
+        });
+        tokio::spawn(serve(handle, fake.clone()));
+        (client, fake)
+    }
+
+    pub fn hold_lists(&self) {
+        self.list_open.send_replace(false);
+    }
+
+    pub fn release_lists(&self) {
+        self.list_open.send_replace(true);
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.lock().unwrap().seen.clone()
+    }
+
+    pub fn object(&self, namespace: &str, name: &str) -> Option<Value> {
+        let state = self.state.lock().unwrap();
+        state
+            .consumers
+            .get(&(namespace.into(), name.into()))
+            .cloned()
+    }
+
+    /// Stores a Consumer (as `kubectl apply` would) and tells the watchers.
+    pub fn apply(&self, mut consumer: Value) {
+        let mut state = self.state.lock().unwrap();
+        state.resource_version += 1;
+        let rv = state.resource_version.to_string();
+        let ns = consumer["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string();
+        let name = consumer["metadata"]["name"].as_str().unwrap().to_string();
+        let key = (ns, name.clone());
+        let existed = state.consumers.get(&key).cloned();
+        let generation = existed
+            .as_ref()
+            .and_then(|o| o["metadata"]["generation"].as_i64())
+            .map_or(1, |g| g + 1);
+        consumer["metadata"]["resourceVersion"] = json!(rv);
+        consumer["metadata"]["generation"] = json!(generation);
+        consumer["metadata"]["uid"] = json!(format!("uid-{name}"));
+        consumer["metadata"]["creationTimestamp"] = json!("2026-11-22T12:00:00Z");
+        if let Some(status) = existed.as_ref().and_then(|old| old.get("status")) {
+            consumer["status"] = status.clone();
+        }
+        let kind = if existed.is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        state.consumers.insert(key, consumer.clone());
+        broadcast(&mut state, kind, &consumer);
+    }
+
+    /// Stores a Consumer without telling the watchers (it was created "just now").
+    pub fn insert_unwatched(&self, mut consumer: Value) {
+        let mut state = self.state.lock().unwrap();
+        state.resource_version += 1;
+        consumer["metadata"]["resourceVersion"] = json!(state.resource_version.to_string());
+        let ns = consumer["metadata"]["namespace"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let name = consumer["metadata"]["name"].as_str().unwrap().to_string();
+        state.consumers.insert((ns, name), consumer);
+    }
+}
+
+fn broadcast(state: &mut State, kind: &str, object: &Value) {
+    let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": object})));
+    state.watchers.retain(|w| w.send(line.clone()).is_ok());
+}
+
+async fn serve(mut handle: Handle, fake: Arc<FakeApiServer>) {
+    while let Some((request, respond)) = handle.next_request().await {
+        let fake = fake.clone();
+        tokio::spawn(async move {
+            let response = answer(&fake, request).await;
+            respond.send_response(response);
+        });
+    }
+}
+
+async fn answer(fake: &FakeApiServer, request: Request<Body>) -> Response<MockBody> {
+    let (parts, body) = request.into_parts();
+    let body = body
+        .collect_bytes()
+        .await
+        .map(|b| b.to_vec())
+        .unwrap_or_default();
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().unwrap_or("").to_string();
+    fake.state.lock().unwrap().seen.push(Seen {
+        method: parts.method.clone(),
+        path: path.clone(),
+        query: query.clone(),
+        content_type: parts
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from),
+        body: body.clone(),
+    });
+    let params: Vec<(&str, &str)> = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    let param = |k: &str| params.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+
+    let Some(rest) = path.strip_prefix(CONSUMERS) else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &status_error(404, "NotFound", format!("{path} not found"), ""),
+        );
+    };
+    let segments: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+    match (parts.method.clone(), segments.as_slice()) {
+        (Method::GET, ["consumers"]) | (Method::GET, ["namespaces", _, "consumers"]) => {
+            let namespace = match segments.as_slice() {
+                ["namespaces", ns, _] => Some(ns.to_string()),
+                _ => None,
+            };
+            if param("watch") == Some("true") {
+                watch_response(fake)
+            } else {
+                let mut open = fake.list_open.subscribe();
+                let _ = open.wait_for(|o| *o).await;
+                list_response(fake, namespace.as_deref())
+            }
+        }
+        (Method::GET, ["namespaces", ns, "consumers", name]) => match fake.object(ns, name) {
+            Some(o) => json_response(StatusCode::OK, &o),
+            None => json_response(
+                StatusCode::NOT_FOUND,
+                &status_error(
+                    404,
+                    "NotFound",
+                    format!("consumers.konsumerator.lwolf.org {name:?} not found"),
+                    name,
+                ),
+            ),
+        },
+        (Method::PATCH, ["namespaces", ns, "consumers", name, "status"]) => {
+            apply_status(fake, ns, name, &body, param("fieldManager"))
+        }
+        _ => json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &status_error(
+                405,
+                "MethodNotAllowed",
+                format!("{} {path} is not supported here", parts.method),
+                "",
+            ),
+        ),
+    }
+}
+
+fn list_response(fake: &FakeApiServer, namespace: Option<&str>) -> Response<MockBody> {
+    let state = fake.state.lock().unwrap();
+    let items: Vec<Value> = state
+        .consumers
+        .iter()
+        .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
+        .map(|(_, o)| o.clone())
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "apiVersion": "konsumerator.lwolf.org/v1",
+            "kind": "ConsumerList",
+            "metadata": {"resourceVersion": state.resource_version.to_string(), "continue": ""},
+            "items": items
+        }),
+    )
+}
+
+fn watch_response(fake: &FakeApiServer) -> Response<MockBody> {
+    let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+    fake.state.lock().unwrap().watchers.push(tx);
+    let frames = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(http_body::Frame::data(b)), rx))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(StreamBody::new(frames).boxed())
+        .unwrap()
+}
+
+/// Server-side apply on the status subresource: requires a field manager, an
+/// existing object, and `apiVersion`/`kind` in the body; replaces `.status`.
+fn apply_status(
+    fake: &FakeApiServer,
+    ns: &str,
+    name: &str,
+    body: &[u8],
+    field_manager: Option<&str>,
+) -> Response<MockBody> {
+    let Some(manager) = field_manager else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &status_error(
+                400,
+                "BadRequest",
+                "PATCH of type application/apply-patch+yaml requires fieldManager".into(),
+                name,
+            ),
+        );
+    };
+    let applied: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &status_error(400, "BadRequest", e.to_string(), name),
+            );
+        }
+    };
+    if applied.get("apiVersion").is_none() || applied.get("kind").is_none() {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &status_error(
+                400,
+                "BadRequest",
+                "apiVersion and kind must be set".into(),
+                name,
+            ),
+        );
+    }
+    let mut state = fake.state.lock().unwrap();
+    state.resource_version += 1;
+    let rv = state.resource_version.to_string();
+    let Some(object) = state.consumers.get_mut(&(ns.to_string(), name.to_string())) else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &status_error(
+                404,
+                "NotFound",
+                format!("consumers.konsumerator.lwolf.org {name:?} not found"),
+                name,
+            ),
+        );
+    };
+    object["status"] = applied.get("status").cloned().unwrap_or(json!({}));
+    object["metadata"]["resourceVersion"] = json!(rv);
+    object["metadata"]["managedFields"] = json!([{
+        "manager": manager, "operation": "Apply", "subresource": "status",
+        "apiVersion": "konsumerator.lwolf.org/v1", "fieldsType": "FieldsV1",
+        "fieldsV1": {"f:status": {}}
+    }]);
+    let object = object.clone();
+    broadcast(&mut state, "MODIFIED", &object);
+    json_response(StatusCode::OK, &object)
+}

@@ -1,0 +1,292 @@
+//! Kube mode against a mocked API server: the watch fills the cache, readiness
+//! waits for the first sync, a cache miss is read once directly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use konsumer::config::{Mode, ServeConfig, TlsSource};
+use konsumer::server::{self, Backend, tls};
+use konsumer::store::ConsumerIndex;
+use konsumer::store::kube::KubeStore;
+use serde_json::{Value, json};
+
+use crate::fake_apiserver::FakeApiServer;
+use crate::support::*;
+
+fn consumer_json(name: &str, partitions: i64) -> Value {
+    let mut c: Value = serde_saphyr::from_str(&orders_yaml()).unwrap();
+    c["metadata"]["name"] = json!(name);
+    c["spec"]["name"] = json!(name);
+    c["spec"]["numPartitions"] = json!(partitions);
+    c
+}
+
+struct KubeServer {
+    running: server::Running,
+    fake: Arc<FakeApiServer>,
+    client: reqwest::Client,
+    base: String,
+    admin: String,
+    _certs: tempfile::TempDir,
+}
+
+async fn start(hold_list: bool) -> KubeServer {
+    let (client, fake) = FakeApiServer::start();
+    fake.apply(consumer_json("orders", 10));
+    if hold_list {
+        fake.hold_lists();
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let (files, _) = tls::ensure_local(certs.path()).unwrap();
+    let mut config = ServeConfig::local_for_tests(certs.path().to_path_buf());
+    config.mode = Mode::Kube { namespace: None };
+    config.tls = TlsSource::Files(files);
+    let index = ConsumerIndex::new();
+    let store = Arc::new(KubeStore::new(client, None, index.clone()));
+    let running = server::start(config, index, Backend::Kube(store))
+        .await
+        .unwrap();
+    let ca = std::fs::read(certs.path().join("ca.crt")).unwrap();
+    KubeServer {
+        base: format!("https://localhost:{}", running.webhook_addr.port()),
+        admin: format!("http://{}", running.admin_addr),
+        client: client_trusting(&ca),
+        running,
+        fake,
+        _certs: certs,
+    }
+}
+
+impl KubeServer {
+    async fn review(&self, body: Vec<u8>) -> Value {
+        let resp = self
+            .client
+            .post(format!("{}/mutate/workloads", self.base))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    }
+
+    async fn ready(&self) -> u16 {
+        reqwest::get(format!("{}/readyz", self.admin))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    fn direct_reads(&self, name: &str) -> usize {
+        self.fake
+            .seen()
+            .iter()
+            .filter(|s| s.method == Method::GET && s.path.ends_with(&format!("/consumers/{name}")))
+            .count()
+    }
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn readiness_waits_for_the_first_list_and_the_watch_fills_the_cache() {
+    let s = start(true).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        s.ready().await,
+        503,
+        "not ready before the Consumer list arrived"
+    );
+    s.fake.release_lists();
+    for _ in 0..100 {
+        if s.ready().await == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.ready().await, 200);
+    let list = s
+        .fake
+        .seen()
+        .into_iter()
+        .find(|r| r.query.contains("limit=500"))
+        .unwrap();
+    assert_eq!(
+        list.path, "/apis/konsumerator.lwolf.org/v1/consumers",
+        "all namespaces"
+    );
+
+    let review = s.review(fixture_bytes("pod-create-indexed-job")).await;
+    assert_eq!(review["response"]["allowed"], true);
+    let pod = patched_object(&fixture("pod-create-indexed-job"), &review);
+    assert_eq!(
+        env_value(&pod["spec"]["containers"][0], "KAFKA_PARTITIONS"),
+        "3,4,5"
+    );
+    assert_eq!(s.direct_reads("orders"), 0, "answered from the watch cache");
+
+    // A change arrives through the watch and the next answer follows it.
+    s.fake.apply(consumer_json("orders", 12));
+    let index = s.running.index.clone();
+    eventually("the watch event", || {
+        index
+            .get("streams", "orders")
+            .is_some_and(|c| c.consumer.spec.num_partitions == Some(12))
+    })
+    .await;
+    let review = s.review(fixture_bytes("pod-create-indexed-job")).await;
+    let pod = patched_object(&fixture("pod-create-indexed-job"), &review);
+    assert_eq!(
+        env_value(&pod["spec"]["containers"][0], "KONSUMERATOR_NUM_PARTITIONS"),
+        "12"
+    );
+    s.running.stop().await;
+}
+
+#[tokio::test]
+async fn a_cache_miss_is_read_once_from_the_api_server_then_cached() {
+    let s = start(false).await;
+    s.running.index.wait_synced().await;
+    // `payments` was created a moment ago: the API server has it, the watch not yet.
+    s.fake.insert_unwatched(consumer_json("payments", 6));
+    let request = fixture("deployment-create-unknown-consumer");
+    let review = s
+        .review(fixture_bytes("deployment-create-unknown-consumer"))
+        .await;
+    assert_eq!(review["response"]["allowed"], true, "{review}");
+    let dep = patched_object(&request, &review);
+    let c = &dep["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(env_value(c, "KAFKA_PARTITIONS"), "0,1,2");
+    assert_eq!(env_value(c, "KONSUMERATOR_NUM_INSTANCES"), "2");
+    assert_eq!(s.direct_reads("payments"), 1);
+
+    s.review(fixture_bytes("deployment-create-unknown-consumer"))
+        .await;
+    assert_eq!(
+        s.direct_reads("payments"),
+        1,
+        "the second request is served from the cache"
+    );
+    s.running.stop().await;
+}
+
+#[tokio::test]
+async fn a_consumer_the_api_server_does_not_have_is_denied_after_one_read() {
+    let s = start(false).await;
+    s.running.index.wait_synced().await;
+    let review = s
+        .review(fixture_bytes("deployment-create-unknown-consumer"))
+        .await;
+    assert_eq!(review["response"]["allowed"], false);
+    let m = review["response"]["status"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("no Consumer \"payments\" in namespace \"streams\""),
+        "{m}"
+    );
+    assert_eq!(s.direct_reads("payments"), 1);
+    let read = s
+        .fake
+        .seen()
+        .into_iter()
+        .find(|r| r.path.ends_with("/payments"))
+        .unwrap();
+    assert_eq!(
+        read.path,
+        "/apis/konsumerator.lwolf.org/v1/namespaces/streams/consumers/payments"
+    );
+    s.running.stop().await;
+}
+
+#[tokio::test]
+async fn status_is_written_with_server_side_apply_and_comes_back_through_the_watch() {
+    use konsumer::api::{ConsumerStatus, ContainerResources, InstanceStatus};
+    use konsumer::store::Store;
+    let (client, fake) = FakeApiServer::start();
+    fake.apply(consumer_json("orders", 10));
+    let index = ConsumerIndex::new();
+    let store = Arc::new(KubeStore::new(client, None, index.clone()));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let watch = store.spawn_watch(shutdown.clone());
+    index.wait_synced().await;
+
+    let mut cpu = std::collections::BTreeMap::new();
+    cpu.insert(
+        "cpu".to_string(),
+        k8s_openapi::apimachinery::pkg::api::resource::Quantity("1300m".into()),
+    );
+    let status = ConsumerStatus {
+        expected: Some(4),
+        instances: Some(vec![InstanceStatus {
+            id: 1,
+            partitions: vec![3, 4, 5],
+            resources: vec![ContainerResources {
+                container_name: "consumer".into(),
+                requests: cpu.clone(),
+                limits: cpu,
+            }],
+            ..InstanceStatus::default()
+        }]),
+        ..ConsumerStatus::default()
+    };
+    store
+        .write_status("streams", "orders", &status)
+        .await
+        .unwrap();
+
+    let patch = fake
+        .seen()
+        .into_iter()
+        .find(|r| r.method == Method::PATCH)
+        .unwrap();
+    assert_eq!(
+        patch.path,
+        "/apis/konsumerator.lwolf.org/v1/namespaces/streams/consumers/orders/status"
+    );
+    assert!(
+        patch.query.contains("fieldManager=konsumer"),
+        "{}",
+        patch.query
+    );
+    assert!(patch.query.contains("force=true"), "{}", patch.query);
+    assert_eq!(
+        patch.content_type.as_deref(),
+        Some("application/apply-patch+yaml")
+    );
+    let body: Value = serde_json::from_slice(&patch.body).unwrap();
+    assert_eq!(body["apiVersion"], "konsumerator.lwolf.org/v1");
+    assert_eq!(body["kind"], "Consumer");
+    assert_eq!(
+        body["status"]["instances"][0]["resources"][0]["requests"]["cpu"],
+        "1300m"
+    );
+    assert!(body.get("spec").is_none(), "only the status is applied");
+
+    // Every replica's webhook reads the recommendation from its own watch.
+    eventually("the status to reach the cache", || {
+        index.get("streams", "orders").is_some_and(|c| {
+            c.settings.as_ref().is_ok_and(|s| {
+                s.instance(1)
+                    .is_some_and(|p| p.source == konsumer::inject::ResourceSource::Recommendation)
+            })
+        })
+    })
+    .await;
+    assert!(
+        store
+            .write_status("streams", "ghost", &status)
+            .await
+            .is_err()
+    );
+    shutdown.cancel();
+    watch.await.unwrap();
+}

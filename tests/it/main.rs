@@ -1,0 +1,9 @@
+//! Integration tests: the real server in-process on loopback with real TLS (one
+//! test binary, so the crate is linked once).
+
+mod admission_edges;
+mod e2e_local;
+mod fake_apiserver;
+mod kube_mode;
+mod support;
+mod workload_fixtures;
