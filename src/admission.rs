@@ -2,6 +2,7 @@
 //! to the pure core, write the answer. Bad input gets an AdmissionReview answer with
 //! HTTP 200, or a clear 4xx when there is not even a uid to answer to.
 
+pub mod consumers;
 pub mod review;
 pub mod workloads;
 
@@ -18,10 +19,13 @@ use bytes::Bytes;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 
+use serde::Deserialize;
+
 use crate::api::duration::parse_go_duration;
 use crate::store::{ConsumerIndex, Store};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{AdmissionLabels, Kind, Operation, Outcome, Webhook};
+use review::{Answer, Envelope, Request, Review, Status};
 
 /// Tunables of the webhook listener.
 #[derive(Clone, Debug)]
@@ -60,6 +64,8 @@ pub fn router(state: Admission) -> Router {
     let limit = state.config.max_concurrent.max(1);
     Router::new()
         .route("/mutate/workloads", post(workloads_handler))
+        .route("/mutate/consumers", post(consumer_defaults_handler))
+        .route("/validate/consumers", post(consumer_validation_handler))
         // The body limit is enforced while reading, with an answer that says so.
         .layer(DefaultBodyLimit::disable())
         .layer(GlobalConcurrencyLimitLayer::new(limit))
@@ -95,6 +101,36 @@ async fn workloads_handler(
         query,
         body,
         |state, bytes, budget| async move { workloads::answer(&state, &bytes, budget).await },
+    )
+    .await
+}
+
+async fn consumer_defaults_handler(
+    State(state): State<Admission>,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Response {
+    run(
+        &state,
+        Webhook::mutate_consumers,
+        query,
+        body,
+        |_, bytes, _| async move { consumers::defaults(&bytes) },
+    )
+    .await
+}
+
+async fn consumer_validation_handler(
+    State(state): State<Admission>,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Response {
+    run(
+        &state,
+        Webhook::validate_consumers,
+        query,
+        body,
+        |_, bytes, _| async move { consumers::validate(&bytes) },
     )
     .await
 }
@@ -169,6 +205,73 @@ fn budget(query: Option<&str>, max: Duration) -> Duration {
         .and_then(|v| parse_go_duration(v).ok());
     let total = asked.map_or(max, |t| t.min(max));
     total.saturating_sub((total / 10).min(Duration::from_millis(500)))
+}
+
+/// Reads an AdmissionReview with `object`/`oldObject` as `O`/`P`. When that fails,
+/// the answer to send instead: with the request's uid if it has one (HTTP 200,
+/// denied, saying where the body broke), else a 400.
+pub(crate) fn parse<'a, O, P>(
+    body: &'a [u8],
+) -> Result<(&'static str, Request<'a, O, P>), Box<Reply>>
+where
+    O: Deserialize<'a>,
+    P: Deserialize<'a>,
+{
+    let review: Review<'a, O, P> = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return Err(Box::new(malformed::<O, P>(body, &e))),
+    };
+    let api_version = review::answer_version(review.api_version.as_ref().map(|v| v.as_str()));
+    match review.request {
+        Some(request) => Ok((api_version, request)),
+        None => Err(Box::new(bad_request(
+            "the AdmissionReview has no request".into(),
+        ))),
+    }
+}
+
+fn malformed<'a, O, P>(body: &'a [u8], error: &serde_json::Error) -> Reply
+where
+    O: Deserialize<'a>,
+    P: Deserialize<'a>,
+{
+    let detail = serde_path_to_error::deserialize::<_, Review<'a, O, P>>(
+        &mut serde_json::Deserializer::from_slice(body),
+    )
+    .err()
+    .map(|e| format!("{}: {}", e.path(), e.inner()))
+    .unwrap_or_else(|| error.to_string());
+    match serde_json::from_slice::<Envelope>(body) {
+        Ok(Review {
+            api_version,
+            request: Some(request),
+        }) => {
+            let answer = Answer::deny(Status::failure(
+                400,
+                "BadRequest",
+                format!("malformed AdmissionReview: {detail}"),
+            ));
+            let version = review::answer_version(api_version.as_ref().map(|v| v.as_str()));
+            Reply {
+                response: review_response(review::encode(version, request.uid.as_str(), &answer)),
+                kind: Kind::Other,
+                operation: Operation::parse(request.operation.as_ref().map(|o| o.as_str())),
+                outcome: Outcome::denied,
+            }
+        }
+        _ => bad_request(format!(
+            "not an AdmissionReview with a request uid: {detail}"
+        )),
+    }
+}
+
+pub(crate) fn bad_request(message: String) -> Reply {
+    Reply {
+        response: http_error(StatusCode::BAD_REQUEST, message),
+        kind: Kind::Other,
+        operation: Operation::Other,
+        outcome: Outcome::bad_request,
+    }
 }
 
 /// A plain `metav1.Status` error for requests that cannot be answered as reviews.

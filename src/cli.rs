@@ -1,7 +1,8 @@
-//! The command line: `serve`, `crd`, `certs`, `plan`. Every flag also reads an
+//! The command line: `serve`, `crd`, `certs`, `validate`, `plan`. Every flag also reads an
 //! environment variable (`KONSUMER_*`).
 
 pub mod plan;
+pub mod validate;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,12 +57,14 @@ pub enum Command {
     Crd,
     /// Generate a CA and a serving certificate for the webhook Service.
     Certs(CertsArgs),
+    /// Check Consumer manifests offline with the validating webhook's rules.
+    Validate(validate::ValidateArgs),
     /// Print what every instance of a Consumer gets now: partitions, env, resources.
     Plan(plan::PlanArgs),
 }
 
 fn go_duration(s: &str) -> Result<Duration, String> {
-    parse_go_duration(s).map_err(|e| e.to_string())
+    parse_go_duration(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
 fn ratio(s: &str) -> Result<f64, String> {
@@ -233,6 +236,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Crd => crd(),
         Command::Certs(args) => certs(args),
         Command::Plan(args) => plan::run(args).context("plan"),
+        Command::Validate(args) => return validate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -37,6 +37,9 @@ pub struct Request<'a, O, P> {
     pub uid: Str<'a>,
     #[serde(borrow, default)]
     pub kind: Option<GroupVersionKind<'a>>,
+    /// The kind as the user sent it (before conversion to the webhook's version).
+    #[serde(borrow, default)]
+    pub request_kind: Option<GroupVersionKind<'a>>,
     #[serde(borrow, default)]
     pub namespace: Option<Str<'a>>,
     #[serde(borrow, default)]

@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use tracing::Instrument;
 
-use super::review::{self, Answer, Cause, Details, Envelope, Review, Status};
-use super::{Admission, Reply, http_error, review_response};
+use super::review::{self, Answer, Cause, Details, Review, Status};
+use super::{Admission, Reply, parse, review_response};
 use crate::api::keys;
 use crate::inject::workload::Workload;
 use crate::inject::{self, Decision, Denial};
@@ -19,13 +19,9 @@ use crate::telemetry::metrics::{Kind, Operation, Outcome};
 
 /// Answers one workload AdmissionReview.
 pub async fn answer(state: &Admission, body: &[u8], budget: Duration) -> Reply {
-    let review: Review<Workload> = match serde_json::from_slice(body) {
-        Ok(r) => r,
-        Err(e) => return malformed(body, &e),
-    };
-    let api_version = review::answer_version(review.api_version.as_ref().map(|v| v.as_str()));
-    let Some(request) = review.request else {
-        return bad_request("the AdmissionReview has no request".into());
+    let (api_version, request) = match parse::<Workload, IgnoredAny>(body) {
+        Ok(parsed) => parsed,
+        Err(reply) => return *reply,
     };
     let gvk = request.kind.as_ref();
     let kind = match gvk.map(|k| (k.group.as_str(), k.kind.as_str())) {
@@ -287,46 +283,4 @@ fn template_unchanged(body: &[u8]) -> Result<bool, serde_json::Error> {
     let template = |o: Option<TemplateOf>| o.and_then(|o| o.spec).and_then(|s| s.template);
     let old = template(request.old_object);
     Ok(old.is_some() && old == template(request.object))
-}
-
-/// The body is not the AdmissionReview we expect: answer with its uid if it has
-/// one (HTTP 200, denied, with where it broke), else with a 400.
-fn malformed(body: &[u8], error: &serde_json::Error) -> Reply {
-    let detail = serde_path_to_error::deserialize::<_, Review<Workload>>(
-        &mut serde_json::Deserializer::from_slice(body),
-    )
-    .err()
-    .map(|e| format!("{}: {}", e.path(), e.inner()))
-    .unwrap_or_else(|| error.to_string());
-    match serde_json::from_slice::<Envelope>(body) {
-        Ok(Review {
-            api_version,
-            request: Some(request),
-        }) => {
-            let answer = Answer::deny(Status::failure(
-                400,
-                "BadRequest",
-                format!("malformed AdmissionReview: {detail}"),
-            ));
-            let version = review::answer_version(api_version.as_ref().map(|v| v.as_str()));
-            Reply {
-                response: review_response(review::encode(version, request.uid.as_str(), &answer)),
-                kind: Kind::Other,
-                operation: Operation::parse(request.operation.as_ref().map(|o| o.as_str())),
-                outcome: Outcome::denied,
-            }
-        }
-        _ => bad_request(format!(
-            "not an AdmissionReview with a request uid: {detail}"
-        )),
-    }
-}
-
-fn bad_request(message: String) -> Reply {
-    Reply {
-        response: http_error(StatusCode::BAD_REQUEST, message),
-        kind: Kind::Other,
-        operation: Operation::Other,
-        outcome: Outcome::bad_request,
-    }
 }

@@ -22,6 +22,7 @@ pub type ResourceList = BTreeMap<String, Quantity>;
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "konsumerator.lwolf.org",
+    doc = "A partitioned Kafka consumer: its partitions, autoscaler and resource bounds",
     version = "v1",
     kind = "Consumer",
     plural = "consumers",
@@ -41,29 +42,35 @@ pub type ResourceList = BTreeMap<String, Quantity>;
 #[serde(rename_all = "camelCase")]
 pub struct ConsumerSpec {
     /// Number of partitions of the topic.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(required)]
     pub num_partitions: Option<i32>,
     /// Partitions per instance (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_partitions_per_instance: Option<i32>,
     /// Base name of the instances (Deployments are named `<name>-<instance>`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(required)]
     pub name: Option<String>,
     /// Namespace the instances run in.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(required)]
     pub namespace: Option<String>,
     /// Autoscaler configuration.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(required)]
     pub autoscaler: Option<AutoscalerSpec>,
     /// Name of the env var that receives the partitions (default `KONSUMERATOR_PARTITION`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition_env_key: Option<String>,
     /// An `apps/v1` DeploymentSpec, kept opaque; only container names are read.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(required)]
     #[schemars(schema_with = "schema::opaque_object")]
     pub deployment_template: Option<serde_json::Value>,
     /// Bounds of the recommended resources.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(required)]
     pub resource_policy: Option<ResourcePolicy>,
 }
 
@@ -71,7 +78,8 @@ pub struct ConsumerSpec {
 #[serde(rename_all = "camelCase")]
 pub struct AutoscalerSpec {
     /// `prometheus`, or empty for none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(required)]
     pub mode: Option<String>,
     /// How long a scale-up must stay wanted before it is recommended (default 5m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,50 +95,63 @@ pub struct AutoscalerSpec {
 #[serde(rename_all = "camelCase")]
 pub struct PrometheusAutoscalerSpec {
     /// Prometheus base URLs, all tried; the first answer wins.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(required)]
     pub address: Option<Vec<String>>,
     /// Minimum time between two metric refreshes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(required)]
     pub min_sync_period: Option<String>,
     /// Messages behind, per partition.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(required)]
     pub offset: Option<QuerySpec>,
     /// Production rate (messages/s), per partition.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(required)]
     pub production: Option<QuerySpec>,
     /// Consumption rate (messages/s), per partition.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(required)]
     pub consumption: Option<QuerySpec>,
     /// `min` or `max`: what to inject before there is a recommendation (default min).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_strategy: Option<String>,
     /// Messages per second one core consumes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(required)]
     pub rate_per_core: Option<i64>,
     /// Memory per core of CPU limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(required, schema_with = "schema::quantity")]
     pub ram_per_core: Option<Quantity>,
     /// CPU request step (default 100m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::optional_quantity")]
     pub cpu_increment: Option<Quantity>,
     /// Lag (time behind) that counts as lagging.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(required)]
     pub tolerable_lag: Option<String>,
     /// Lag at which an instance gets its `maxAllowed`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(required)]
     pub critical_lag: Option<String>,
     /// Time in which a lagging instance should catch up.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(required)]
     pub recovery_time: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QuerySpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(required)]
     pub query: Option<String>,
     /// Label of the result series that holds the partition number.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(required)]
     pub partition_label: Option<String>,
 }
 
@@ -148,6 +169,7 @@ pub struct ResourcePolicy {
 pub struct GlobalResourcePolicy {
     /// Cap on the sum of requests over all instances.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::resource_list")]
     pub max_allowed: Option<ResourceList>,
 }
 
@@ -160,8 +182,10 @@ pub struct ContainerResourcePolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::resource_list")]
     pub min_allowed: Option<ResourceList>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::resource_list")]
     pub max_allowed: Option<ResourceList>,
 }
 

@@ -14,10 +14,7 @@ pub fn consumer_crd() -> CustomResourceDefinition {
         alpha.name = VERSION_V1ALPHA1.to_string();
         alpha.storage = false;
         alpha.deprecated = Some(true);
-        alpha.deprecation_warning = Some(
-            "konsumerator.lwolf.org/v1alpha1 Consumer is deprecated; use konsumerator.lwolf.org/v1"
-                .to_string(),
-        );
+        alpha.deprecation_warning = Some(crate::validation::rules::V1ALPHA1_DEPRECATED.to_string());
         crd.spec.versions.push(alpha);
     }
     crd

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DurationError {
-    #[error("{0:?} is not a duration (expected a Go duration such as 30s, 5m or 1h30m)")]
+    #[error("not a duration (expected a Go duration such as 30s, 5m or 1h30m)")]
     Syntax(String),
-    #[error("{0:?}: unknown unit {1:?} (valid units are ns, us, ms, s, m, h)")]
+    #[error("unknown unit {1:?} (valid units are ns, us, ms, s, m, h)")]
     Unit(String, String),
-    #[error("{0:?} must not be negative")]
+    #[error("must not be negative")]
     Negative(String),
-    #[error("{0:?} is out of range")]
+    #[error("out of range")]
     Range(String),
 }
 

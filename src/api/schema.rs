@@ -11,3 +11,22 @@ pub(crate) fn opaque_object(_: &mut SchemaGenerator) -> Schema {
         "x-kubernetes-preserve-unknown-fields": true
     })
 }
+
+/// A Kubernetes quantity (`500m`, `2`, `128Mi`). No pattern: malformed values are
+/// explained by konsumer's validating webhook, in words rather than a regex.
+pub(crate) fn quantity(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "x-kubernetes-int-or-string": true })
+}
+
+pub(crate) fn optional_quantity(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "x-kubernetes-int-or-string": true, "nullable": true })
+}
+
+/// `cpu`/`memory` → quantity (`corev1.ResourceList`).
+pub(crate) fn resource_list(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "nullable": true,
+        "additionalProperties": { "x-kubernetes-int-or-string": true }
+    })
+}

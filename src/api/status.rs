@@ -104,6 +104,7 @@ pub struct InstanceStatus {
     pub pending: Option<Vec<ContainerResources>>,
     /// CPU the caps (`maxAllowed`, `globalPolicy`) cut off the prediction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::optional_quantity")]
     pub saturation: Option<Quantity>,
 }
 
@@ -112,7 +113,9 @@ pub struct InstanceStatus {
 pub struct ContainerResources {
     pub container_name: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "super::schema::resource_list")]
     pub requests: ResourceList,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "super::schema::resource_list")]
     pub limits: ResourceList,
 }

@@ -25,7 +25,7 @@ impl Resources {
         };
         let get = |key: &str| {
             list.get(key)
-                .map(|q| Milli::parse(&q.0).map_err(|e| format!("{key}: {e}")))
+                .map(|q| Milli::parse(&q.0).map_err(|e| format!("{key}: {:?}: {e}", q.0)))
                 .transpose()
         };
         Ok(Resources {

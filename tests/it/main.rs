@@ -2,6 +2,8 @@
 //! test binary, so the crate is linked once).
 
 mod admission_edges;
+mod consumer_fixtures;
+mod crd;
 mod e2e_local;
 mod fake_apiserver;
 mod kube_mode;

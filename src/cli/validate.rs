@@ -1,0 +1,226 @@
+//! `konsumer validate -f FILE...`: the validating webhook's rules, offline, so
+//! manifests can be linted in CI before they reach a cluster.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::store::local::is_consumer_document;
+use crate::validation::{self, Report};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Manifest files (multi-document YAML or JSON); `-` reads stdin. Documents
+    /// that are not Consumers are skipped.
+    #[arg(short = 'f', long = "filename", required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: Output,
+    /// Fail on warnings too.
+    #[arg(long)]
+    pub warnings_as_errors: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorView {
+    pub field: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// The verdict on one document.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DocumentResult {
+    pub file: String,
+    /// 1-based position in the file.
+    pub document: usize,
+    pub consumer: String,
+    pub valid: bool,
+    pub errors: Vec<ErrorView>,
+    pub warnings: Vec<String>,
+}
+
+/// A file that could not be read at all.
+#[derive(Debug, Serialize)]
+pub struct FileProblem {
+    pub file: String,
+    pub problem: String,
+}
+
+fn read(path: &PathBuf) -> Result<String, String> {
+    if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| e.to_string())?;
+        return Ok(s);
+    }
+    std::fs::read_to_string(path).map_err(|e| e.to_string())
+}
+
+fn key_of(doc: &Value) -> String {
+    let meta = |k: &str| {
+        doc.pointer(&format!("/metadata/{k}"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    };
+    let ns = match meta("namespace") {
+        "" => "default",
+        ns => ns,
+    };
+    format!("{ns}/{}", meta("name"))
+}
+
+/// Validates every Consumer document of `text`.
+pub fn validate_text(file: &str, text: &str) -> Result<Vec<DocumentResult>, String> {
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| format!("not valid YAML: {e}"))?;
+    let mut out = Vec::new();
+    for (i, doc) in docs.iter().enumerate() {
+        if !is_consumer_document(doc) {
+            continue;
+        }
+        let report: Report = validation::validate(doc, None, validation::version_of(doc));
+        out.push(DocumentResult {
+            file: file.to_string(),
+            document: i + 1,
+            consumer: key_of(doc),
+            valid: report.is_valid(),
+            errors: report
+                .errors
+                .iter()
+                .map(|e| ErrorView {
+                    field: e.field.to_string(),
+                    reason: e.reason().to_string(),
+                    message: e.to_string(),
+                })
+                .collect(),
+            warnings: report.warnings,
+        });
+    }
+    Ok(out)
+}
+
+fn render_text(results: &[DocumentResult], problems: &[FileProblem]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for p in problems {
+        let _ = writeln!(out, "{}: error: {}", p.file, p.problem);
+    }
+    for r in results {
+        let verdict = if r.valid {
+            "valid".to_string()
+        } else {
+            format!(
+                "invalid ({} error{})",
+                r.errors.len(),
+                if r.errors.len() == 1 { "" } else { "s" }
+            )
+        };
+        let _ = writeln!(
+            out,
+            "{} (document {}): Consumer {}: {verdict}",
+            r.file, r.document, r.consumer
+        );
+        for e in &r.errors {
+            let _ = writeln!(out, "  error: {}", e.message);
+        }
+        for w in &r.warnings {
+            let _ = writeln!(out, "  warning: {w}");
+        }
+    }
+    out
+}
+
+/// Exit status: 0 all valid, 1 invalid (or warnings with --warnings-as-errors,
+/// or no Consumer at all), 2 unreadable input.
+pub fn run(args: ValidateArgs) -> ExitCode {
+    let mut results = Vec::new();
+    let mut problems = Vec::new();
+    for path in &args.files {
+        let name = path.display().to_string();
+        match read(path).and_then(|text| validate_text(&name, &text)) {
+            Ok(mut r) => results.append(&mut r),
+            Err(problem) => problems.push(FileProblem {
+                file: name,
+                problem,
+            }),
+        }
+    }
+    match args.output {
+        Output::Text => print!("{}", render_text(&results, &problems)),
+        Output::Json => {
+            let json = serde_json::json!({ "results": results, "problems": problems });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json).unwrap_or_default()
+            );
+        }
+    }
+    if !problems.is_empty() {
+        return ExitCode::from(2);
+    }
+    if results.is_empty() {
+        eprintln!(
+            "error: no Consumer (kind: Consumer, apiVersion: konsumerator.lwolf.org/*) in the given files"
+        );
+        return ExitCode::from(1);
+    }
+    let failed = results
+        .iter()
+        .any(|r| !r.valid || (args.warnings_as_errors && !r.warnings.is_empty()));
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_document_files_are_validated_per_consumer() {
+        let text = format!(
+            "{}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\n---\n{}",
+            include_str!("../../tests/fixtures/consumer-orders.yaml"),
+            include_str!("../../tests/fixtures/consumer-orders.yaml")
+                .replace("numPartitions: 10", "numPartitions: 0")
+        );
+        let results = validate_text("x.yaml", &text).unwrap();
+        assert_eq!(results.len(), 2);
+        assert!(results[0].valid);
+        assert!(!results[1].valid);
+        assert_eq!(results[1].document, 3);
+        let text = render_text(&results, &[]);
+        assert!(
+            text.contains("x.yaml (document 3): Consumer streams/orders: invalid (1 error)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  error: spec.numPartitions: Invalid value: 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn broken_yaml_is_a_file_problem() {
+        assert!(
+            validate_text("x.yaml", "a: [b")
+                .unwrap_err()
+                .contains("not valid YAML")
+        );
+    }
+}

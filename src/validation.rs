@@ -1,0 +1,73 @@
+//! Consumer validation and defaulting (pure): the same rules for the validating
+//! webhook, the defaulting webhook and `konsumer validate`. Every problem is
+//! reported at once, each with its field path, as the apiserver does.
+
+pub mod defaults;
+pub mod field;
+pub mod rules;
+pub mod structural;
+
+use serde_json::Value;
+
+use crate::api::{Consumer, VERSION_V1};
+
+pub use field::{ErrorType, FieldError, FieldPath, Report};
+
+/// The API version of a Consumer object (`v1` when it does not say).
+pub fn version_of(object: &Value) -> &str {
+    object
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .and_then(|v| v.split_once('/'))
+        .map_or(VERSION_V1, |(_, version)| version)
+}
+
+/// Reads what survived the type checks into the typed Consumer.
+fn typed(cleaned: Value, report: &mut Report) -> Option<Consumer> {
+    let mut cleaned = cleaned;
+    if let Some(obj) = cleaned.as_object_mut() {
+        obj.insert(
+            "apiVersion".into(),
+            Value::from("konsumerator.lwolf.org/v1"),
+        );
+        obj.insert("kind".into(), Value::from("Consumer"));
+    }
+    match serde_json::from_value::<Consumer>(cleaned) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            report.error(FieldError::invalid(
+                FieldPath::root("metadata"),
+                &Value::Null,
+                format!("not a readable object: {e}"),
+            ));
+            None
+        }
+    }
+}
+
+/// Validates a Consumer (`object`), against its stored version (`old`) on UPDATE.
+/// `version` is the API version the user wrote. Never panics, whatever the JSON.
+pub fn validate(object: &Value, old: Option<&Value>, version: &str) -> Report {
+    let mut report = Report::default();
+    let cleaned = structural::check_consumer(object, &mut report);
+    let Some(consumer) = typed(cleaned, &mut report) else {
+        return report;
+    };
+    let old = old.and_then(|o| {
+        let mut ignored = Report::default();
+        let cleaned = structural::check_consumer(o, &mut ignored);
+        typed(cleaned, &mut ignored)
+    });
+    rules::check(
+        &consumer,
+        rules::Context {
+            version,
+            old: old.as_ref(),
+        },
+        &mut report,
+    );
+    report
+}
+
+#[cfg(test)]
+mod tests;

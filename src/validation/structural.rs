@@ -1,0 +1,296 @@
+//! Type checks against the CRD's structural schema, with the apiserver's semantics
+//! (not JSON Schema's): non-nullable nulls are pruned (absent), `int-or-string`,
+//! `preserve-unknown-fields`, unknown fields are warnings (kubectl's default
+//! `fieldValidation=Warn`). Offline this gives `konsumer validate` the answers the
+//! apiserver would give before any webhook runs.
+
+use std::sync::LazyLock;
+
+use serde_json::Value;
+
+use super::field::{FieldError, FieldPath, Report};
+
+/// The `openAPIV3Schema` of the generated CRD (the storage version).
+pub static CONSUMER_SCHEMA: LazyLock<Value> = LazyLock::new(|| {
+    let crd = crate::api::crd::consumer_crd();
+    crd.spec
+        .versions
+        .first()
+        .and_then(|v| v.schema.as_ref())
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .and_then(|s| serde_json::to_value(s).ok())
+        .unwrap_or(Value::Null)
+});
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn type_error(path: &FieldPath, value: &Value, expected: &str) -> FieldError {
+    FieldError::invalid(
+        path.clone(),
+        value,
+        format!(
+            "{path} in body must be of type {expected}: {:?}",
+            type_name(value)
+        ),
+    )
+}
+
+/// A value of the schema's type, standing in for an invalid array item so that
+/// the items after it keep their index.
+fn placeholder(schema: &Value) -> Value {
+    if schema.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
+        return Value::String("0".into());
+    }
+    match schema.get("type").and_then(Value::as_str) {
+        Some("array") => Value::Array(Vec::new()),
+        Some("string") => Value::String(String::new()),
+        Some("integer") | Some("number") => Value::from(0),
+        Some("boolean") => Value::Bool(false),
+        _ => Value::Object(Default::default()),
+    }
+}
+
+/// Checks `value` (at `path`) against `schema`. Returns the value with everything
+/// invalid removed (`None`: drop the field), for the semantic rules to read.
+pub fn check(
+    schema: &Value,
+    value: &Value,
+    path: &FieldPath,
+    report: &mut Report,
+) -> Option<Value> {
+    if value.is_null() {
+        // Nulls of non-nullable fields are pruned by the apiserver: absent.
+        return None;
+    }
+    if schema.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
+        if !matches!(type_name(value), "integer" | "string") {
+            report.error(FieldError::invalid(
+                path.clone(),
+                value,
+                format!(
+                    "{path} in body must be of type integer or string: {:?}",
+                    type_name(value)
+                ),
+            ));
+            return None;
+        }
+        return Some(value.clone());
+    }
+    let expected = schema.get("type").and_then(Value::as_str);
+    match expected {
+        Some("object") => {
+            let Some(map) = value.as_object() else {
+                report.error(type_error(path, value, "object"));
+                return None;
+            };
+            let properties = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            let preserve =
+                schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+            for required in schema
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(name) = required.as_str()
+                    && map.get(name).is_none_or(Value::is_null)
+                {
+                    report.error(FieldError::required(path.child(name), ""));
+                }
+            }
+            let mut cleaned = serde_json::Map::new();
+            for (key, child) in map {
+                let kept = if let Some(sub) = properties.and_then(|p| p.get(key)) {
+                    check(sub, child, &path.child(key), report)
+                } else if let Some(sub) = additional {
+                    check(sub, child, &path.key(key), report)
+                } else if preserve {
+                    Some(child.clone())
+                } else {
+                    report.warn(format!("unknown field \"{}\"", path.child(key)));
+                    None
+                };
+                if let Some(v) = kept {
+                    cleaned.insert(key.clone(), v);
+                }
+            }
+            Some(Value::Object(cleaned))
+        }
+        Some("array") => {
+            let Some(items) = value.as_array() else {
+                report.error(type_error(path, value, "array"));
+                return None;
+            };
+            let item_schema = schema.get("items").cloned().unwrap_or(Value::Null);
+            let cleaned = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    check(&item_schema, item, &path.index(i), report)
+                        .unwrap_or_else(|| placeholder(&item_schema))
+                })
+                .collect();
+            Some(Value::Array(cleaned))
+        }
+        Some("string") => {
+            if !value.is_string() {
+                report.error(type_error(path, value, "string"));
+                return None;
+            }
+            check_enum(schema, value, path, report).then(|| value.clone())
+        }
+        Some("integer") => {
+            let fits = match schema.get("format").and_then(Value::as_str) {
+                Some("int32") => value.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
+                _ => value.as_i64().is_some(),
+            };
+            if type_name(value) != "integer" {
+                report.error(type_error(path, value, "integer"));
+                None
+            } else if !fits {
+                report.error(FieldError::invalid(path.clone(), value, "out of range"));
+                None
+            } else {
+                Some(value.clone())
+            }
+        }
+        Some("number") => value.is_number().then(|| value.clone()).or_else(|| {
+            report.error(type_error(path, value, "number"));
+            None
+        }),
+        Some("boolean") => value.is_boolean().then(|| value.clone()).or_else(|| {
+            report.error(type_error(path, value, "boolean"));
+            None
+        }),
+        _ => Some(value.clone()),
+    }
+}
+
+/// `false` (and an error) when the value is not one of the schema's `enum`.
+fn check_enum(schema: &Value, value: &Value, path: &FieldPath, report: &mut Report) -> bool {
+    let Some(allowed) = schema.get("enum").and_then(Value::as_array) else {
+        return true;
+    };
+    if allowed.contains(value) {
+        return true;
+    }
+    let names: Vec<&str> = allowed.iter().filter_map(Value::as_str).collect();
+    report.error(FieldError::not_supported(path.clone(), value, &names));
+    false
+}
+
+/// Checks a whole Consumer object: `spec` against the schema (metadata and status
+/// are the apiserver's business). Returns the object with invalid fields removed.
+pub fn check_consumer(object: &Value, report: &mut Report) -> Value {
+    let schema = &*CONSUMER_SCHEMA;
+    let Some(obj) = object.as_object() else {
+        report.error(FieldError::invalid(
+            FieldPath::root("<root>"),
+            object,
+            "a Consumer must be an object",
+        ));
+        return Value::Object(Default::default());
+    };
+    let mut cleaned = obj.clone();
+    cleaned.remove("status");
+    match obj.get("spec") {
+        None | Some(Value::Null) => {
+            report.error(FieldError::required(FieldPath::root("spec"), ""));
+            cleaned.remove("spec");
+        }
+        Some(spec) => {
+            let spec_schema = schema
+                .pointer("/properties/spec")
+                .cloned()
+                .unwrap_or(Value::Null);
+            match check(&spec_schema, spec, &FieldPath::root("spec"), report) {
+                Some(v) => {
+                    cleaned.insert("spec".into(), v);
+                }
+                None => {
+                    cleaned.remove("spec");
+                }
+            }
+        }
+    }
+    if !cleaned.get("metadata").is_some_and(Value::is_object) {
+        cleaned.remove("metadata");
+    }
+    Value::Object(cleaned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn errors_of(object: Value) -> (Vec<String>, Vec<String>) {
+        let mut r = Report::default();
+        let _ = check_consumer(&object, &mut r);
+        (r.errors.iter().map(|e| e.to_string()).collect(), r.warnings)
+    }
+
+    #[test]
+    fn type_errors_and_missing_required_fields_are_all_reported() {
+        let (errors, warnings) = errors_of(json!({"spec": {
+            "numPartitions": "ten",
+            "name": 5,
+            "autoscaler": {"prometheus": {"ratePerCore": 1.5}},
+            "resourcePolicy": {"containerPolicies": [{"containerName": "c", "minAllowed": {"cpu": true}}]},
+            "deploymentTemplate": [],
+            "bogus": 1
+        }}));
+        let joined = errors.join("\n");
+        for expected in [
+            "spec.numPartitions: Invalid value: \"ten\": spec.numPartitions in body must be of type integer: \"string\"",
+            "spec.name: Invalid value: 5",
+            "spec.namespace: Required value",
+            "spec.autoscaler.mode: Required value",
+            "spec.autoscaler.prometheus.ratePerCore: Invalid value: 1.5",
+            "spec.autoscaler.prometheus.address: Required value",
+            "spec.resourcePolicy.containerPolicies[0].minAllowed[cpu]: Invalid value: true",
+            "spec.deploymentTemplate: Invalid value: []",
+        ] {
+            assert!(
+                joined.contains(expected),
+                "missing {expected:?} in\n{joined}"
+            );
+        }
+        assert_eq!(warnings, vec!["unknown field \"spec.bogus\"".to_string()]);
+    }
+
+    #[test]
+    fn deployment_template_is_opaque_and_nulls_count_as_absent() {
+        let (errors, warnings) = errors_of(json!({"spec": {
+            "numPartitions": 3, "name": "x", "namespace": "y",
+            "autoscaler": {"mode": "", "pendingScaleUpDuration": null},
+            "resourcePolicy": {},
+            "deploymentTemplate": {"anything": {"goes": [1, 2]}}
+        }}));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn int32_fields_reject_out_of_range_numbers() {
+        let (errors, _) = errors_of(json!({"spec": {"numPartitions": 3_000_000_000u64}}));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e
+                    .starts_with("spec.numPartitions: Invalid value: 3000000000: out of range")),
+            "{errors:?}"
+        );
+    }
+}

@@ -1,0 +1,136 @@
+//! The committed CRD is the generated one, and it is structural.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+const COMMITTED: &str = "manifests/crd/konsumerator.lwolf.org_consumers.yaml";
+
+#[test]
+fn committed_crd_matches_the_generated_one() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(COMMITTED);
+    let committed = std::fs::read_to_string(&path).unwrap();
+    let generated = konsumer::api::crd::consumer_crd_yaml().unwrap();
+    assert!(
+        committed == generated,
+        "{COMMITTED} drifted from the Rust types; regenerate it with:\n  cargo run -- crd > {COMMITTED}"
+    );
+}
+
+fn crd() -> Value {
+    serde_json::to_value(konsumer::api::crd::consumer_crd()).unwrap()
+}
+
+/// Every schema node says its type (or is int-or-string / an opaque object).
+fn assert_structural(schema: &Value, path: &str) {
+    let int_or_string = schema.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true));
+    assert!(
+        schema.get("type").is_some() || int_or_string,
+        "{path} has no type: {schema}"
+    );
+    for forbidden in ["$ref", "anyOf", "oneOf", "allOf", "definitions"] {
+        assert!(schema.get(forbidden).is_none(), "{path} uses {forbidden}");
+    }
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        for (k, v) in props {
+            assert_structural(v, &format!("{path}.{k}"));
+        }
+    }
+    if let Some(items) = schema.get("items") {
+        assert_structural(items, &format!("{path}[]"));
+    }
+    if let Some(extra) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+        assert_structural(extra, &format!("{path}[*]"));
+    }
+}
+
+#[test]
+fn crd_serves_v1_and_deprecated_v1alpha1_with_one_structural_schema() {
+    let crd = crd();
+    let versions = crd["spec"]["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2);
+    let v1 = versions.iter().find(|v| v["name"] == "v1").unwrap();
+    let alpha = versions.iter().find(|v| v["name"] == "v1alpha1").unwrap();
+    assert_eq!(
+        (v1["served"].as_bool(), v1["storage"].as_bool()),
+        (Some(true), Some(true))
+    );
+    assert_eq!(
+        (alpha["served"].as_bool(), alpha["storage"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert_eq!(alpha["deprecated"], true);
+    assert!(
+        alpha["deprecationWarning"]
+            .as_str()
+            .unwrap()
+            .contains("v1alpha1")
+    );
+    assert_eq!(
+        v1["schema"], alpha["schema"],
+        "same schema for both versions"
+    );
+    assert!(v1["subresources"]["status"].is_object());
+    assert_eq!(crd["spec"]["scope"], "Namespaced");
+
+    let columns: Vec<&str> = v1["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "Expected",
+            "Running",
+            "Paused",
+            "Missing",
+            "Lagging",
+            "Outdated",
+            "Autoscaler",
+            "Age"
+        ]
+    );
+
+    let schema = &v1["schema"]["openAPIV3Schema"];
+    assert_structural(schema, "");
+    let spec = &schema["properties"]["spec"];
+    let template = &spec["properties"]["deploymentTemplate"];
+    assert_eq!(template["type"], "object");
+    assert_eq!(template["x-kubernetes-preserve-unknown-fields"], true);
+    assert!(
+        template.get("properties").is_none(),
+        "deploymentTemplate stays opaque"
+    );
+    let required: Vec<&str> = spec["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        required,
+        [
+            "autoscaler",
+            "deploymentTemplate",
+            "name",
+            "namespace",
+            "numPartitions",
+            "resourcePolicy"
+        ],
+        "Konsumerator's required fields"
+    );
+    let prom = &spec["properties"]["autoscaler"]["properties"]["prometheus"];
+    assert!(
+        prom["required"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("ratePerCore"))
+    );
+    assert_eq!(spec["properties"]["numPartitions"]["type"], "integer");
+    assert_eq!(
+        prom["properties"]["ramPerCore"]["x-kubernetes-int-or-string"],
+        true
+    );
+}
