@@ -152,35 +152,28 @@ impl Milli {
         }
     }
 
-    /// Canonical memory form: the largest exact binary suffix (`128Mi`), else the
-    /// largest exact decimal suffix (`200M`), else bytes (rounded up).
+    /// Canonical memory form: the largest unit, binary or decimal, that divides
+    /// the value exactly (`128Mi`, `400M`, `1Gi`), else bytes (rounded up).
     pub fn memory_string(self) -> String {
         let bytes = self.units_ceil();
         if bytes == 0 {
             return "0".to_string();
         }
-        for (suffix, shift) in [
-            ("Ei", 60),
-            ("Pi", 50),
-            ("Ti", 40),
-            ("Gi", 30),
-            ("Mi", 20),
-            ("Ki", 10),
-        ] {
-            let unit = 1i128 << shift;
-            if bytes % unit == 0 {
-                return format!("{}{}", bytes / unit, suffix);
-            }
-        }
-        for (suffix, exp) in [
-            ("E", 18),
-            ("P", 15),
-            ("T", 12),
-            ("G", 9),
-            ("M", 6),
-            ("k", 3),
-        ] {
-            let unit = 10i128.pow(exp);
+        const UNITS: [(&str, i128); 12] = [
+            ("Ei", 1 << 60),
+            ("E", 1_000_000_000_000_000_000),
+            ("Pi", 1 << 50),
+            ("P", 1_000_000_000_000_000),
+            ("Ti", 1 << 40),
+            ("T", 1_000_000_000_000),
+            ("Gi", 1 << 30),
+            ("G", 1_000_000_000),
+            ("Mi", 1 << 20),
+            ("M", 1_000_000),
+            ("Ki", 1 << 10),
+            ("k", 1_000),
+        ];
+        for (suffix, unit) in UNITS {
             if bytes % unit == 0 {
                 return format!("{}{}", bytes / unit, suffix);
             }
@@ -279,6 +272,12 @@ mod tests {
         assert_eq!(Milli::parse("200M").unwrap().memory_string(), "200M");
         assert_eq!(Milli::parse("1024Mi").unwrap().memory_string(), "1Gi");
         assert_eq!(Milli::parse("1001").unwrap().memory_string(), "1001");
+        assert_eq!(
+            Milli::parse("400M").unwrap().memory_string(),
+            "400M",
+            "not 390625Ki"
+        );
+        assert_eq!(Milli::parse("1000Mi").unwrap().memory_string(), "1000Mi");
     }
 
     proptest! {

@@ -6,6 +6,8 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
 use crate::api::quantity::Milli;
 use crate::api::{Consumer, ContainerResources, ResourceList, env};
 
@@ -50,8 +52,30 @@ pub struct ContainerTarget {
     pub limits: Resources,
 }
 
+impl Resources {
+    /// As a `ResourceList` in canonical form.
+    pub fn to_list(&self) -> ResourceList {
+        let mut list = ResourceList::new();
+        if let Some(cpu) = self.cpu {
+            list.insert("cpu".into(), Quantity(cpu.cpu_string()));
+        }
+        if let Some(memory) = self.memory {
+            list.insert("memory".into(), Quantity(memory.memory_string()));
+        }
+        list
+    }
+}
+
 impl ContainerTarget {
-    fn from_status(c: &ContainerResources) -> Result<Self, String> {
+    pub fn to_status(&self) -> ContainerResources {
+        ContainerResources {
+            container_name: self.name.clone(),
+            requests: self.requests.to_list(),
+            limits: self.limits.to_list(),
+        }
+    }
+
+    pub fn from_status(c: &ContainerResources) -> Result<Self, String> {
         Ok(ContainerTarget {
             name: c.container_name.clone(),
             requests: Resources::from_list(Some(&c.requests))?,
@@ -295,7 +319,6 @@ fn recommendations(consumer: &Consumer, layout: &Layout) -> Vec<Option<Arc<[Cont
 mod tests {
     use super::*;
     use crate::api::{ConsumerStatus, InstanceStatus};
-    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
     pub(crate) fn orders() -> Consumer {
         serde_saphyr::from_str(include_str!("../../tests/fixtures/consumer-orders.yaml")).unwrap()

@@ -1,0 +1,13 @@
+//! Prediction and the scaling state machine (pure): metrics and the previous
+//! status in, the recommendation per instance and typed transitions out.
+
+pub mod machine;
+pub mod predict;
+pub mod spec;
+pub mod step;
+
+pub use spec::ScalingSpec;
+pub use step::{Metrics, StepInput, StepOutput, Transition, step};
+
+#[cfg(test)]
+mod tests;

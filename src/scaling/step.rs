@@ -1,0 +1,205 @@
+//! One reconcile step of one Consumer (pure): its instances' previous status and
+//! the metrics in, the next instance statuses and the transitions out.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde::Serialize;
+
+use super::machine::{self, Event, Instance, Signal, Timing};
+use super::predict::{self, Observation, Prediction};
+use super::spec::ScalingSpec;
+use crate::api::quantity::Milli;
+use crate::api::{ContainerResources, InstanceStatus, PartitionState, ScalingState};
+use crate::inject::settings::ContainerTarget;
+
+/// A typed record of one change: what, from, to, why, and the metrics.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Transition {
+    pub instance: u32,
+    pub partitions: Vec<u32>,
+    pub event: Event,
+    pub from: ScalingState,
+    pub to: ScalingState,
+    pub previous: Vec<ContainerResources>,
+    pub new: Vec<ContainerResources>,
+    pub reason: String,
+    pub observation: Option<Observation>,
+    pub at: Timestamp,
+}
+
+/// The metrics of a Consumer: per partition, and when they were read.
+#[derive(Clone, Copy, Debug)]
+pub struct Metrics<'a> {
+    pub partitions: &'a BTreeMap<u32, PartitionState>,
+    pub observed_at: Timestamp,
+}
+
+pub struct StepInput<'a> {
+    pub spec: &'a ScalingSpec,
+    pub previous: &'a [InstanceStatus],
+    /// `None` when Prometheus could not be read: nothing moves.
+    pub metrics: Option<Metrics<'a>>,
+    /// `disable-autoscaler`: recommendations are frozen.
+    pub frozen: bool,
+    pub now: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepOutput {
+    pub instances: Vec<InstanceStatus>,
+    pub transitions: Vec<Transition>,
+    /// Per instance: whether its largest lag reached `tolerableLag`.
+    pub lagging: Vec<bool>,
+}
+
+pub fn to_status(targets: &[ContainerTarget]) -> Vec<ContainerResources> {
+    targets.iter().map(ContainerTarget::to_status).collect()
+}
+
+fn from_status(list: &[ContainerResources]) -> Option<Vec<ContainerTarget>> {
+    list.iter()
+        .map(|c| ContainerTarget::from_status(c).ok())
+        .collect()
+}
+
+/// The machine's view of a stored instance, when it still fits the layout.
+fn restore(status: &InstanceStatus, partitions: &[u32], now: Timestamp) -> Option<Instance> {
+    let fits = status.partitions.len() == partitions.len()
+        && status
+            .partitions
+            .iter()
+            .zip(partitions)
+            .all(|(a, b)| *a as i64 == *b as i64);
+    if !fits {
+        return None;
+    }
+    Some(Instance {
+        state: status.state,
+        since: status.since.as_ref().map_or(now, |t| t.0),
+        recommendation: from_status(&status.resources)?,
+        pending: status.pending.as_deref().and_then(from_status),
+        saturation: status
+            .saturation
+            .as_ref()
+            .and_then(|q| Milli::parse(&q.0).ok())
+            .unwrap_or_default(),
+    })
+}
+
+fn store(id: u32, partitions: &[u32], inst: &Instance) -> InstanceStatus {
+    InstanceStatus {
+        id: id as i32,
+        partitions: partitions.iter().map(|p| *p as i32).collect(),
+        state: inst.state,
+        since: Some(Time(inst.since)),
+        resources: to_status(&inst.recommendation),
+        pending: inst.pending.as_deref().map(to_status),
+        saturation: inst.saturation.is_positive().then(|| {
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity(inst.saturation.cpu_string())
+        }),
+    }
+}
+
+/// Runs the predictor and the state machine over every instance.
+pub fn step(input: StepInput<'_>) -> StepOutput {
+    let spec = input.spec;
+    let now = input.now;
+    let buckets: Vec<Vec<u32>> = spec.layout.buckets().map(|r| r.collect()).collect();
+    let current: Vec<Instance> = buckets
+        .iter()
+        .enumerate()
+        .map(|(id, partitions)| {
+            input
+                .previous
+                .iter()
+                .find(|s| s.id == id as i32)
+                .and_then(|s| restore(s, partitions, now))
+                .unwrap_or_else(|| Instance::new(spec.fallback.clone(), now))
+        })
+        .collect();
+
+    let observations: Vec<Option<Observation>> = match input.metrics {
+        Some(m) => spec
+            .layout
+            .buckets()
+            .map(|r| predict::observe(r, m.partitions, spec.recovery))
+            .collect(),
+        None => vec![None; buckets.len()],
+    };
+    let lagging: Vec<bool> = observations
+        .iter()
+        .map(|o| {
+            o.as_ref()
+                .is_some_and(|o| o.max_lag_seconds >= spec.tolerable_lag.as_secs_f64())
+        })
+        .collect();
+
+    if input.frozen || input.metrics.is_none() {
+        let instances = buckets
+            .iter()
+            .zip(&current)
+            .enumerate()
+            .map(|(id, (p, i))| store(id as u32, p, i))
+            .collect();
+        return StepOutput {
+            instances,
+            transitions: Vec::new(),
+            lagging,
+        };
+    }
+    let observed_at = input.metrics.map_or(now, |m| m.observed_at);
+
+    let mut predictions: Vec<Option<Prediction>> = observations
+        .iter()
+        .map(|o| o.as_ref().map(|o| predict::predict(spec, o)))
+        .collect();
+    let recommended: Vec<Vec<ContainerTarget>> =
+        current.iter().map(|i| i.recommendation.clone()).collect();
+    predict::apply_global_cap(spec, &recommended, &mut predictions);
+
+    let timing = Timing {
+        pending_up: spec.pending_up,
+        pending_down: spec.pending_down,
+    };
+    let mut instances = Vec::with_capacity(buckets.len());
+    let mut transitions = Vec::new();
+    for (id, partitions) in buckets.iter().enumerate() {
+        let cur = &current[id];
+        let signal = predictions[id].as_ref().map(|target| Signal {
+            target,
+            lagging: lagging[id],
+            max_lag_seconds: observations[id].as_ref().map_or(0.0, |o| o.max_lag_seconds),
+            observed_at,
+        });
+        let machine::Step { next, events } = machine::step(timing, cur, signal.as_ref(), now);
+        let mut from = cur.state;
+        for (event, reason) in events {
+            let to = match event {
+                Event::ScaleCancelled(_) => ScalingState::Running,
+                _ => next.state,
+            };
+            transitions.push(Transition {
+                instance: id as u32,
+                partitions: partitions.clone(),
+                event,
+                from,
+                to,
+                previous: to_status(&cur.recommendation),
+                new: to_status(&next.recommendation),
+                reason,
+                observation: observations[id].clone(),
+                at: now,
+            });
+            from = to;
+        }
+        instances.push(store(id as u32, partitions, &next));
+    }
+    StepOutput {
+        instances,
+        transitions,
+        lagging,
+    }
+}

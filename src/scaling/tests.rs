@@ -1,0 +1,582 @@
+//! Golden cases from Konsumerator's predictor tests and a multi-step state machine
+//! scenario on a fake clock.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::machine::{Direction, Event};
+use super::predict;
+use super::spec::{Policy, ScalingSpec};
+use super::step::{Metrics, StepInput, StepOutput, step};
+use crate::api::quantity::Milli;
+use crate::api::{InstanceStatus, PartitionState, ScalingState};
+use crate::inject::partition::Layout;
+use crate::inject::settings::{ContainerTarget, Resources};
+
+fn q(s: &str) -> Milli {
+    Milli::parse(s).unwrap()
+}
+
+fn res(cpu: &str, memory: &str) -> Resources {
+    Resources {
+        cpu: Some(q(cpu)),
+        memory: Some(q(memory)),
+    }
+}
+
+fn spec(rate: f64, ram: &str, policy: Option<(&str, &str, &str, &str)>) -> ScalingSpec {
+    let policies: Vec<Policy> = policy
+        .map(|(min_cpu, min_mem, max_cpu, max_mem)| Policy {
+            name: "busybox".into(),
+            min: res(min_cpu, min_mem),
+            max: res(max_cpu, max_mem),
+        })
+        .into_iter()
+        .collect();
+    let fallback = policies
+        .iter()
+        .map(|p| ContainerTarget {
+            name: p.name.clone(),
+            requests: p.min,
+            limits: p.min,
+        })
+        .collect();
+    ScalingSpec {
+        layout: Layout::new(1, 1).unwrap(),
+        rate_per_core: rate,
+        ram_per_core: q(ram),
+        cpu_increment: q("100m"),
+        recovery: Duration::from_secs(30 * 60),
+        tolerable_lag: Duration::from_secs(3 * 60),
+        critical_lag: None,
+        pending_up: Duration::from_secs(5 * 60),
+        pending_down: Duration::from_secs(5 * 60),
+        min_sync: Duration::from_secs(60),
+        scaled: "busybox".into(),
+        policies,
+        global_max: Resources::default(),
+        fallback,
+    }
+}
+
+fn metrics(partitions: &[(u32, i64, i64)]) -> BTreeMap<u32, PartitionState> {
+    partitions
+        .iter()
+        .map(|(p, production, behind)| {
+            (
+                *p,
+                PartitionState {
+                    production_rate: *production,
+                    consumption_rate: *production,
+                    messages_behind: *behind,
+                },
+            )
+        })
+        .collect()
+}
+
+fn predicted(spec: &ScalingSpec, partitions: &[(u32, i64, i64)]) -> (Resources, Resources) {
+    let m = metrics(partitions);
+    let obs = predict::observe(spec.layout.bucket(0).unwrap(), &m, spec.recovery).unwrap();
+    let p = predict::predict(spec, &obs);
+    let t = p.targets.iter().find(|t| t.name == spec.scaled).unwrap();
+    (t.requests, t.limits)
+}
+
+#[test]
+fn consumption_18510_at_10000_per_core_is_1900m_limit_2() {
+    let s = spec(10000.0, "1G", None);
+    let (req, lim) = predicted(&s, &[(0, 18510, 0)]);
+    assert_eq!(req.cpu, Some(q("1900m")));
+    assert_eq!(lim.cpu, Some(q("2")));
+    assert_eq!(lim.memory, Some(q("2G")));
+}
+
+#[test]
+fn cpu_increment_sets_the_request_step() {
+    // Konsumerator's TestEstimateCpu cases (load 11510 at 10000 per core).
+    for (step, want) in [("400m", "1200m"), ("500m", "1500m"), ("1", "2")] {
+        let mut s = spec(10000.0, "1G", None);
+        s.cpu_increment = q(step);
+        let (req, lim) = predicted(&s, &[(0, 11510, 0)]);
+        assert_eq!(req.cpu, Some(q(want)), "step {step}");
+        assert_eq!(lim.cpu, Some(q("2")), "step {step}");
+    }
+    // The same steps at 18510 msg/s all round to two cores.
+    for step in ["400m", "500m", "1"] {
+        let mut s = spec(10000.0, "1G", None);
+        s.cpu_increment = q(step);
+        assert_eq!(
+            predicted(&s, &[(0, 18510, 0)]).0.cpu,
+            Some(q("2")),
+            "step {step}"
+        );
+    }
+}
+
+#[test]
+fn low_production_gets_the_smallest_step_one_core_and_its_memory() {
+    let s = spec(10000.0, "1G", None);
+    let (req, lim) = predicted(&s, &[(0, 200, 0)]);
+    assert_eq!((req.cpu, lim.cpu), (Some(q("100m")), Some(q("1"))));
+    assert_eq!((req.memory, lim.memory), (Some(q("1G")), Some(q("1G"))));
+}
+
+#[test]
+fn lag_adds_catch_up_load_within_the_recovery_time() {
+    let mut s = spec(5000.0, "200M", Some(("100m", "100M", "2", "400M")));
+    s.recovery = Duration::from_secs(60 * 60);
+    let six_minutes = 5000 * 60 * 6;
+    let (req, lim) = predicted(&s, &[(0, 5000, six_minutes)]);
+    assert_eq!(req.cpu, Some(q("1100m")));
+    assert_eq!(lim.cpu, Some(q("2")));
+    assert_eq!((req.memory, lim.memory), (Some(q("400M")), Some(q("400M"))));
+    let (req, _) = predicted(&s, &[(0, 5000, 5000 * 60 * 15)]);
+    assert_eq!(req.cpu, Some(q("1300m")));
+}
+
+#[test]
+fn expected_consumption_with_lag_matches_konsumerator() {
+    // production 20001, 12,000,000 behind, recovery 30m: Konsumerator's 26656 msg/s
+    // (it truncates the lag to 599s; konsumer keeps 599.97s).
+    let m = metrics(&[(0, 20001, 12_000_000)]);
+    let obs = predict::observe(0..1, &m, Duration::from_secs(1800)).unwrap();
+    assert!((obs.load - 26667.0).abs() < 1.0, "{}", obs.load);
+    assert!((obs.max_lag_seconds - 599.97).abs() < 0.01);
+}
+
+#[test]
+fn partitions_without_data_count_as_the_busiest() {
+    let mut s = spec(10000.0, "1G", None);
+    s.layout = Layout::new(4, 4).unwrap();
+    let (req, lim) = predicted(&s, &[(0, 20000, 0), (1, 10000, 0)]);
+    assert_eq!(req.cpu, Some(q("7")), "20000 + 10000 + 2 × 20000");
+    assert_eq!(lim.memory, Some(q("7G")));
+    let obs =
+        predict::observe(0..4, &metrics(&[(0, 20000, 0), (1, 10000, 0)]), s.recovery).unwrap();
+    assert_eq!(obs.partitions_without_data, 2);
+    assert!(
+        predict::observe(0..4, &BTreeMap::new(), s.recovery).is_none(),
+        "no data at all"
+    );
+}
+
+#[test]
+fn the_limit_is_clamped_to_max_allowed_and_the_cut_is_saturation() {
+    let s = spec(5000.0, "200M", Some(("100m", "100M", "2", "400M")));
+    let m = metrics(&[(0, 10000, 6_000_000)]);
+    let mut s2 = s.clone();
+    s2.recovery = Duration::from_secs(3600);
+    let obs = predict::observe(0..1, &m, s2.recovery).unwrap();
+    let p = predict::predict(&s2, &obs);
+    let t = &p.targets[0];
+    assert_eq!(p.wanted_cpu, q("2400m"));
+    assert_eq!(t.requests.cpu, Some(q("2")));
+    assert_eq!(
+        t.limits.cpu,
+        Some(q("2")),
+        "Konsumerator let the limit reach 3"
+    );
+    assert_eq!(t.limits.memory, Some(q("400M")));
+    assert_eq!(p.saturation, q("400m"));
+}
+
+#[test]
+fn critical_lag_targets_max_allowed() {
+    let mut s = spec(5000.0, "200M", Some(("100m", "100M", "2", "400M")));
+    s.critical_lag = Some(Duration::from_secs(15 * 60));
+    s.recovery = Duration::from_secs(3600);
+    let (req, lim) = predicted(&s, &[(0, 5000, 5000 * 60 * 15)]);
+    assert_eq!((req.cpu, lim.cpu), (Some(q("2")), Some(q("2"))));
+    assert_eq!((req.memory, lim.memory), (Some(q("400M")), Some(q("400M"))));
+    let (req, _) = predicted(&s, &[(0, 5000, 5000 * 60 * 14)]);
+    assert_eq!(
+        req.cpu,
+        Some(q("1300m")),
+        "below the critical lag: the estimate"
+    );
+}
+
+#[test]
+fn sidecars_keep_their_fallback() {
+    let mut s = spec(1000.0, "100M", Some(("100m", "100M", "8", "8G")));
+    s.policies.push(Policy {
+        name: "log-shipper".into(),
+        min: res("50m", "64Mi"),
+        max: res("200m", "128Mi"),
+    });
+    s.fallback.push(ContainerTarget {
+        name: "log-shipper".into(),
+        requests: res("50m", "64Mi"),
+        limits: res("50m", "64Mi"),
+    });
+    let obs = predict::observe(0..1, &metrics(&[(0, 3000, 0)]), s.recovery).unwrap();
+    let p = predict::predict(&s, &obs);
+    let shipper = p.targets.iter().find(|t| t.name == "log-shipper").unwrap();
+    assert_eq!(shipper.requests.cpu, Some(q("50m")));
+    let main = p.targets.iter().find(|t| t.name == "busybox").unwrap();
+    assert_eq!(main.requests.cpu, Some(q("3")));
+}
+
+#[test]
+fn the_global_cap_counts_what_every_instance_uses_now() {
+    let mut s = spec(1000.0, "100M", Some(("100m", "100M", "8", "8G")));
+    s.layout = Layout::new(3, 1).unwrap();
+    s.global_max = Resources {
+        cpu: Some(q("4")),
+        memory: None,
+    };
+    let current: Vec<Vec<ContainerTarget>> = ["1", "1", "1500m"]
+        .iter()
+        .map(|cpu| {
+            vec![ContainerTarget {
+                name: "busybox".into(),
+                requests: res(cpu, "100M"),
+                limits: res("2", "100M"),
+            }]
+        })
+        .collect();
+    // instance 0 wants 2 (+1), instance 1 wants 3 (+2), instance 2 drops to 500m (-1).
+    let m = metrics(&[(0, 2000, 0), (1, 3000, 0), (2, 500, 0)]);
+    let mut predictions: Vec<_> = (0..3)
+        .map(|i| predict::observe(i..i + 1, &m, s.recovery).map(|o| predict::predict(&s, &o)))
+        .collect();
+    predict::apply_global_cap(&s, &current, &mut predictions);
+    let cpu = |i: usize| {
+        predictions[i].as_ref().unwrap().targets[0]
+            .requests
+            .cpu
+            .unwrap()
+    };
+    // Budget: 4 - (1 + 1 + 0.5) = 1.5 free after the decrease; instance 0 takes 1,
+    // instance 1 gets the remaining 500m of its 2 and is saturated by 1500m.
+    assert_eq!(cpu(2), q("500m"));
+    assert_eq!(cpu(0), q("2"));
+    assert_eq!(cpu(1), q("1500m"));
+    assert_eq!(predictions[1].as_ref().unwrap().saturation, q("1500m"));
+    let total: Milli = (0..3).map(cpu).sum();
+    assert!(total <= q("4"));
+}
+
+// ---- the state machine, step by step on a fake clock ----
+
+struct Run {
+    spec: ScalingSpec,
+    status: Vec<InstanceStatus>,
+    now: Timestamp,
+}
+
+impl Run {
+    fn new() -> Self {
+        let mut spec = spec(5000.0, "200M", Some(("100m", "100M", "2", "400M")));
+        spec.recovery = Duration::from_secs(3600);
+        Run {
+            spec,
+            status: Vec::new(),
+            now: "2026-11-22T12:00:00Z".parse().unwrap(),
+        }
+    }
+
+    fn advance(&mut self, minutes: i64) {
+        self.now = self.now + SignedDuration::from_mins(minutes);
+    }
+
+    /// One reconcile with (production, messages behind) read now.
+    fn tick(&mut self, production: i64, behind: i64) -> StepOutput {
+        let m = metrics(&[(0, production, behind)]);
+        self.tick_with(Some(&m), self.now, false)
+    }
+
+    fn tick_with(
+        &mut self,
+        m: Option<&BTreeMap<u32, PartitionState>>,
+        observed_at: Timestamp,
+        frozen: bool,
+    ) -> StepOutput {
+        let out = step(StepInput {
+            spec: &self.spec,
+            previous: &self.status,
+            metrics: m.map(|partitions| Metrics {
+                partitions,
+                observed_at,
+            }),
+            frozen,
+            now: self.now,
+        });
+        self.status = out.instances.clone();
+        out
+    }
+
+    fn lag_minutes(&mut self, minutes: i64) -> StepOutput {
+        self.tick(5000, 5000 * 60 * minutes)
+    }
+
+    fn state(&self) -> ScalingState {
+        self.status[0].state
+    }
+
+    fn since(&self) -> Timestamp {
+        self.status[0].since.as_ref().unwrap().0
+    }
+
+    fn cpu(&self) -> (String, String) {
+        let r = &self.status[0].resources[0];
+        (r.requests["cpu"].0.clone(), r.limits["cpu"].0.clone())
+    }
+
+    fn memory(&self) -> String {
+        self.status[0].resources[0].requests["memory"].0.clone()
+    }
+}
+
+fn events(out: &StepOutput) -> Vec<Event> {
+    out.transitions.iter().map(|t| t.event).collect()
+}
+
+#[test]
+fn scale_up_saturation_recovery_and_scale_down_step_by_step() {
+    let mut r = Run::new();
+    let t0 = r.now;
+    // 1. Prometheus unreachable: the instance starts on its fallback.
+    let out = r.tick_with(None, t0, false);
+    assert!(out.transitions.is_empty());
+    assert_eq!(
+        (r.state(), r.cpu()),
+        (ScalingState::Running, ("100m".into(), "100m".into()))
+    );
+
+    // 2. 1 minute behind (below tolerableLag 3m): no scale up without lag.
+    let out = r.lag_minutes(1);
+    assert!(out.transitions.is_empty());
+    assert_eq!(r.state(), ScalingState::Running);
+    assert_eq!(r.cpu().0, "100m");
+
+    // 3. 6 minutes behind: pending scale up.
+    r.advance(10);
+    let t_pending = r.now;
+    let out = r.lag_minutes(6);
+    assert_eq!(events(&out), vec![Event::ScalePending(Direction::Up)]);
+    assert_eq!(
+        (r.state(), r.since()),
+        (ScalingState::PendingScaleUp, t_pending)
+    );
+    assert_eq!(r.cpu().0, "100m", "nothing recommended while pending");
+    let pending = &r.status[0].pending.as_ref().unwrap()[0];
+    assert_eq!(pending.requests["cpu"].0, "1100m");
+
+    // 4. Still lagging after the pending period: scale up to the prediction (1300m).
+    r.advance(10);
+    let out = r.lag_minutes(15);
+    assert_eq!(events(&out), vec![Event::Scaled(Direction::Up)]);
+    assert_eq!((r.state(), r.since()), (ScalingState::Running, r.now));
+    assert_eq!(r.cpu(), ("1300m".into(), "2".into()));
+    assert_eq!(r.memory(), "400M");
+    let t = &out.transitions[0];
+    assert_eq!(
+        (t.from, t.to),
+        (ScalingState::PendingScaleUp, ScalingState::Running)
+    );
+    assert_eq!(t.previous[0].requests["cpu"].0, "100m");
+    assert_eq!(t.new[0].requests["cpu"].0, "1300m");
+    assert!(t.observation.as_ref().unwrap().max_lag_seconds >= 900.0);
+
+    // 5. More lag: pending again.
+    r.advance(10);
+    let out = r.lag_minutes(20);
+    assert_eq!(events(&out), vec![Event::ScalePending(Direction::Up)]);
+
+    // 6. Production doubles: the prediction (2400m) is cut at maxAllowed (2): saturated.
+    r.advance(10);
+    let out = r.tick(10000, 6_000_000);
+    assert_eq!(
+        events(&out),
+        vec![Event::Scaled(Direction::Up), Event::Saturated]
+    );
+    assert_eq!(r.state(), ScalingState::Saturated);
+    assert_eq!(r.cpu(), ("2".into(), "2".into()));
+    assert_eq!(r.status[0].saturation.as_ref().unwrap().0, "400m");
+
+    // 7. Still lagging at the cap: saturated, with the new shortfall.
+    r.advance(10);
+    let since = r.since();
+    let out = r.tick(10000, 3_000_000);
+    assert!(out.transitions.is_empty());
+    assert_eq!((r.state(), r.since()), (ScalingState::Saturated, since));
+    assert_eq!(r.status[0].saturation.as_ref().unwrap().0, "200m");
+
+    // 8. The lag falls below tolerableLag: unsaturated, pending scale down.
+    r.advance(10);
+    let out = r.lag_minutes(2);
+    assert_eq!(
+        events(&out),
+        vec![Event::Unsaturated, Event::ScalePending(Direction::Down)]
+    );
+    assert_eq!(r.state(), ScalingState::PendingScaleDown);
+    assert!(r.status[0].saturation.is_none());
+
+    // 9. Quiet for the pending period: scale down to 1100m.
+    r.advance(10);
+    let out = r.lag_minutes(1);
+    assert_eq!(events(&out), vec![Event::Scaled(Direction::Down)]);
+    assert_eq!(
+        (r.state(), r.cpu()),
+        (ScalingState::Running, ("1100m".into(), "2".into()))
+    );
+
+    // 10. Production drops: pending scale down; 11. back up: cancelled.
+    r.advance(10);
+    let out = r.tick(1000, 0);
+    assert_eq!(events(&out), vec![Event::ScalePending(Direction::Down)]);
+    r.advance(10);
+    let out = r.lag_minutes(1);
+    assert_eq!(events(&out), vec![Event::ScaleCancelled(Direction::Down)]);
+    assert_eq!((r.state(), r.since()), (ScalingState::Running, r.now));
+    assert_eq!(r.cpu().0, "1100m");
+
+    // 12. Very low production, quiet long enough: down to the minimum.
+    r.advance(10);
+    r.tick(10, 0);
+    r.advance(10);
+    let out = r.tick(10, 0);
+    assert_eq!(events(&out), vec![Event::Scaled(Direction::Down)]);
+    assert_eq!(r.cpu(), ("100m".into(), "1".into()));
+    assert_eq!(r.memory(), "200M");
+    assert!(r.now > t0);
+}
+
+#[test]
+fn pending_up_is_cancelled_when_the_lag_clears() {
+    let mut r = Run::new();
+    r.lag_minutes(6);
+    assert_eq!(r.state(), ScalingState::PendingScaleUp);
+    r.advance(2);
+    // Higher prediction (production 20000) but no lag: cancelled, not scaled.
+    let out = r.tick(20000, 0);
+    assert_eq!(events(&out), vec![Event::ScaleCancelled(Direction::Up)]);
+    assert_eq!((r.state(), r.since()), (ScalingState::Running, r.now));
+    assert_eq!(r.cpu().0, "100m");
+    assert!(
+        out.transitions[0].reason.contains("lag is gone"),
+        "{}",
+        out.transitions[0].reason
+    );
+}
+
+#[test]
+fn pending_up_is_cancelled_when_the_prediction_falls_to_the_recommendation() {
+    let mut r = Run::new();
+    r.lag_minutes(6);
+    r.advance(2);
+    // Lagging, but the prediction is now the minimum itself.
+    let out = r.tick(10, 10 * 60 * 10);
+    assert_eq!(events(&out), vec![Event::ScaleCancelled(Direction::Up)]);
+    assert_eq!(r.state(), ScalingState::Running);
+}
+
+#[test]
+fn pending_down_is_cancelled_by_a_new_lag() {
+    let mut r = Run::new();
+    // Scale up first, so there is room to go down.
+    r.lag_minutes(6);
+    r.advance(10);
+    r.lag_minutes(15);
+    assert_eq!(r.cpu().0, "1300m");
+    r.advance(1);
+    r.tick(1000, 0);
+    assert_eq!(r.state(), ScalingState::PendingScaleDown);
+    // Konsumerator ignored this: lower prediction, but lagging now.
+    r.advance(1);
+    let out = r.tick(1000, 1000 * 60 * 10);
+    assert_eq!(events(&out), vec![Event::ScaleCancelled(Direction::Down)]);
+    assert_eq!(r.state(), ScalingState::Running);
+    assert!(out.transitions[0].reason.contains("lag appeared"));
+    assert_eq!(r.cpu().0, "1300m", "no scale down while lagging");
+}
+
+#[test]
+fn pending_down_turns_into_pending_up_when_lag_and_load_rise() {
+    let mut r = Run::new();
+    r.lag_minutes(6);
+    r.advance(10);
+    r.lag_minutes(15);
+    r.advance(1);
+    r.tick(1000, 0);
+    r.advance(1);
+    let out = r.tick(8000, 8000 * 60 * 10);
+    assert_eq!(
+        events(&out),
+        vec![
+            Event::ScaleCancelled(Direction::Down),
+            Event::ScalePending(Direction::Up)
+        ]
+    );
+    assert_eq!(r.state(), ScalingState::PendingScaleUp);
+    let t = &out.transitions;
+    assert_eq!(
+        (t[0].from, t[0].to),
+        (ScalingState::PendingScaleDown, ScalingState::Running)
+    );
+    assert_eq!(
+        (t[1].from, t[1].to),
+        (ScalingState::Running, ScalingState::PendingScaleUp)
+    );
+}
+
+#[test]
+fn stale_or_missing_metrics_never_scale() {
+    let mut r = Run::new();
+    r.lag_minutes(6);
+    let pending_since = r.since();
+    r.advance(10);
+    // Metrics read 6 minutes ago (older than the 5m pending period): hold.
+    let m = metrics(&[(0, 5000, 5000 * 60 * 15)]);
+    let observed = r.now - SignedDuration::from_mins(6);
+    let out = r.tick_with(Some(&m), observed, false);
+    assert!(out.transitions.is_empty());
+    assert_eq!(
+        (r.state(), r.since()),
+        (ScalingState::PendingScaleUp, pending_since)
+    );
+    assert_eq!(r.cpu().0, "100m");
+    // No metrics at all: hold too.
+    let out = r.tick_with(None, r.now, false);
+    assert!(out.transitions.is_empty());
+    assert_eq!(r.state(), ScalingState::PendingScaleUp);
+}
+
+#[test]
+fn a_frozen_autoscaler_keeps_its_recommendation() {
+    let mut r = Run::new();
+    r.lag_minutes(6);
+    r.advance(10);
+    let m = metrics(&[(0, 5000, 5000 * 60 * 15)]);
+    let out = r.tick_with(Some(&m), r.now, true);
+    assert!(out.transitions.is_empty());
+    assert_eq!(r.state(), ScalingState::PendingScaleUp);
+    assert_eq!(r.cpu().0, "100m");
+    assert!(out.lagging[0], "lag is still reported while frozen");
+}
+
+#[test]
+fn a_changed_partition_layout_restarts_instances_on_the_fallback() {
+    let mut r = Run::new();
+    r.lag_minutes(6);
+    r.advance(10);
+    r.lag_minutes(15);
+    assert_eq!(r.cpu().0, "1300m");
+    r.spec.layout = Layout::new(2, 1).unwrap();
+    let m = metrics(&[(0, 5000, 0), (1, 5000, 0)]);
+    r.tick_with(Some(&m), r.now, false);
+    assert_eq!(r.status.len(), 2);
+    assert_eq!(r.status[0].partitions, vec![0]);
+    assert_eq!(
+        r.status[0].resources[0].requests["cpu"].0, "1300m",
+        "same partitions: kept"
+    );
+    assert_eq!(
+        r.status[1].resources[0].requests["cpu"].0, "100m",
+        "new instance: fallback"
+    );
+}
