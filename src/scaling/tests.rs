@@ -280,7 +280,7 @@ impl Run {
     }
 
     fn advance(&mut self, minutes: i64) {
-        self.now = self.now + SignedDuration::from_mins(minutes);
+        self.now += SignedDuration::from_mins(minutes);
     }
 
     /// One reconcile with (production, messages behind) read now.
