@@ -15,6 +15,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::admission::AdmissionConfig;
 use crate::api::duration::parse_go_duration;
 use crate::config::{Mode, ServeConfig, TlsSource};
+use crate::reconciler::ReconcilerConfig;
+use crate::reconciler::leader::LeaseConfig;
 use crate::server::tls::{self, CertFiles};
 use crate::telemetry::{self, LogFormat};
 
@@ -52,7 +54,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the admission webhooks (kube mode, or local mode with --local).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the Consumer CustomResourceDefinition (YAML).
     Crd,
     /// Generate a CA and a serving certificate for the webhook Service.
@@ -129,6 +131,30 @@ pub struct ServeArgs {
     /// Time open connections get to finish on shutdown.
     #[arg(long, env = "KONSUMER_SHUTDOWN_GRACE", default_value = "20s", value_parser = go_duration)]
     pub shutdown_grace: Duration,
+    /// Serve the webhooks only: no metrics, predictions or status writes.
+    #[arg(long, env = "KONSUMER_NO_RECONCILER")]
+    pub no_reconciler: bool,
+    /// Time between two reconcile passes over all Consumers.
+    #[arg(long, env = "KONSUMER_RECONCILE_INTERVAL", default_value = "10s", value_parser = go_duration)]
+    pub reconcile_interval: Duration,
+    /// Consumers reconciled at once.
+    #[arg(long, env = "KONSUMER_RECONCILE_CONCURRENCY", default_value_t = 16)]
+    pub reconcile_concurrency: usize,
+    /// Budget of one Prometheus query (per address).
+    #[arg(long, env = "KONSUMER_PROMETHEUS_TIMEOUT", default_value = "10s", value_parser = go_duration)]
+    pub prometheus_timeout: Duration,
+    /// Name of the reconciler's Lease (kube mode).
+    #[arg(long, env = "KONSUMER_LEASE_NAME", default_value = "konsumer-leader")]
+    pub lease_name: String,
+    /// Namespace of the Lease (kube mode; in a Pod, set POD_NAMESPACE from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease (in a Pod, set POD_NAME from the downward API).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// How long the Lease lasts without renewal.
+    #[arg(long, env = "KONSUMER_LEASE_DURATION", default_value = "15s", value_parser = go_duration)]
+    pub lease_duration: Duration,
 }
 
 impl ServeArgs {
@@ -164,8 +190,34 @@ impl ServeArgs {
             },
             drain_delay,
             shutdown_grace: self.shutdown_grace,
+            reconciler: (!self.no_reconciler).then_some(ReconcilerConfig {
+                interval: self.reconcile_interval,
+                query_timeout: self.prometheus_timeout,
+                concurrency: self.reconcile_concurrency,
+                gomemlimit_ratio: self.gomemlimit_ratio,
+            }),
+            lease: LeaseConfig {
+                name: self.lease_name,
+                namespace: self.lease_namespace,
+                identity: self.pod_name.unwrap_or_else(default_identity),
+                duration: self.lease_duration,
+                grace: (self.lease_duration / 3).max(Duration::from_secs(1)),
+            },
         })
     }
+}
+
+/// The host name plus a random suffix: unique per process, readable in the Lease.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "konsumer".into());
+    format!(
+        "{host}-{:08x}",
+        std::process::id() ^ (jiff::Timestamp::now().subsec_nanosecond() as u32)
+    )
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::admission::AdmissionConfig;
+use crate::reconciler::ReconcilerConfig;
+use crate::reconciler::leader::LeaseConfig;
 use crate::server::tls::CertFiles;
 
 /// Where Consumers come from.
@@ -38,6 +40,10 @@ pub struct ServeConfig {
     pub drain_delay: Duration,
     /// Time open connections get to finish after the listeners close.
     pub shutdown_grace: Duration,
+    /// The scaling reconciler; `None` serves webhooks only.
+    pub reconciler: Option<ReconcilerConfig>,
+    /// Leader election (kube mode).
+    pub lease: LeaseConfig,
 }
 
 impl ServeConfig {
@@ -52,6 +58,14 @@ impl ServeConfig {
             admission: AdmissionConfig::default(),
             drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(5),
+            reconciler: None,
+            lease: LeaseConfig {
+                name: "konsumer-leader".into(),
+                namespace: "default".into(),
+                identity: "konsumer-test".into(),
+                duration: Duration::from_secs(15),
+                grace: Duration::from_secs(5),
+            },
         }
     }
 }

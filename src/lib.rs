@@ -13,6 +13,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod inject;
+pub mod reconciler;
 pub mod scaling;
 pub mod server;
 pub mod store;

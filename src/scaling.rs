@@ -4,6 +4,7 @@
 pub mod machine;
 pub mod predict;
 pub mod spec;
+pub mod status;
 pub mod step;
 
 pub use spec::ScalingSpec;

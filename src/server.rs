@@ -1,5 +1,5 @@
-//! `konsumer serve`: wires the store, the webhook and admin listeners (and, later,
-//! the reconciler) to one shutdown signal.
+//! `konsumer serve`: wires the store, the webhook and admin listeners and the
+//! reconciler to one shutdown signal.
 
 pub mod admin;
 pub mod listener;
@@ -16,6 +16,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admission::{self, Admission};
 use crate::config::{Mode, ServeConfig, TlsSource};
+use crate::reconciler::events::KubeEvents;
+use crate::reconciler::leader::Leadership;
+use crate::reconciler::prometheus::PromClient;
+use crate::reconciler::workloads::{KubeWorkloads, LocalWorkloads, WorkloadSource};
+use crate::reconciler::{Reconciler, TransitionSink};
 use crate::store::kube::KubeStore;
 use crate::store::local::{LocalStore, STATE_DIR};
 use crate::store::{ConsumerIndex, Store};
@@ -50,7 +55,11 @@ pub struct Running {
     health: Arc<Health>,
     shutdown: CancellationToken,
     drain_delay: std::time::Duration,
+    grace: std::time::Duration,
     tasks: JoinSet<()>,
+    leadership: Option<Leadership>,
+    /// Whether this replica reconciles now (the reconciler's lease).
+    pub is_leader: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Running {
@@ -61,6 +70,9 @@ impl Running {
         tokio::time::sleep(self.drain_delay).await;
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
+        if let Some(leadership) = self.leadership.take() {
+            leadership.stop(self.grace).await;
+        }
     }
 
     pub fn shutdown_token(&self) -> CancellationToken {
@@ -171,6 +183,54 @@ pub async fn start(
             tracing::error!(error = %e, "admin listener failed");
         }
     });
+    let leadership = match &config.reconciler {
+        None => None,
+        Some(rc) => {
+            let prom = PromClient::new(rc.query_timeout, metrics.clone())?;
+            let (workloads, sink, leadership): (
+                Arc<dyn WorkloadSource>,
+                Option<Arc<dyn TransitionSink>>,
+                Leadership,
+            ) = match &backend {
+                Backend::Local(store) => (
+                    Arc::new(LocalWorkloads {
+                        dir: store.dir().to_path_buf(),
+                    }),
+                    None,
+                    Leadership::always(),
+                ),
+                Backend::Kube(store) => {
+                    let namespace = match &config.mode {
+                        Mode::Kube { namespace } => namespace.clone(),
+                        Mode::Local { .. } => None,
+                    };
+                    (
+                        Arc::new(KubeWorkloads {
+                            client: store.client().clone(),
+                            namespace,
+                        }),
+                        Some(Arc::new(KubeEvents::new(
+                            store.client().clone(),
+                            Some(config.lease.identity.clone()),
+                        ))),
+                        Leadership::lease(store.client().clone(), config.lease.clone()),
+                    )
+                }
+            };
+            let reconciler = Arc::new(Reconciler::new(
+                index.clone(),
+                backend.store(),
+                workloads,
+                prom,
+                sink,
+                metrics.clone(),
+                rc.clone(),
+                Arc::new(jiff::Timestamp::now),
+            ));
+            tasks.spawn(reconciler.run(leadership.is_leader.clone(), shutdown.clone()));
+            Some(leadership)
+        }
+    };
     tracing::info!(%webhook_addr, %admin_addr, store = backend.store().kind(), "konsumer serving");
     Ok(Running {
         webhook_addr,
@@ -181,7 +241,10 @@ pub async fn start(
         health,
         shutdown,
         drain_delay: config.drain_delay,
+        grace: config.shutdown_grace,
         tasks,
+        is_leader: leadership.as_ref().map(|l| l.is_leader.clone()),
+        leadership,
     })
 }
 

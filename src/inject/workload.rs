@@ -235,6 +235,13 @@ pub struct Workload<'a> {
     pub spec: Option<WorkloadSpec<'a>>,
 }
 
+impl<'a> Workload<'a> {
+    /// Reads the view out of an already parsed object (strings borrow from it).
+    pub fn deserialize_from(object: &'a serde_json::Value) -> Result<Self, serde_json::Error> {
+        Workload::deserialize(object)
+    }
+}
+
 /// The containers of a pod spec, wherever it sits.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Containers<'x, 'a> {

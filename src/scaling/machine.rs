@@ -72,7 +72,7 @@ impl Instance {
     pub fn new(fallback: Vec<ContainerTarget>, now: Timestamp) -> Self {
         Instance {
             state: ScalingState::Running,
-            since: now,
+            since: mark(now),
             recommendation: fallback,
             pending: None,
             saturation: Milli::ZERO,
@@ -105,8 +105,23 @@ pub struct Step {
     pub events: Vec<(Event, String)>,
 }
 
+/// Time since `since`; zero when `since` is ahead of `now`.
 fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
-    now.duration_since(since).unsigned_abs()
+    if since >= now {
+        Duration::ZERO
+    } else {
+        now.duration_since(since).unsigned_abs()
+    }
+}
+
+/// The since-time to record: `now` rounded up to the second. Statuses keep
+/// `metav1.Time` (whole seconds); rounding down would make a pending period end
+/// up to a second early after a round trip through the API server.
+pub fn mark(now: Timestamp) -> Timestamp {
+    if now.subsec_nanosecond() == 0 {
+        return now;
+    }
+    Timestamp::from_second(now.as_second() + 1).unwrap_or(now)
 }
 
 fn age(observed_at: Timestamp, now: Timestamp) -> Duration {
@@ -158,7 +173,7 @@ pub fn step(
                     next.pending = None;
                     next.saturation = target.saturation;
                     next.state = steady_state(target, lagging);
-                    next.since = now;
+                    next.since = mark(now);
                     events.push((
                         Event::Scaled(Direction::Up),
                         format!(
@@ -188,7 +203,7 @@ pub fn step(
             events.push((Event::ScaleCancelled(Direction::Up), why));
             next.state = ScalingState::Running;
             next.pending = None;
-            next.since = now;
+            next.since = mark(now);
         }
         ScalingState::PendingScaleDown => {
             if cmp == Ordering::Less && !lagging {
@@ -197,7 +212,7 @@ pub fn step(
                     next.pending = None;
                     next.saturation = target.saturation;
                     next.state = ScalingState::Running;
-                    next.since = now;
+                    next.since = mark(now);
                     events.push((
                         Event::Scaled(Direction::Down),
                         format!(
@@ -224,7 +239,7 @@ pub fn step(
             events.push((Event::ScaleCancelled(Direction::Down), why));
             next.state = ScalingState::Running;
             next.pending = None;
-            next.since = now;
+            next.since = mark(now);
         }
         ScalingState::Running | ScalingState::Saturated => {}
     }
@@ -236,7 +251,7 @@ pub fn step(
                 events.push((Event::Unsaturated, "the caps leave room to grow".into()));
             }
             next.state = ScalingState::PendingScaleUp;
-            next.since = now;
+            next.since = mark(now);
             next.saturation = Milli::ZERO;
             next.pending = Some(target.targets.clone());
             events.push((
@@ -254,7 +269,7 @@ pub fn step(
                 events.push((Event::Unsaturated, "the lag is gone".into()));
             }
             next.state = ScalingState::PendingScaleDown;
-            next.since = now;
+            next.since = mark(now);
             next.saturation = Milli::ZERO;
             next.pending = Some(target.targets.clone());
             events.push((
@@ -284,7 +299,7 @@ pub fn step(
                     _ => {}
                 }
                 next.state = settled;
-                next.since = now;
+                next.since = mark(now);
             }
             next.saturation = if settled == ScalingState::Saturated {
                 target.saturation

@@ -580,3 +580,26 @@ fn a_changed_partition_layout_restarts_instances_on_the_fallback() {
         "new instance: fallback"
     );
 }
+
+#[test]
+fn a_pending_period_started_mid_second_never_ends_early_after_a_round_trip() {
+    let mut r = Run::new();
+    r.now = "2026-11-22T12:00:00.700Z".parse().unwrap();
+    r.lag_minutes(6);
+    assert_eq!(r.state(), ScalingState::PendingScaleUp);
+    // The API server keeps whole seconds: round-trip the status through JSON.
+    r.status = serde_json::from_value(serde_json::to_value(&r.status).unwrap()).unwrap();
+    let since = r.since();
+    assert!(
+        since >= "2026-11-22T12:00:00.700Z".parse().unwrap(),
+        "recorded {since}, rounded up"
+    );
+    // 4m59.4s after the real start: not yet.
+    r.now = "2026-11-22T12:05:00.100Z".parse().unwrap();
+    r.lag_minutes(15);
+    assert_eq!(r.state(), ScalingState::PendingScaleUp);
+    r.now = "2026-11-22T12:05:01Z".parse().unwrap();
+    r.lag_minutes(15);
+    assert_eq!(r.state(), ScalingState::Running);
+    assert_eq!(r.cpu().0, "1300m");
+}

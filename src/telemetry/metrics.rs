@@ -67,12 +67,48 @@ pub struct AdmissionLabels {
     pub outcome: Outcome,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueryLabels {
+    pub address: String,
+    /// `ok`, or why it failed: `transport`, `api`, `decode`, `timeout`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AddressLabel {
+    pub address: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceStateLabels {
+    /// `namespace/name` of the Consumer.
+    pub consumer: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    pub event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub admission_requests: Family<AdmissionLabels, Counter>,
     pub admission_duration: Family<AdmissionLabels, Histogram>,
     pub consumers: Gauge,
     pub consumer_cache_misses: Counter,
+    pub prometheus_queries: Family<QueryLabels, Counter>,
+    pub prometheus_query_duration: Family<AddressLabel, Histogram>,
+    pub reconcile_duration: Histogram,
+    pub reconcile_errors: Family<ReasonLabel, Counter>,
+    pub instances: Family<InstanceStateLabels, Gauge>,
+    pub transitions: Family<EventLabel, Counter>,
+    pub leader: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -105,12 +141,63 @@ impl Default for Metrics {
             "Workload requests whose Consumer was not cached and was read directly",
             consumer_cache_misses.clone(),
         );
+        let prometheus_queries = Family::<QueryLabels, Counter>::default();
+        registry.register(
+            "prometheus_queries",
+            "Prometheus queries, by address and outcome",
+            prometheus_queries.clone(),
+        );
+        let prometheus_query_duration = Family::<AddressLabel, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "prometheus_query_duration_seconds",
+            "Time to answer a Prometheus query, by address",
+            prometheus_query_duration.clone(),
+        );
+        let reconcile_duration = latency_histogram();
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time to reconcile one Consumer (metrics, prediction, status)",
+            reconcile_duration.clone(),
+        );
+        let reconcile_errors = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Consumer reconciles that failed, by reason",
+            reconcile_errors.clone(),
+        );
+        let instances = Family::<InstanceStateLabels, Gauge>::default();
+        registry.register(
+            "instances",
+            "Instances per scaling state, per Consumer",
+            instances.clone(),
+        );
+        let transitions = Family::<EventLabel, Counter>::default();
+        registry.register(
+            "scaling_transitions",
+            "Scaling state transitions, by event",
+            transitions.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the reconciler lease",
+            leader.clone(),
+        );
         Metrics {
             registry,
             admission_requests,
             admission_duration,
             consumers,
             consumer_cache_misses,
+            prometheus_queries,
+            prometheus_query_duration,
+            reconcile_duration,
+            reconcile_errors,
+            instances,
+            transitions,
+            leader,
         }
     }
 }
@@ -121,6 +208,47 @@ impl Metrics {
         self.admission_duration
             .get_or_create(&labels)
             .observe(seconds);
+    }
+
+    pub fn observe_prometheus_query(&self, address: &str, failure: Option<&str>, seconds: f64) {
+        self.prometheus_queries
+            .get_or_create(&QueryLabels {
+                address: address.to_string(),
+                outcome: failure.unwrap_or("ok").to_string(),
+            })
+            .inc();
+        self.prometheus_query_duration
+            .get_or_create(&AddressLabel {
+                address: address.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    /// Sets the instance-per-state gauges of one Consumer (`None`: it is gone).
+    pub fn set_instances(&self, consumer: &str, counts: Option<[(&str, i64); 4]>) {
+        for state in [
+            "RUNNING",
+            "PENDING_SCALE_UP",
+            "PENDING_SCALE_DOWN",
+            "SATURATED",
+        ] {
+            let labels = InstanceStateLabels {
+                consumer: consumer.to_string(),
+                state: state.to_string(),
+            };
+            match counts {
+                Some(counts) => {
+                    let n = counts
+                        .iter()
+                        .find(|(s, _)| *s == state)
+                        .map_or(0, |(_, n)| *n);
+                    self.instances.get_or_create(&labels).set(n);
+                }
+                None => {
+                    self.instances.remove(&labels);
+                }
+            }
+        }
     }
 
     /// The registry in the Prometheus text format.

@@ -1,0 +1,516 @@
+//! The scaling reconciler (I/O shell): while this replica leads, every interval,
+//! for every Consumer: read its metrics from Prometheus (at most once per
+//! `minSyncPeriod`), run the pure predictor and state machine, count its
+//! workloads, and record the result in its status, which every replica's
+//! webhook injects. Transitions go to logs, metrics and (kube mode) Events.
+
+pub mod events;
+pub mod leader;
+pub mod prometheus;
+pub mod workloads;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{Consumer, ConsumerStatus, PartitionState, QuerySpec, ScalingState};
+use crate::scaling::spec::autoscaler_disabled;
+use crate::scaling::status::{self, METRICS_AVAILABLE, RECONCILED};
+use crate::scaling::{self, Metrics as StepMetrics, ScalingSpec, StepInput, Transition};
+use crate::store::{CachedConsumer, ConsumerIndex, Store, StoreError};
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::{EventLabel, ReasonLabel};
+
+use prometheus::{PromClient, PromError};
+use workloads::WorkloadSource;
+
+/// Tunables of the reconciler.
+#[derive(Clone, Debug)]
+pub struct ReconcilerConfig {
+    /// Time between two passes over all Consumers.
+    pub interval: Duration,
+    /// Budget of one Prometheus query (per address).
+    pub query_timeout: Duration,
+    /// Consumers reconciled at once.
+    pub concurrency: usize,
+    pub gomemlimit_ratio: f64,
+}
+
+impl Default for ReconcilerConfig {
+    fn default() -> Self {
+        ReconcilerConfig {
+            interval: Duration::from_secs(10),
+            query_timeout: Duration::from_secs(10),
+            concurrency: 16,
+            gomemlimit_ratio: 0.8,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("writing the status: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Where transitions are published besides logs and metrics (kube: Events).
+#[async_trait::async_trait]
+pub trait TransitionSink: Send + Sync {
+    async fn publish(&self, consumer: &Consumer, transition: &Transition);
+}
+
+/// The current time; tests inject a fake clock.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+pub struct Reconciler {
+    pub index: Arc<ConsumerIndex>,
+    pub store: Arc<dyn Store>,
+    pub workloads: Arc<dyn WorkloadSource>,
+    pub prom: PromClient,
+    pub sink: Option<Arc<dyn TransitionSink>>,
+    pub metrics: Arc<Metrics>,
+    pub config: ReconcilerConfig,
+    pub clock: Clock,
+    known: Mutex<HashSet<String>>,
+    /// Last Prometheus attempt per Consumer: failures are retried at most once per
+    /// `minSyncPeriod` too.
+    attempts: Mutex<HashMap<String, Timestamp>>,
+}
+
+/// The metrics of a Consumer read now, and what looked wrong in them.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub partitions: BTreeMap<u32, PartitionState>,
+    pub issues: Vec<String>,
+}
+
+/// Reads production, consumption and lag for every partition (concurrently).
+pub async fn read_metrics(
+    prom: &PromClient,
+    consumer: &Consumer,
+    partitions: u32,
+    at: Timestamp,
+) -> Result<Snapshot, PromError> {
+    let Some(p) = consumer
+        .spec
+        .autoscaler
+        .as_ref()
+        .and_then(|a| a.prometheus.as_ref())
+    else {
+        return Err(PromError::NoAddress);
+    };
+    let addresses = p.address.clone().unwrap_or_default();
+    let run = |q: &Option<QuerySpec>| {
+        let query = q.as_ref().and_then(|q| q.query.clone()).unwrap_or_default();
+        let label = q
+            .as_ref()
+            .and_then(|q| q.partition_label.clone())
+            .unwrap_or_else(|| "partition".into());
+        let addresses = addresses.clone();
+        async move { prom.query(&addresses, &query, &label, partitions, at).await }
+    };
+    let (production, consumption, behind) =
+        futures::try_join!(run(&p.production), run(&p.consumption), run(&p.offset))?;
+    let mut snapshot = Snapshot::default();
+    for (name, r) in [
+        ("production", &production),
+        ("consumption", &consumption),
+        ("offset", &behind),
+    ] {
+        snapshot
+            .issues
+            .extend(r.issues.iter().map(|i| format!("{name}: {i}")));
+    }
+    for (partition, rate) in &production.values {
+        snapshot.partitions.insert(
+            *partition,
+            PartitionState {
+                production_rate: *rate as i64,
+                consumption_rate: consumption.values.get(partition).copied().unwrap_or(0.0) as i64,
+                messages_behind: behind
+                    .values
+                    .get(partition)
+                    .copied()
+                    .unwrap_or(0.0)
+                    .max(0.0) as i64,
+            },
+        );
+    }
+    Ok(snapshot)
+}
+
+fn sync_state(partitions: &BTreeMap<u32, PartitionState>) -> BTreeMap<String, PartitionState> {
+    partitions
+        .iter()
+        .map(|(p, s)| (p.to_string(), s.clone()))
+        .collect()
+}
+
+fn parse_sync_state(
+    state: Option<&BTreeMap<String, PartitionState>>,
+) -> Option<BTreeMap<u32, PartitionState>> {
+    let state = state?;
+    Some(
+        state
+            .iter()
+            .filter_map(|(k, v)| k.parse::<u32>().ok().map(|p| (p, v.clone())))
+            .collect(),
+    )
+}
+
+fn short(text: String) -> String {
+    if text.chars().count() > 500 {
+        text.chars().take(497).collect::<String>() + "..."
+    } else {
+        text
+    }
+}
+
+impl Reconciler {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        index: Arc<ConsumerIndex>,
+        store: Arc<dyn Store>,
+        workloads: Arc<dyn WorkloadSource>,
+        prom: PromClient,
+        sink: Option<Arc<dyn TransitionSink>>,
+        metrics: Arc<Metrics>,
+        config: ReconcilerConfig,
+        clock: Clock,
+    ) -> Self {
+        Reconciler {
+            index,
+            store,
+            workloads,
+            prom,
+            sink,
+            metrics,
+            config,
+            clock,
+            known: Mutex::new(HashSet::new()),
+            attempts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Reconciles while `leader` says so, until `shutdown`. Losing the lease stops
+    /// the pass in flight at once.
+    pub async fn run(
+        self: Arc<Self>,
+        mut leader: watch::Receiver<bool>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            while !*leader.borrow_and_update() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    changed = leader.changed() => if changed.is_err() { return },
+                }
+            }
+            tracing::info!("leading: reconciling Consumers");
+            self.metrics.leader.set(1);
+            let lost = async {
+                loop {
+                    if leader.changed().await.is_err() || !*leader.borrow_and_update() {
+                        break;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    self.metrics.leader.set(0);
+                    return;
+                }
+                _ = lost => {}
+                _ = self.lead() => {}
+            }
+            self.metrics.leader.set(0);
+            tracing::warn!("lost the reconciler lease: stopped reconciling");
+        }
+    }
+
+    async fn lead(&self) {
+        let mut tick = tokio::time::interval(self.config.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.pass().await;
+        }
+    }
+
+    /// One pass over every cached Consumer.
+    pub async fn pass(&self) {
+        let now = (self.clock)();
+        let workloads = match self.workloads.workloads().await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the labelled workloads; counters keep their values");
+                self.metrics
+                    .reconcile_errors
+                    .get_or_create(&ReasonLabel {
+                        reason: "workloads".into(),
+                    })
+                    .inc();
+                None
+            }
+        };
+        let consumers = self.index.all();
+        let keys: HashSet<String> = consumers.iter().map(|c| c.consumer.key()).collect();
+        {
+            let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            for gone in known.difference(&keys) {
+                self.metrics.set_instances(gone, None);
+            }
+            *known = keys;
+        }
+        let workloads = workloads.as_ref();
+        futures::stream::iter(consumers)
+            .for_each_concurrent(self.config.concurrency.max(1), |cached| async move {
+                let key = cached.consumer.key();
+                let objects = workloads.map(|w| {
+                    let ns = cached.consumer.metadata.namespace.clone().unwrap_or_default();
+                    let name = cached.consumer.metadata.name.clone().unwrap_or_default();
+                    w.get(&(ns, name)).map(Vec::as_slice).unwrap_or_default()
+                });
+                let started = Instant::now();
+                let result = self.reconcile(&cached, objects, now).await;
+                self.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+                if let Err(e) = result {
+                    tracing::warn!(consumer = %key, error = %e, "reconcile failed; retrying next pass");
+                    self.metrics
+                        .reconcile_errors
+                        .get_or_create(&ReasonLabel {
+                            reason: "status".into(),
+                        })
+                        .inc();
+                }
+            })
+            .await;
+    }
+
+    /// Reconciles one Consumer; `objects` are its labelled workloads (`None`: unknown).
+    pub async fn reconcile(
+        &self,
+        cached: &CachedConsumer,
+        objects: Option<&[Value]>,
+        now: Timestamp,
+    ) -> Result<(), ReconcileError> {
+        let consumer = &cached.consumer;
+        let key = consumer.key();
+        let generation = consumer.metadata.generation;
+        let previous = consumer.status.clone().unwrap_or_default();
+        let mut next = previous.clone();
+        next.observed_generation = generation;
+        let mut conditions = next.conditions.take().unwrap_or_default();
+        let mut lagging = Vec::new();
+        let mut transitions = Vec::new();
+
+        match ScalingSpec::from_consumer(consumer) {
+            Err(reason) => {
+                status::set_condition(
+                    &mut conditions,
+                    RECONCILED,
+                    false,
+                    "InvalidSpec",
+                    reason,
+                    generation,
+                    now,
+                );
+            }
+            Ok(None) => {
+                status::set_condition(
+                    &mut conditions,
+                    METRICS_AVAILABLE,
+                    false,
+                    "NotAutoscaled",
+                    "spec.autoscaler.mode is not prometheus: instances get the fallback resources"
+                        .into(),
+                    generation,
+                    now,
+                );
+                status::set_condition(
+                    &mut conditions,
+                    RECONCILED,
+                    true,
+                    "Reconciled",
+                    String::new(),
+                    generation,
+                    now,
+                );
+            }
+            Ok(Some(spec)) => {
+                self.refresh_metrics(consumer, &spec, &mut next, &mut conditions, now)
+                    .await;
+                let frozen = autoscaler_disabled(consumer);
+                let partitions = parse_sync_state(next.last_sync_state.as_ref());
+                let observed_at = next.last_sync_time.as_ref().map_or(now, |t| t.0);
+                let out = scaling::step(StepInput {
+                    spec: &spec,
+                    previous: previous.instances.as_deref().unwrap_or_default(),
+                    metrics: partitions.as_ref().map(|p| StepMetrics {
+                        partitions: p,
+                        observed_at,
+                    }),
+                    frozen,
+                    now,
+                });
+                let counts = [
+                    ScalingState::Running,
+                    ScalingState::PendingScaleUp,
+                    ScalingState::PendingScaleDown,
+                    ScalingState::Saturated,
+                ]
+                .map(|s| {
+                    (
+                        s.as_str(),
+                        out.instances.iter().filter(|i| i.state == s).count() as i64,
+                    )
+                });
+                self.metrics.set_instances(&key, Some(counts));
+                next.instances = Some(out.instances);
+                lagging = out.lagging;
+                transitions = out.transitions;
+                let (reason, message) = if frozen {
+                    (
+                        "AutoscalerDisabled",
+                        "konsumerator.lwolf.org/disable-autoscaler is set: recommendations are frozen".to_string(),
+                    )
+                } else {
+                    ("Reconciled", String::new())
+                };
+                status::set_condition(
+                    &mut conditions,
+                    RECONCILED,
+                    true,
+                    reason,
+                    message,
+                    generation,
+                    now,
+                );
+            }
+        }
+
+        if let (Ok(settings), Some(objects)) = (&cached.settings, objects) {
+            let counters = status::count(settings, objects, &lagging, self.config.gomemlimit_ratio);
+            status::apply_counters(&mut next, counters);
+        }
+        next.conditions = Some(conditions);
+        if next != previous {
+            let ns = consumer.metadata.namespace.as_deref().unwrap_or("default");
+            let name = consumer.metadata.name.as_deref().unwrap_or_default();
+            self.store.write_status(ns, name, &next).await?;
+        }
+        for t in &transitions {
+            self.report(consumer, t).await;
+        }
+        Ok(())
+    }
+
+    async fn refresh_metrics(
+        &self,
+        consumer: &Consumer,
+        spec: &ScalingSpec,
+        next: &mut ConsumerStatus,
+        conditions: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+        now: Timestamp,
+    ) {
+        let generation = consumer.metadata.generation;
+        let key = consumer.key();
+        let period = SignedDuration::try_from(spec.min_sync).unwrap_or(SignedDuration::ZERO);
+        let last_attempt = {
+            let attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
+            attempts.get(&key).copied()
+        };
+        let last = match (last_attempt, next.last_sync_time.as_ref().map(|t| t.0)) {
+            (Some(a), Some(s)) => Some(a.max(s)),
+            (a, s) => a.or(s),
+        };
+        if last.is_some_and(|t| now.duration_since(t) < period) {
+            return;
+        }
+        self.attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, now);
+        let was_available = conditions
+            .iter()
+            .find(|c| c.type_ == METRICS_AVAILABLE)
+            .is_none_or(|c| c.status == "True");
+        match read_metrics(&self.prom, consumer, spec.layout.partitions(), now).await {
+            Ok(snapshot) => {
+                let message = if snapshot.issues.is_empty() {
+                    format!("{} partitions with data", snapshot.partitions.len())
+                } else {
+                    short(format!(
+                        "{} partitions with data; {}",
+                        snapshot.partitions.len(),
+                        snapshot.issues.join("; ")
+                    ))
+                };
+                next.last_sync_state = Some(sync_state(&snapshot.partitions));
+                next.last_sync_time = Some(Time(now));
+                status::set_condition(
+                    conditions,
+                    METRICS_AVAILABLE,
+                    true,
+                    "MetricsRead",
+                    message,
+                    generation,
+                    now,
+                );
+            }
+            Err(e) => {
+                if was_available {
+                    tracing::warn!(consumer = %consumer.key(), error = %e, "Prometheus unavailable; keeping the last metrics");
+                } else {
+                    tracing::debug!(consumer = %consumer.key(), error = %e, "Prometheus still unavailable");
+                }
+                self.metrics
+                    .reconcile_errors
+                    .get_or_create(&ReasonLabel {
+                        reason: "prometheus".into(),
+                    })
+                    .inc();
+                status::set_condition(
+                    conditions,
+                    METRICS_AVAILABLE,
+                    false,
+                    "PrometheusUnavailable",
+                    short(e.to_string()),
+                    generation,
+                    now,
+                );
+            }
+        }
+    }
+
+    async fn report(&self, consumer: &Consumer, t: &Transition) {
+        self.metrics
+            .transitions
+            .get_or_create(&EventLabel {
+                event: t.event.name().to_string(),
+            })
+            .inc();
+        tracing::info!(
+            consumer = %consumer.key(),
+            instance = t.instance,
+            event = t.event.name(),
+            from = t.from.as_str(),
+            to = t.to.as_str(),
+            reason = %t.reason,
+            "scaling transition"
+        );
+        if let Some(sink) = &self.sink {
+            sink.publish(consumer, t).await;
+        }
+    }
+}
+
+/// Lists the labelled workloads grouped by (namespace, Consumer name).
+pub type WorkloadMap = HashMap<(String, String), Vec<Value>>;

@@ -1,0 +1,123 @@
+//! The labelled Deployments and Pods konsumer can see, for the status counters.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
+use serde_json::Value;
+
+use super::WorkloadMap;
+use crate::api::keys;
+use crate::store::StoreError;
+
+#[async_trait]
+pub trait WorkloadSource: Send + Sync {
+    /// Every Deployment and Pod labelled `konsumerator.lwolf.org/consumer`, as JSON,
+    /// by (namespace, Consumer name).
+    async fn workloads(&self) -> Result<WorkloadMap, StoreError>;
+}
+
+fn group(map: &mut WorkloadMap, object: Value, default_namespace: &str) {
+    let Some(consumer) = object
+        .pointer("/metadata/labels")
+        .and_then(|l| l.get(keys::CONSUMER))
+        .and_then(Value::as_str)
+        .map(String::from)
+    else {
+        return;
+    };
+    let ns = object
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or(default_namespace)
+        .to_string();
+    map.entry((ns, consumer)).or_default().push(object);
+}
+
+/// Kube mode: two label-selected lists per pass (Deployments whole, Pods by
+/// metadata only), in all namespaces or one.
+pub struct KubeWorkloads {
+    pub client: kube::Client,
+    pub namespace: Option<String>,
+}
+
+#[async_trait]
+impl WorkloadSource for KubeWorkloads {
+    async fn workloads(&self) -> Result<WorkloadMap, StoreError> {
+        let params = ListParams::default().labels(keys::CONSUMER);
+        let (deployments, pods): (Api<Deployment>, Api<Pod>) = match &self.namespace {
+            Some(ns) => (
+                Api::namespaced(self.client.clone(), ns),
+                Api::namespaced(self.client.clone(), ns),
+            ),
+            None => (Api::all(self.client.clone()), Api::all(self.client.clone())),
+        };
+        let mut map = WorkloadMap::new();
+        for d in deployments.list(&params).await? {
+            let mut v = serde_json::to_value(&d)?;
+            v["kind"] = Value::from("Deployment");
+            group(&mut map, v, "default");
+        }
+        let pods: kube::core::ObjectList<PartialObjectMeta<Pod>> =
+            pods.list_metadata(&params).await?;
+        for p in pods {
+            let mut v = serde_json::json!({ "metadata": serde_json::to_value(&p.metadata)? });
+            v["kind"] = Value::from("Pod");
+            group(&mut map, v, "default");
+        }
+        Ok(map)
+    }
+}
+
+/// Local mode: the Deployment and Pod manifests in the local directory.
+pub struct LocalWorkloads {
+    pub dir: PathBuf,
+}
+
+#[async_trait]
+impl WorkloadSource for LocalWorkloads {
+    async fn workloads(&self) -> Result<WorkloadMap, StoreError> {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut map = WorkloadMap::new();
+            let entries = std::fs::read_dir(&dir).map_err(|source| StoreError::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
+            for entry in entries.filter_map(Result::ok) {
+                let path = entry.path();
+                let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+                let hidden = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_none_or(|n| n.starts_with('.'));
+                if hidden || !matches!(ext, "yaml" | "yml" | "json") {
+                    continue;
+                }
+                let Ok(text) = std::fs::read_to_string(&path) else {
+                    continue;
+                };
+                let Ok(docs) = serde_saphyr::from_multiple::<Value>(&text) else {
+                    continue;
+                };
+                for doc in docs {
+                    if matches!(
+                        doc.get("kind").and_then(Value::as_str),
+                        Some("Deployment" | "Pod")
+                    ) {
+                        group(&mut map, doc, "default");
+                    }
+                }
+            }
+            Ok(map)
+        })
+        .await
+        .map_err(|e| StoreError::Database {
+            path: String::new(),
+            message: e.to_string(),
+        })?
+    }
+}
