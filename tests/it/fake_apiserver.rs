@@ -20,6 +20,7 @@ pub type MockBody = BoxBody<Bytes, Infallible>;
 type Handle = tower_test::mock::Handle<Request<Body>, Response<MockBody>>;
 
 const CONSUMERS: &str = "/apis/konsumerator.lwolf.org/v1";
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/";
 
 /// One request as the fake saw it.
 #[derive(Clone, Debug)]
@@ -38,6 +39,10 @@ struct State {
     resource_version: u64,
     watchers: Vec<mpsc::UnboundedSender<Bytes>>,
     seen: Vec<Seen>,
+    /// name -> (Lease, field manager of spec.holderIdentity)
+    leases: BTreeMap<String, (Value, Option<String>)>,
+    events: Vec<Value>,
+    deployments: Vec<Value>,
 }
 
 pub struct FakeApiServer {
@@ -131,6 +136,39 @@ impl FakeApiServer {
         broadcast(&mut state, kind, &consumer);
     }
 
+    pub fn lease(&self, name: &str) -> Option<Value> {
+        self.state
+            .lock()
+            .unwrap()
+            .leases
+            .get(name)
+            .map(|(l, _)| l.clone())
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.state.lock().unwrap().events.clone()
+    }
+
+    pub fn add_deployment(&self, deployment: Value) {
+        self.state.lock().unwrap().deployments.push(deployment);
+    }
+
+    /// Another replica takes the lease over (as its own update would).
+    pub fn take_lease(&self, name: &str, holder: &str, duration_seconds: i64) {
+        let mut state = self.state.lock().unwrap();
+        state.resource_version += 1;
+        let rv = state.resource_version.to_string();
+        let now = jiff::Timestamp::now().to_string();
+        if let Some((lease, manager)) = state.leases.get_mut(name) {
+            lease["spec"]["holderIdentity"] = json!(holder);
+            lease["spec"]["acquireTime"] = json!(now);
+            lease["spec"]["renewTime"] = json!(now);
+            lease["spec"]["leaseDurationSeconds"] = json!(duration_seconds);
+            lease["metadata"]["resourceVersion"] = json!(rv);
+            *manager = Some(format!("other-{holder}"));
+        }
+    }
+
     /// Stores a Consumer without telling the watchers (it was created "just now").
     pub fn insert_unwatched(&self, mut consumer: Value) {
         let mut state = self.state.lock().unwrap();
@@ -186,6 +224,41 @@ async fn answer(fake: &FakeApiServer, request: Request<Body>) -> Response<MockBo
         .collect();
     let param = |k: &str| params.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
 
+    if let Some(rest) = path.strip_prefix(LEASES) {
+        return lease_answer(
+            fake,
+            &parts.method,
+            rest,
+            &body,
+            parts.headers.get("content-type"),
+            param("fieldManager"),
+        );
+    }
+    if path.starts_with("/apis/events.k8s.io/v1/") && parts.method == Method::POST {
+        let mut event: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+        event["metadata"]["resourceVersion"] = json!("1");
+        fake.state.lock().unwrap().events.push(event.clone());
+        return json_response(StatusCode::CREATED, &event);
+    }
+    if parts.method == Method::GET
+        && (path == "/apis/apps/v1/deployments" || path == "/api/v1/pods")
+    {
+        let (api_version, kind) = if path.contains("deployments") {
+            ("apps/v1", "DeploymentList")
+        } else {
+            // konsumer lists Pods as metadata only (PartialObjectMetadataList).
+            ("meta.k8s.io/v1", "PartialObjectMetadataList")
+        };
+        let items = if path.contains("deployments") {
+            fake.state.lock().unwrap().deployments.clone()
+        } else {
+            Vec::new()
+        };
+        return json_response(
+            StatusCode::OK,
+            &json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": "1"}, "items": items}),
+        );
+    }
     let Some(rest) = path.strip_prefix(CONSUMERS) else {
         return json_response(
             StatusCode::NOT_FOUND,
@@ -332,4 +405,124 @@ fn apply_status(
     let object = object.clone();
     broadcast(&mut state, "MODIFIED", &object);
     json_response(StatusCode::OK, &object)
+}
+
+fn merge_spec(lease: &mut Value, patch: &Value) {
+    if let Some(spec) = patch.get("spec").and_then(Value::as_object) {
+        let target = lease["spec"].as_object_mut();
+        if let Some(target) = target {
+            for (k, v) in spec {
+                if v.is_null() {
+                    target.remove(k);
+                } else {
+                    target.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+}
+
+/// `coordination.k8s.io/v1` Leases: get, create, and patch (strategic merge, or
+/// server-side apply, which conflicts without force when another field manager
+/// holds `spec.holderIdentity` with another value).
+fn lease_answer(
+    fake: &FakeApiServer,
+    method: &Method,
+    rest: &str,
+    body: &[u8],
+    content_type: Option<&http::HeaderValue>,
+    field_manager: Option<&str>,
+) -> Response<MockBody> {
+    let segments: Vec<&str> = rest.split('/').collect();
+    let lease_error = |code: u16, reason: &str, message: String, name: &str| {
+        let mut status = status_error(code, reason, message, name);
+        status["details"]["group"] = json!("coordination.k8s.io");
+        status["details"]["kind"] = json!("leases");
+        json_response(StatusCode::from_u16(code).unwrap(), &status)
+    };
+    let mut state = fake.state.lock().unwrap();
+    state.resource_version += 1;
+    let rv = state.resource_version.to_string();
+    match (method.clone(), segments.as_slice()) {
+        (Method::GET, [ns, "leases", name]) => match state.leases.get(*name) {
+            Some((lease, _)) if lease["metadata"]["namespace"] == *ns => {
+                json_response(StatusCode::OK, lease)
+            }
+            _ => lease_error(
+                404,
+                "NotFound",
+                format!("leases.coordination.k8s.io {name:?} not found"),
+                name,
+            ),
+        },
+        (Method::POST, [ns, "leases"]) => {
+            let mut lease: Value = serde_json::from_slice(body).unwrap_or(json!({}));
+            let name = lease["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if state.leases.contains_key(&name) {
+                return lease_error(
+                    409,
+                    "AlreadyExists",
+                    format!("leases.coordination.k8s.io {name:?} already exists"),
+                    &name,
+                );
+            }
+            lease["metadata"]["namespace"] = json!(ns);
+            lease["metadata"]["resourceVersion"] = json!(rv);
+            if lease.get("spec").is_none_or(Value::is_null) {
+                lease["spec"] = json!({});
+            }
+            state.leases.insert(name, (lease.clone(), None));
+            json_response(StatusCode::CREATED, &lease)
+        }
+        (Method::PATCH, [_ns, "leases", name]) => {
+            let Some((lease, holder_manager)) = state.leases.get_mut(*name) else {
+                return lease_error(
+                    404,
+                    "NotFound",
+                    format!("leases.coordination.k8s.io {name:?} not found"),
+                    name,
+                );
+            };
+            let patch: Value = serde_json::from_slice(body).unwrap_or(json!({}));
+            let apply = content_type
+                .and_then(|c| c.to_str().ok())
+                .is_some_and(|c| c.starts_with("application/apply-patch"));
+            if apply {
+                let Some(manager) = field_manager else {
+                    return lease_error(
+                        400,
+                        "BadRequest",
+                        "fieldManager is required for apply".into(),
+                        name,
+                    );
+                };
+                let wanted = &patch["spec"]["holderIdentity"];
+                let current = &lease["spec"]["holderIdentity"];
+                let owned_by_other = holder_manager.as_deref().is_some_and(|m| m != manager);
+                if !wanted.is_null() && !current.is_null() && wanted != current && owned_by_other {
+                    return lease_error(
+                        409,
+                        "Conflict",
+                        "Apply failed with 1 conflict: conflict with \"other\": .spec.holderIdentity".into(),
+                        name,
+                    );
+                }
+                if !wanted.is_null() {
+                    *holder_manager = Some(manager.to_string());
+                }
+            }
+            merge_spec(lease, &patch);
+            lease["metadata"]["resourceVersion"] = json!(rv);
+            json_response(StatusCode::OK, lease)
+        }
+        _ => lease_error(
+            405,
+            "MethodNotAllowed",
+            format!("{method} {rest} is not supported here"),
+            "",
+        ),
+    }
 }

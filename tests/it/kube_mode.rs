@@ -290,3 +290,209 @@ async fn status_is_written_with_server_side_apply_and_comes_back_through_the_wat
     shutdown.cancel();
     watch.await.unwrap();
 }
+
+async fn start_reconciling(
+    fake_consumers: &[Value],
+    identity: &str,
+) -> (KubeServer, Arc<FakeApiServer>) {
+    use konsumer::reconciler::ReconcilerConfig;
+    use konsumer::reconciler::leader::LeaseConfig;
+    let (client, fake) = FakeApiServer::start();
+    for c in fake_consumers {
+        fake.apply(c.clone());
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let (files, _) = tls::ensure_local(certs.path()).unwrap();
+    let mut config = ServeConfig::local_for_tests(certs.path().to_path_buf());
+    config.mode = Mode::Kube { namespace: None };
+    config.tls = TlsSource::Files(files);
+    config.reconciler = Some(ReconcilerConfig {
+        interval: Duration::from_millis(100),
+        query_timeout: Duration::from_secs(1),
+        concurrency: 4,
+        gomemlimit_ratio: 0.8,
+    });
+    config.lease = LeaseConfig {
+        name: "konsumer-leader".into(),
+        namespace: "konsumer-system".into(),
+        identity: identity.into(),
+        duration: Duration::from_secs(2),
+        grace: Duration::from_secs(1),
+    };
+    let index = ConsumerIndex::new();
+    let store = Arc::new(KubeStore::new(client, None, index.clone()));
+    let running = server::start(config, index, Backend::Kube(store))
+        .await
+        .unwrap();
+    let ca = std::fs::read(certs.path().join("ca.crt")).unwrap();
+    let server = KubeServer {
+        base: format!("https://localhost:{}", running.webhook_addr.port()),
+        admin: format!("http://{}", running.admin_addr),
+        client: client_trusting(&ca),
+        running,
+        fake: fake.clone(),
+        _certs: certs,
+    };
+    (server, fake)
+}
+
+fn unreachable_prometheus(mut c: Value) -> Value {
+    // A closed loopback port: Prometheus is down.
+    c["spec"]["autoscaler"]["prometheus"]["address"] = json!(["http://127.0.0.1:9"]);
+    c
+}
+
+fn status_patches(fake: &FakeApiServer) -> usize {
+    fake.seen()
+        .iter()
+        .filter(|r| r.method == Method::PATCH && r.path.ends_with("/status"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_holder_writes_status_and_stops_at_once_when_the_lease_is_lost() {
+    let (s, fake) = start_reconciling(
+        &[unreachable_prometheus(consumer_json("orders", 10))],
+        "replica-a",
+    )
+    .await;
+    fake.add_deployment(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "orders-0", "namespace": "streams", "resourceVersion": "5",
+                     "labels": {"konsumerator.lwolf.org/consumer": "orders"}},
+        "spec": {"selector": {"matchLabels": {"app": "orders"}},
+                 "template": {"metadata": {"labels": {"app": "orders"}}, "spec": {"containers": [{"name": "consumer", "image": "x"}]}}}
+    }));
+    let mut leader = s.running.is_leader.clone().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), leader.wait_for(|l| *l))
+        .await
+        .unwrap()
+        .unwrap();
+    let lease = fake.lease("konsumer-leader").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "replica-a");
+    assert_eq!(lease["metadata"]["namespace"], "konsumer-system");
+
+    let fake2 = fake.clone();
+    eventually("the status to be written", move || {
+        fake2.object("streams", "orders").is_some_and(|o| {
+            o["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "MetricsAvailable" && c["status"] == "False")
+            }) && o["status"]["running"] == 1
+        })
+    })
+    .await;
+    let status = fake.object("streams", "orders").unwrap()["status"].clone();
+    assert_eq!(status["expected"], 4);
+    assert_eq!(
+        status["missing"], 3,
+        "orders-0 exists, 1..3 do not: {status}"
+    );
+    assert_eq!(status["instances"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        status["instances"][0]["resources"][0]["requests"]["cpu"], "100m",
+        "the fallback until metrics"
+    );
+    let metrics_cond = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "MetricsAvailable")
+        .unwrap();
+    assert_eq!(metrics_cond["reason"], "PrometheusUnavailable");
+    assert_eq!(status["observedGeneration"], 1);
+    let patch = fake
+        .seen()
+        .into_iter()
+        .find(|r| r.method == Method::PATCH && r.path.ends_with("/status"))
+        .unwrap();
+    assert!(
+        patch.query.contains("fieldManager=konsumer") && patch.query.contains("force=true"),
+        "{}",
+        patch.query
+    );
+
+    // Another replica takes the lease: this one stops reconciling at its next renewal.
+    fake.take_lease("konsumer-leader", "replica-b", 60);
+    tokio::time::timeout(Duration::from_secs(10), leader.wait_for(|l| !*l))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let writes = status_patches(&fake);
+    // Make the status stale so that a leader would have to write it again.
+    let mut changed = consumer_json("orders", 10);
+    changed["spec"]["numPartitions"] = json!(12);
+    fake.apply(unreachable_prometheus(changed));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        status_patches(&fake),
+        writes,
+        "no status write after losing the lease"
+    );
+    // Webhooks keep being served by every replica.
+    let review = s.review(fixture_bytes("pod-create-indexed-job")).await;
+    assert_eq!(review["response"]["allowed"], true);
+    assert_eq!(
+        fake.lease("konsumer-leader").unwrap()["spec"]["holderIdentity"],
+        "replica-b"
+    );
+    s.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_is_released_on_shutdown() {
+    let (s, fake) = start_reconciling(&[], "replica-a").await;
+    let mut leader = s.running.is_leader.clone().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), leader.wait_for(|l| *l))
+        .await
+        .unwrap()
+        .unwrap();
+    drop(leader);
+    s.running.stop().await;
+    let lease = fake.lease("konsumer-leader").unwrap();
+    assert!(
+        lease["spec"].get("holderIdentity").is_none(),
+        "released: {lease}"
+    );
+}
+
+#[tokio::test]
+async fn transitions_become_kubernetes_events_on_the_consumer() {
+    use konsumer::reconciler::TransitionSink;
+    use konsumer::reconciler::events::KubeEvents;
+    use konsumer::scaling::Transition;
+    use konsumer::scaling::machine::{Direction, Event};
+    let (client, fake) = FakeApiServer::start();
+    fake.apply(consumer_json("orders", 10));
+    let consumer: konsumer::api::Consumer =
+        serde_json::from_value(fake.object("streams", "orders").unwrap()).unwrap();
+    let sink = KubeEvents::new(client, Some("replica-a".into()));
+    let t = Transition {
+        instance: 1,
+        partitions: vec![3, 4, 5],
+        event: Event::Scaled(Direction::Up),
+        from: konsumer::api::ScalingState::PendingScaleUp,
+        to: konsumer::api::ScalingState::Running,
+        previous: Vec::new(),
+        new: Vec::new(),
+        reason: "lagging for 5m0s".into(),
+        observation: None,
+        at: jiff::Timestamp::now(),
+    };
+    sink.publish(&consumer, &t).await;
+    let events = fake.events();
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
+    assert_eq!(e["reason"], "ScaledUp");
+    assert_eq!(e["type"], "Normal");
+    assert_eq!(e["reportingController"], "konsumer");
+    assert_eq!(e["regarding"]["kind"], "Consumer");
+    assert_eq!(e["regarding"]["name"], "orders");
+    assert!(
+        e["note"]
+            .as_str()
+            .unwrap()
+            .contains("instance 1 (partitions 3,4,5): PENDING_SCALE_UP -> RUNNING")
+    );
+}
