@@ -65,6 +65,10 @@ pub enum Command {
     Plan(plan::PlanArgs),
 }
 
+pub(crate) fn go_duration_arg(s: &str) -> Result<Duration, String> {
+    go_duration(s)
+}
+
 fn go_duration(s: &str) -> Result<Duration, String> {
     parse_go_duration(s).map_err(|e| format!("{s:?}: {e}"))
 }
@@ -281,13 +285,13 @@ pub async fn run(cli: Cli) -> ExitCode {
         return ExitCode::from(2);
     }
     let result = match cli.command {
-        Command::Serve(args) => match args.into_config() {
+        Command::Serve(args) => match (*args).into_config() {
             Ok(config) => crate::server::run(config).await,
             Err(e) => Err(e),
         },
         Command::Crd => crd(),
         Command::Certs(args) => certs(args),
-        Command::Plan(args) => plan::run(args).context("plan"),
+        Command::Plan(args) => plan::run(args).await.context("plan"),
         Command::Validate(args) => return validate::run(args),
     };
     match result {

@@ -1,6 +1,8 @@
 //! `konsumer plan -f consumer.yaml`: a dry run of the workload webhook for every
-//! instance of a Consumer. Each instance's Pod (built from `deploymentTemplate`) is
-//! passed through the same decision and patch a real request gets.
+//! instance of a Consumer. Prometheus is read (unless `--offline`) and the
+//! predictor and state machine run as the reconciler would; then each instance's
+//! Pod (built from `deploymentTemplate`) is passed through the same decision and
+//! patch a real request gets.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -11,10 +13,17 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::api::{Consumer, env, keys};
+use std::sync::Arc;
+
+use crate::api::{Consumer, ContainerResources, ScalingState, env, keys};
 use crate::inject::workload::Workload;
 use crate::inject::{self, ConsumerSettings};
+use crate::reconciler::prometheus::PromClient;
+use crate::reconciler::read_metrics;
+use crate::scaling::spec::autoscaler_disabled;
+use crate::scaling::{self, Metrics as StepMetrics, ScalingSpec, StepInput, predict};
 use crate::store::local::parse_consumers;
+use crate::telemetry::Metrics;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -34,6 +43,12 @@ pub struct PlanArgs {
     /// Fraction of a container's memory limit written to GOMEMLIMIT.
     #[arg(long, env = "KONSUMER_GOMEMLIMIT_RATIO", default_value = "0.8")]
     pub gomemlimit_ratio: f64,
+    /// Do not query Prometheus: show what the status in the file (or the fallback) gives.
+    #[arg(long)]
+    pub offline: bool,
+    /// Budget of one Prometheus query.
+    #[arg(long, default_value = "5s", value_parser = crate::cli::go_duration_arg)]
+    pub prometheus_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -41,6 +56,9 @@ pub struct PlanArgs {
 pub struct ConsumerPlan {
     pub consumer: String,
     pub num_partitions: u32,
+    /// Where the metrics came from, or why there are none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
     pub instances: Vec<InstanceView>,
 }
 
@@ -51,6 +69,18 @@ pub struct InstanceView {
     pub partitions: Vec<u32>,
     /// `recommendation` (from the status) or `fallback` (from resourcePolicy).
     pub resources_from: &'static str,
+    /// Scaling state from the live metrics (prometheus mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<ScalingState>,
+    /// Largest partition lag, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<f64>,
+    /// Messages per second the instance must consume.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load: Option<f64>,
+    /// The prediction waiting out its pending period.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Vec<ContainerResources>>,
     pub containers: Vec<ContainerView>,
 }
 
@@ -151,18 +181,96 @@ pub fn plan(consumer: &Consumer, gomemlimit_ratio: f64) -> anyhow::Result<Consum
             .bucket(id)
             .map(|r| r.collect())
             .unwrap_or_default();
+        let status = consumer
+            .status
+            .as_ref()
+            .and_then(|s| s.instances.as_ref())
+            .and_then(|i| i.iter().find(|i| i.id == id as i32));
         instances.push(InstanceView {
             instance: id,
             partitions,
             resources_from: decision.source.as_str(),
+            state: status.map(|s| s.state),
+            lag_seconds: None,
+            load: None,
+            pending: status.and_then(|s| s.pending.clone()),
             containers,
         });
     }
     Ok(ConsumerPlan {
         consumer: consumer.key(),
         num_partitions: settings.num_partitions(),
+        metrics: None,
         instances,
     })
+}
+
+/// The plan with the live metrics: Prometheus is read now and the predictor and
+/// state machine run from the status in the file, as the reconciler would.
+pub async fn live_plan(consumer: &Consumer, args: &PlanArgs) -> anyhow::Result<ConsumerPlan> {
+    let spec = match ScalingSpec::from_consumer(consumer) {
+        Ok(Some(spec)) if !args.offline => spec,
+        Ok(Some(_)) => return plan(consumer, args.gomemlimit_ratio),
+        Ok(None) => {
+            let mut p = plan(consumer, args.gomemlimit_ratio)?;
+            p.metrics = Some("not autoscaled (spec.autoscaler.mode is not prometheus)".into());
+            return Ok(p);
+        }
+        Err(e) => anyhow::bail!("{e}"),
+    };
+    let metrics = Arc::new(Metrics::default());
+    let prom = PromClient::new(args.prometheus_timeout, metrics)?;
+    let now = jiff::Timestamp::now();
+    let snapshot = read_metrics(&prom, consumer, spec.layout.partitions(), now).await;
+    let (partitions, note) = match snapshot {
+        Ok(s) => {
+            let note = if s.issues.is_empty() {
+                format!("live: {} partitions with data", s.partitions.len())
+            } else {
+                format!(
+                    "live: {} partitions with data; {}",
+                    s.partitions.len(),
+                    s.issues.join("; ")
+                )
+            };
+            (Some(s.partitions), note)
+        }
+        Err(e) => (
+            None,
+            format!("Prometheus unavailable ({e}); showing the status in the file"),
+        ),
+    };
+    let previous = consumer
+        .status
+        .as_ref()
+        .and_then(|s| s.instances.clone())
+        .unwrap_or_default();
+    let out = scaling::step(StepInput {
+        spec: &spec,
+        previous: &previous,
+        metrics: partitions.as_ref().map(|p| StepMetrics {
+            partitions: p,
+            observed_at: now,
+        }),
+        frozen: autoscaler_disabled(consumer),
+        now,
+    });
+    let mut with_status = consumer.clone();
+    with_status
+        .status
+        .get_or_insert_with(Default::default)
+        .instances = Some(out.instances);
+    let mut p = plan(&with_status, args.gomemlimit_ratio)?;
+    p.metrics = Some(note);
+    if let Some(partitions) = &partitions {
+        for (inst, range) in p.instances.iter_mut().zip(spec.layout.buckets()) {
+            if let Some(obs) = predict::observe(range, partitions, spec.recovery) {
+                inst.lag_seconds = Some(obs.max_lag_seconds);
+                inst.load = Some(obs.load);
+            }
+        }
+    }
+    Ok(p)
 }
 
 fn render_text(plan: &ConsumerPlan) -> String {
@@ -181,15 +289,31 @@ fn render_text(plan: &ConsumerPlan) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     };
+    if let Some(m) = &plan.metrics {
+        let _ = writeln!(out, "metrics: {m}");
+    }
     for inst in &plan.instances {
         let parts: Vec<String> = inst.partitions.iter().map(u32::to_string).collect();
-        let _ = writeln!(
+        let _ = write!(
             out,
             "\ninstance {}  partitions {}  (resources: {})",
             inst.instance,
             parts.join(","),
             inst.resources_from
         );
+        if let Some(state) = inst.state {
+            let _ = write!(out, "  state {}", state.as_str());
+        }
+        if let (Some(lag), Some(load)) = (inst.lag_seconds, inst.load) {
+            let _ = write!(out, "  lag {lag:.0}s  load {load:.0} msg/s");
+        }
+        let _ = writeln!(out);
+        if let Some(pending) = &inst.pending {
+            for c in pending {
+                let cpu = c.requests.get("cpu").map(|q| q.0.as_str()).unwrap_or("-");
+                let _ = writeln!(out, "  pending for {}: cpu request {cpu}", c.container_name);
+            }
+        }
         for c in &inst.containers {
             let kind = if c.init {
                 "init container"
@@ -218,7 +342,7 @@ fn read(path: &PathBuf) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
-pub fn run(args: PlanArgs) -> anyhow::Result<()> {
+pub async fn run(args: PlanArgs) -> anyhow::Result<()> {
     let mut plans = Vec::new();
     for path in &args.files {
         let (consumers, problems) = parse_consumers(&read(path)?);
@@ -231,7 +355,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
             path.display()
         );
         for c in consumers {
-            plans.push(plan(&c, args.gomemlimit_ratio).with_context(|| c.key())?);
+            plans.push(live_plan(&c, &args).await.with_context(|| c.key())?);
         }
     }
     match args.output {

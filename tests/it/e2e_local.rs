@@ -178,7 +178,7 @@ fn kube_mode_without_certificates_refuses_to_start_with_a_clear_message() {
 fn plan_prints_every_instance_of_the_example() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/local/orders.yaml");
     let out = Command::new(env!("CARGO_BIN_EXE_konsumer"))
-        .args(["plan", "-o", "json", "-f"])
+        .args(["plan", "--offline", "-o", "json", "-f"])
         .arg(&example)
         .output()
         .unwrap();

@@ -213,6 +213,37 @@ async fn prometheus_lag_scales_an_instance_up_and_new_pods_get_it() {
         "no policy: the sidecar is left alone"
     );
 
+    // `konsumer plan` reads the same live metrics: from a fresh status, instance 0
+    // lags and its scale up is pending.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), consumer_yaml(&prometheus.url)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_konsumer"))
+        .args(["plan", "-o", "json", "-f"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plans: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let i0 = &plans[0]["instances"][0];
+    assert_eq!(i0["state"], "PENDING_SCALE_UP", "{i0}");
+    assert!(
+        (i0["lagSeconds"].as_f64().unwrap() - 30.0).abs() < 1e-6,
+        "{i0}"
+    );
+    assert_eq!(i0["pending"][0]["requests"]["cpu"], "2300m");
+    assert!(
+        plans[0]["metrics"]
+            .as_str()
+            .unwrap()
+            .starts_with("live: 6 partitions"),
+        "{}",
+        plans[0]["metrics"]
+    );
+
     // Prometheus goes away: the condition says so, the recommendation stays, and
     // no scale-down happens from missing data, even after the pending period.
     prometheus.stop();
