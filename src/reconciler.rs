@@ -15,15 +15,14 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{Consumer, ConsumerStatus, PartitionState, QuerySpec, ScalingState};
-use crate::scaling::spec::autoscaler_disabled;
-use crate::scaling::status::{self, METRICS_AVAILABLE, RECONCILED};
-use crate::scaling::{self, Metrics as StepMetrics, ScalingSpec, StepInput, Transition};
+use crate::api::{Consumer, ConsumerStatus, PartitionState, QuerySpec};
+use crate::scaling::consumer::{self as consumer_step, ConsumerInput, Refresh};
+use crate::scaling::status::METRICS_AVAILABLE;
+use crate::scaling::{ScalingSpec, Transition};
 use crate::store::{CachedConsumer, ConsumerIndex, Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{EventLabel, ReasonLabel};
@@ -82,7 +81,11 @@ pub struct Reconciler {
     /// Last Prometheus attempt per Consumer: failures are retried at most once per
     /// `minSyncPeriod` too.
     attempts: Mutex<HashMap<String, Timestamp>>,
+    /// Parsed `lastSyncState` per Consumer, with the sync time it belongs to.
+    parsed: Mutex<HashMap<String, ParsedMetrics>>,
 }
+
+type ParsedMetrics = (Option<Timestamp>, Arc<BTreeMap<u32, PartitionState>>);
 
 /// The metrics of a Consumer read now, and what looked wrong in them.
 #[derive(Debug, Default)]
@@ -146,33 +149,6 @@ pub async fn read_metrics(
     Ok(snapshot)
 }
 
-fn sync_state(partitions: &BTreeMap<u32, PartitionState>) -> BTreeMap<String, PartitionState> {
-    partitions
-        .iter()
-        .map(|(p, s)| (p.to_string(), s.clone()))
-        .collect()
-}
-
-fn parse_sync_state(
-    state: Option<&BTreeMap<String, PartitionState>>,
-) -> Option<BTreeMap<u32, PartitionState>> {
-    let state = state?;
-    Some(
-        state
-            .iter()
-            .filter_map(|(k, v)| k.parse::<u32>().ok().map(|p| (p, v.clone())))
-            .collect(),
-    )
-}
-
-fn short(text: String) -> String {
-    if text.chars().count() > 500 {
-        text.chars().take(497).collect::<String>() + "..."
-    } else {
-        text
-    }
-}
-
 impl Reconciler {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -196,6 +172,7 @@ impl Reconciler {
             clock,
             known: Mutex::new(HashSet::new()),
             attempts: Mutex::new(HashMap::new()),
+            parsed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -303,173 +280,103 @@ impl Reconciler {
     ) -> Result<(), ReconcileError> {
         let consumer = &cached.consumer;
         let key = consumer.key();
-        let generation = consumer.metadata.generation;
-        let previous = consumer.status.clone().unwrap_or_default();
-        let mut next = previous.clone();
-        next.observed_generation = generation;
-        let mut conditions = next.conditions.take().unwrap_or_default();
-        let mut lagging = Vec::new();
-        let mut transitions = Vec::new();
-
-        match ScalingSpec::from_consumer(consumer) {
-            Err(reason) => {
-                status::set_condition(
-                    &mut conditions,
-                    RECONCILED,
-                    false,
-                    "InvalidSpec",
-                    reason,
-                    generation,
-                    now,
-                );
-            }
-            Ok(None) => {
-                status::set_condition(
-                    &mut conditions,
-                    METRICS_AVAILABLE,
-                    false,
-                    "NotAutoscaled",
-                    "spec.autoscaler.mode is not prometheus: instances get the fallback resources"
-                        .into(),
-                    generation,
-                    now,
-                );
-                status::set_condition(
-                    &mut conditions,
-                    RECONCILED,
-                    true,
-                    "Reconciled",
-                    String::new(),
-                    generation,
-                    now,
-                );
-            }
-            Ok(Some(spec)) => {
-                self.refresh_metrics(consumer, &spec, &mut next, &mut conditions, now)
-                    .await;
-                let frozen = autoscaler_disabled(consumer);
-                let partitions = parse_sync_state(next.last_sync_state.as_ref());
-                let observed_at = next.last_sync_time.as_ref().map_or(now, |t| t.0);
-                let out = scaling::step(StepInput {
-                    spec: &spec,
-                    previous: previous.instances.as_deref().unwrap_or_default(),
-                    metrics: partitions.as_ref().map(|p| StepMetrics {
-                        partitions: p,
-                        observed_at,
-                    }),
-                    frozen,
-                    now,
-                });
-                let counts = [
-                    ScalingState::Running,
-                    ScalingState::PendingScaleUp,
-                    ScalingState::PendingScaleDown,
-                    ScalingState::Saturated,
-                ]
-                .map(|s| {
-                    (
-                        s.as_str(),
-                        out.instances.iter().filter(|i| i.state == s).count() as i64,
-                    )
-                });
-                self.metrics.set_instances(&key, Some(counts));
-                next.instances = Some(out.instances);
-                lagging = out.lagging;
-                transitions = out.transitions;
-                let (reason, message) = if frozen {
-                    (
-                        "AutoscalerDisabled",
-                        "konsumerator.lwolf.org/disable-autoscaler is set: recommendations are frozen".to_string(),
-                    )
-                } else {
-                    ("Reconciled", String::new())
-                };
-                status::set_condition(
-                    &mut conditions,
-                    RECONCILED,
-                    true,
-                    reason,
-                    message,
-                    generation,
-                    now,
-                );
-            }
+        let spec = ScalingSpec::from_consumer(consumer);
+        let refresh = match &spec {
+            Ok(Some(spec)) => self.refresh(consumer, spec, now).await,
+            _ => None,
+        };
+        let cached_metrics = self.cached_metrics(&key, consumer.status.as_ref());
+        let out = consumer_step::reconcile(ConsumerInput {
+            consumer,
+            spec: &spec,
+            settings: cached.settings.as_ref().ok(),
+            cached_metrics: cached_metrics.as_deref(),
+            refresh,
+            workloads: objects,
+            gomemlimit_ratio: self.config.gomemlimit_ratio,
+            now,
+        });
+        if let Some(states) = out.states {
+            self.metrics
+                .set_instances(&key, Some(states.map(|(s, n)| (s.as_str(), n))));
         }
-
-        if let (Ok(settings), Some(objects)) = (&cached.settings, objects) {
-            let counters = status::count(settings, objects, &lagging, self.config.gomemlimit_ratio);
-            status::apply_counters(&mut next, counters);
-        }
-        next.conditions = Some(conditions);
-        if next != previous {
+        if let Some(next) = &out.status {
             let ns = consumer.metadata.namespace.as_deref().unwrap_or("default");
             let name = consumer.metadata.name.as_deref().unwrap_or_default();
-            self.store.write_status(ns, name, &next).await?;
+            self.store.write_status(ns, name, next).await?;
         }
-        for t in &transitions {
+        for t in &out.transitions {
             self.report(consumer, t).await;
         }
         Ok(())
     }
 
-    async fn refresh_metrics(
+    /// The status' `lastSyncState`, parsed once per sync.
+    fn cached_metrics(
+        &self,
+        key: &str,
+        status: Option<&ConsumerStatus>,
+    ) -> Option<Arc<BTreeMap<u32, PartitionState>>> {
+        let status = status?;
+        let state = status.last_sync_state.as_ref()?;
+        let stamp = status.last_sync_time.as_ref().map(|t| t.0);
+        let mut cache = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, parsed)) = cache.get(key)
+            && *at == stamp
+            && parsed.len() == state.len()
+        {
+            return Some(parsed.clone());
+        }
+        let parsed = Arc::new(consumer_step::parse_sync_state(state));
+        cache.insert(key.to_string(), (stamp, parsed.clone()));
+        Some(parsed)
+    }
+
+    /// Reads Prometheus when due: at most once per `minSyncPeriod`, failures included.
+    async fn refresh(
         &self,
         consumer: &Consumer,
         spec: &ScalingSpec,
-        next: &mut ConsumerStatus,
-        conditions: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
         now: Timestamp,
-    ) {
-        let generation = consumer.metadata.generation;
+    ) -> Option<Refresh> {
         let key = consumer.key();
         let period = SignedDuration::try_from(spec.min_sync).unwrap_or(SignedDuration::ZERO);
+        let last_sync = consumer
+            .status
+            .as_ref()
+            .and_then(|s| s.last_sync_time.as_ref())
+            .map(|t| t.0);
         let last_attempt = {
             let attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
             attempts.get(&key).copied()
         };
-        let last = match (last_attempt, next.last_sync_time.as_ref().map(|t| t.0)) {
+        let last = match (last_attempt, last_sync) {
             (Some(a), Some(s)) => Some(a.max(s)),
             (a, s) => a.or(s),
         };
         if last.is_some_and(|t| now.duration_since(t) < period) {
-            return;
+            return None;
         }
         self.attempts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key, now);
-        let was_available = conditions
-            .iter()
-            .find(|c| c.type_ == METRICS_AVAILABLE)
-            .is_none_or(|c| c.status == "True");
+            .insert(key.clone(), now);
         match read_metrics(&self.prom, consumer, spec.layout.partitions(), now).await {
-            Ok(snapshot) => {
-                let message = if snapshot.issues.is_empty() {
-                    format!("{} partitions with data", snapshot.partitions.len())
-                } else {
-                    short(format!(
-                        "{} partitions with data; {}",
-                        snapshot.partitions.len(),
-                        snapshot.issues.join("; ")
-                    ))
-                };
-                next.last_sync_state = Some(sync_state(&snapshot.partitions));
-                next.last_sync_time = Some(Time(now));
-                status::set_condition(
-                    conditions,
-                    METRICS_AVAILABLE,
-                    true,
-                    "MetricsRead",
-                    message,
-                    generation,
-                    now,
-                );
-            }
+            Ok(snapshot) => Some(Refresh::Read {
+                partitions: snapshot.partitions,
+                issues: snapshot.issues,
+            }),
             Err(e) => {
+                let was_available = consumer
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .and_then(|c| c.iter().find(|c| c.type_ == METRICS_AVAILABLE))
+                    .is_none_or(|c| c.status == "True");
                 if was_available {
-                    tracing::warn!(consumer = %consumer.key(), error = %e, "Prometheus unavailable; keeping the last metrics");
+                    tracing::warn!(consumer = %key, error = %e, "Prometheus unavailable; keeping the last metrics");
                 } else {
-                    tracing::debug!(consumer = %consumer.key(), error = %e, "Prometheus still unavailable");
+                    tracing::debug!(consumer = %key, error = %e, "Prometheus still unavailable");
                 }
                 self.metrics
                     .reconcile_errors
@@ -477,15 +384,7 @@ impl Reconciler {
                         reason: "prometheus".into(),
                     })
                     .inc();
-                status::set_condition(
-                    conditions,
-                    METRICS_AVAILABLE,
-                    false,
-                    "PrometheusUnavailable",
-                    short(e.to_string()),
-                    generation,
-                    now,
-                );
+                Some(Refresh::Failed(e.to_string()))
             }
         }
     }

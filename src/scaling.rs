@@ -1,6 +1,7 @@
 //! Prediction and the scaling state machine (pure): metrics and the previous
 //! status in, the recommendation per instance and typed transitions out.
 
+pub mod consumer;
 pub mod machine;
 pub mod predict;
 pub mod spec;

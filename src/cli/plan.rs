@@ -259,7 +259,7 @@ pub async fn live_plan(consumer: &Consumer, args: &PlanArgs) -> anyhow::Result<C
     with_status
         .status
         .get_or_insert_with(Default::default)
-        .instances = Some(out.instances);
+        .instances = Some(out.into_owned());
     let mut p = plan(&with_status, args.gomemlimit_ratio)?;
     p.metrics = Some(note);
     if let Some(partitions) = &partitions {

@@ -1,6 +1,7 @@
 //! One reconcile step of one Consumer (pure): its instances' previous status and
 //! the metrics in, the next instance statuses and the transitions out.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
@@ -48,8 +49,9 @@ pub struct StepInput<'a> {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct StepOutput {
-    pub instances: Vec<InstanceStatus>,
+pub struct StepOutput<'a> {
+    /// Borrowed from the previous status when an instance did not change.
+    pub instances: Vec<Cow<'a, InstanceStatus>>,
     pub transitions: Vec<Transition>,
     /// Per instance: whether its largest lag reached `tolerableLag`.
     pub lagging: Vec<bool>,
@@ -103,23 +105,42 @@ fn store(id: u32, partitions: &[u32], inst: &Instance) -> InstanceStatus {
     }
 }
 
+impl StepOutput<'_> {
+    /// Whether any instance differs from the previous status.
+    pub fn changed(&self, previous: &[InstanceStatus]) -> bool {
+        self.instances.len() != previous.len()
+            || self.instances.iter().any(|i| matches!(i, Cow::Owned(_)))
+    }
+
+    pub fn into_owned(self) -> Vec<InstanceStatus> {
+        self.instances.into_iter().map(Cow::into_owned).collect()
+    }
+}
+
 /// Runs the predictor and the state machine over every instance.
-pub fn step(input: StepInput<'_>) -> StepOutput {
+pub fn step<'a>(input: StepInput<'a>) -> StepOutput<'a> {
     let spec = input.spec;
     let now = input.now;
     let buckets: Vec<Vec<u32>> = spec.layout.buckets().map(|r| r.collect()).collect();
-    let current: Vec<Instance> = buckets
+    // (the stored status it came from, the machine's view)
+    let current: Vec<(Option<&'a InstanceStatus>, Instance)> = buckets
         .iter()
         .enumerate()
         .map(|(id, partitions)| {
-            input
-                .previous
-                .iter()
-                .find(|s| s.id == id as i32)
-                .and_then(|s| restore(s, partitions, now))
-                .unwrap_or_else(|| Instance::new(spec.fallback.clone(), now))
+            let stored = input.previous.iter().find(|s| s.id == id as i32);
+            match stored.and_then(|s| restore(s, partitions, now)) {
+                Some(inst) => (stored, inst),
+                None => (None, Instance::new(spec.fallback.clone(), now)),
+            }
         })
         .collect();
+    let keep = |id: usize,
+                partitions: &[u32],
+                stored: Option<&'a InstanceStatus>,
+                inst: &Instance| match stored {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(store(id as u32, partitions, inst)),
+    };
 
     let observations: Vec<Option<Observation>> = match input.metrics {
         Some(m) => spec
@@ -142,7 +163,7 @@ pub fn step(input: StepInput<'_>) -> StepOutput {
             .iter()
             .zip(&current)
             .enumerate()
-            .map(|(id, (p, i))| store(id as u32, p, i))
+            .map(|(id, (p, (stored, i)))| keep(id, p, *stored, i))
             .collect();
         return StepOutput {
             instances,
@@ -156,8 +177,10 @@ pub fn step(input: StepInput<'_>) -> StepOutput {
         .iter()
         .map(|o| o.as_ref().map(|o| predict::predict(spec, o)))
         .collect();
-    let recommended: Vec<Vec<ContainerTarget>> =
-        current.iter().map(|i| i.recommendation.clone()).collect();
+    let recommended: Vec<Vec<ContainerTarget>> = current
+        .iter()
+        .map(|(_, i)| i.recommendation.clone())
+        .collect();
     predict::apply_global_cap(spec, &recommended, &mut predictions);
 
     let timing = Timing {
@@ -167,7 +190,7 @@ pub fn step(input: StepInput<'_>) -> StepOutput {
     let mut instances = Vec::with_capacity(buckets.len());
     let mut transitions = Vec::new();
     for (id, partitions) in buckets.iter().enumerate() {
-        let cur = &current[id];
+        let (stored, cur) = &current[id];
         let signal = predictions[id].as_ref().map(|target| Signal {
             target,
             lagging: lagging[id],
@@ -195,7 +218,11 @@ pub fn step(input: StepInput<'_>) -> StepOutput {
             });
             from = to;
         }
-        instances.push(store(id as u32, partitions, &next));
+        instances.push(if next == *cur {
+            keep(id, partitions, *stored, &next)
+        } else {
+            Cow::Owned(store(id as u32, partitions, &next))
+        });
     }
     StepOutput {
         instances,

@@ -9,7 +9,7 @@ use jiff::{SignedDuration, Timestamp};
 use super::machine::{Direction, Event};
 use super::predict;
 use super::spec::{Policy, ScalingSpec};
-use super::step::{Metrics, StepInput, StepOutput, step};
+use super::step::{Metrics, StepInput, step};
 use crate::api::quantity::Milli;
 use crate::api::{InstanceStatus, PartitionState, ScalingState};
 use crate::inject::partition::Layout;
@@ -284,7 +284,7 @@ impl Run {
     }
 
     /// One reconcile with (production, messages behind) read now.
-    fn tick(&mut self, production: i64, behind: i64) -> StepOutput {
+    fn tick(&mut self, production: i64, behind: i64) -> Out {
         let m = metrics(&[(0, production, behind)]);
         self.tick_with(Some(&m), self.now, false)
     }
@@ -294,7 +294,7 @@ impl Run {
         m: Option<&BTreeMap<u32, PartitionState>>,
         observed_at: Timestamp,
         frozen: bool,
-    ) -> StepOutput {
+    ) -> Out {
         let out = step(StepInput {
             spec: &self.spec,
             previous: &self.status,
@@ -305,11 +305,18 @@ impl Run {
             frozen,
             now: self.now,
         });
+        let unchanged = !out.changed(&self.status);
+        let out = Out {
+            transitions: out.transitions.clone(),
+            lagging: out.lagging.clone(),
+            unchanged,
+            instances: out.into_owned(),
+        };
         self.status = out.instances.clone();
         out
     }
 
-    fn lag_minutes(&mut self, minutes: i64) -> StepOutput {
+    fn lag_minutes(&mut self, minutes: i64) -> Out {
         self.tick(5000, 5000 * 60 * minutes)
     }
 
@@ -331,7 +338,16 @@ impl Run {
     }
 }
 
-fn events(out: &StepOutput) -> Vec<Event> {
+/// A step's output, owned.
+struct Out {
+    instances: Vec<InstanceStatus>,
+    transitions: Vec<super::Transition>,
+    lagging: Vec<bool>,
+    /// Every instance was borrowed from the previous status.
+    unchanged: bool,
+}
+
+fn events(out: &Out) -> Vec<Event> {
     out.transitions.iter().map(|t| t.event).collect()
 }
 
@@ -350,6 +366,7 @@ fn scale_up_saturation_recovery_and_scale_down_step_by_step() {
     // 2. 1 minute behind (below tolerableLag 3m): no scale up without lag.
     let out = r.lag_minutes(1);
     assert!(out.transitions.is_empty());
+    assert!(out.unchanged, "nothing to write");
     assert_eq!(r.state(), ScalingState::Running);
     assert_eq!(r.cpu().0, "100m");
 
@@ -554,6 +571,11 @@ fn a_frozen_autoscaler_keeps_its_recommendation() {
     let m = metrics(&[(0, 5000, 5000 * 60 * 15)]);
     let out = r.tick_with(Some(&m), r.now, true);
     assert!(out.transitions.is_empty());
+    assert!(
+        out.unchanged,
+        "a frozen instance is the stored one, not a rewrite"
+    );
+    assert_eq!(out.instances.len(), 1);
     assert_eq!(r.state(), ScalingState::PendingScaleUp);
     assert_eq!(r.cpu().0, "100m");
     assert!(out.lagging[0], "lag is still reported while frozen");

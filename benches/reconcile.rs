@@ -1,0 +1,238 @@
+//! Reconciler benchmarks (run with `cargo bench --bench reconcile`):
+//!
+//! 1. One reconcile pass over 1,000 Consumers × 100 partitions from cached metrics
+//!    (the status' lastSyncState, parsed once per sync as the reconciler does):
+//!    settings, predictor, caps, state machine, counters — `scaling::consumer::
+//!    reconcile`, the reconciler's own pure core. Also a pass where every Consumer
+//!    got fresh metrics. Baseline in the same run: serializing the statuses (what
+//!    writing them costs at the least).
+//! 2. Parsing a 100,000-series Prometheus answer into values per partition.
+//!    Baseline in the same run: `serde_json::from_slice::<Value>` of the same body.
+//!
+//! Times are this thread's CPU time (`/proc/thread-self/schedstat`), best and
+//! median of several runs.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use konsumer::api::{Consumer, ConsumerStatus, PartitionState};
+use konsumer::inject::ConsumerSettings;
+use konsumer::reconciler::prometheus::parse_response;
+use konsumer::scaling::ScalingSpec;
+use konsumer::scaling::consumer::{ConsumerInput, Refresh, parse_sync_state, reconcile};
+
+fn thread_cpu() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .map(Duration::from_nanos)
+        .unwrap_or_default()
+}
+
+/// Runs `f` `runs` times; (best, median) CPU time and wall time of the best run.
+fn measure<T>(runs: usize, mut f: impl FnMut() -> T) -> (Duration, Duration, Duration) {
+    let mut cpu = Vec::with_capacity(runs);
+    let mut wall = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let (c0, w0) = (thread_cpu(), Instant::now());
+        black_box(f());
+        cpu.push(thread_cpu() - c0);
+        wall.push(w0.elapsed());
+    }
+    let best = *cpu.iter().min().unwrap_or(&Duration::ZERO);
+    cpu.sort();
+    (
+        best,
+        cpu[cpu.len() / 2],
+        *wall.iter().min().unwrap_or(&Duration::ZERO),
+    )
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn consumers(n: usize, partitions: u32, now: Timestamp) -> Vec<Consumer> {
+    let template: Consumer =
+        serde_saphyr::from_str(include_str!("../tests/fixtures/consumer-orders.yaml"))
+            .expect("fixture");
+    (0..n)
+        .map(|i| {
+            let mut c = template.clone();
+            c.metadata.name = Some(format!("consumer-{i}"));
+            c.spec.name = Some(format!("consumer-{i}"));
+            c.spec.num_partitions = Some(partitions as i32);
+            c.spec.num_partitions_per_instance = Some(10);
+            // A spread of quiet, busy and lagging partitions.
+            let state: BTreeMap<String, PartitionState> = (0..partitions)
+                .map(|p| {
+                    let production = 1_000 + ((p as i64 * 37 + i as i64 * 11) % 5_000);
+                    let behind = if (p + i as u32).is_multiple_of(7) {
+                        production * 600
+                    } else {
+                        0
+                    };
+                    (
+                        p.to_string(),
+                        PartitionState {
+                            production_rate: production,
+                            consumption_rate: production,
+                            messages_behind: behind,
+                        },
+                    )
+                })
+                .collect();
+            c.status = Some(ConsumerStatus {
+                last_sync_state: Some(state),
+                last_sync_time: Some(Time(now)),
+                ..ConsumerStatus::default()
+            });
+            c
+        })
+        .collect()
+}
+
+/// What the reconciler keeps between passes: resolved settings, parsed metrics.
+struct Cached {
+    consumer: Consumer,
+    settings: Option<ConsumerSettings>,
+    metrics: BTreeMap<u32, PartitionState>,
+}
+
+fn cache(consumers: &[Consumer]) -> Vec<Cached> {
+    consumers
+        .iter()
+        .map(|c| Cached {
+            settings: ConsumerSettings::from_consumer(c).ok(),
+            metrics: c
+                .status
+                .as_ref()
+                .and_then(|s| s.last_sync_state.as_ref())
+                .map(parse_sync_state)
+                .unwrap_or_default(),
+            consumer: c.clone(),
+        })
+        .collect()
+}
+
+/// One pass over every Consumer, what the reconciler computes without I/O
+/// (`refresh`: every Consumer also got fresh metrics this pass).
+fn pass(all: &[Cached], refresh: bool, now: Timestamp) -> Vec<Option<ConsumerStatus>> {
+    all.iter()
+        .map(|c| {
+            let spec = ScalingSpec::from_consumer(&c.consumer);
+            let out = reconcile(ConsumerInput {
+                consumer: &c.consumer,
+                spec: &spec,
+                settings: c.settings.as_ref(),
+                cached_metrics: Some(&c.metrics),
+                refresh: refresh.then(|| Refresh::Read {
+                    partitions: c.metrics.clone(),
+                    issues: Vec::new(),
+                }),
+                workloads: Some(&[]),
+                gomemlimit_ratio: 0.8,
+                now,
+            });
+            out.status
+        })
+        .collect()
+}
+
+fn prometheus_body(series: usize) -> Vec<u8> {
+    let mut body = String::with_capacity(series * 160);
+    body.push_str(r#"{"status":"success","data":{"resultType":"vector","result":["#);
+    for i in 0..series {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!(
+            r#"{{"metric":{{"__name__":"kafka_consumergroup_lag","group":"orders","instance":"exporter:9308","job":"kafka","partition":"{i}","topic":"orders"}},"value":[1795355055.121,"{}.5"]}}"#,
+            i % 10_000
+        ));
+    }
+    body.push_str("]}}");
+    body.into_bytes()
+}
+
+fn main() {
+    let now: Timestamp = "2026-11-22T12:00:00Z".parse().expect("time");
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average at start: {}", load.trim());
+
+    let all = consumers(1_000, 100, now);
+    // A first pass gives every instance a status; the measured passes run from it.
+    let first = pass(&cache(&all), false, now);
+    let mut warm = all.clone();
+    for (c, s) in warm.iter_mut().zip(first) {
+        if let Some(s) = s {
+            c.status = Some(s);
+        }
+    }
+    let warm = cache(&warm);
+    let (best, median, wall) = measure(10, || pass(&warm, false, now));
+    let (r_best, r_median, r_wall) = measure(10, || pass(&warm, true, now));
+    let statuses: Vec<ConsumerStatus> = warm
+        .iter()
+        .filter_map(|c| c.consumer.status.clone())
+        .collect();
+    let (b_best, b_median, _) = measure(10, || {
+        serde_json::to_vec(&statuses).map(|v| v.len()).unwrap_or(0)
+    });
+    println!();
+    println!(
+        "| reconcile pass, 1,000 Consumers × 100 partitions (10 instances each) | best CPU | median CPU | best wall |"
+    );
+    println!("|---|---|---|---|");
+    println!(
+        "| konsumer pass, cached metrics (settings, predictor, caps, state machine, counters) | {} | {} | {} |",
+        ms(best),
+        ms(median),
+        ms(wall)
+    );
+    println!(
+        "| konsumer pass, every Consumer with fresh metrics (status rebuilt) | {} | {} | {} |",
+        ms(r_best),
+        ms(r_median),
+        ms(r_wall)
+    );
+    println!(
+        "| baseline: serializing the 1,000 statuses (the least a write costs) | {} | {} | |",
+        ms(b_best),
+        ms(b_median)
+    );
+
+    let body = prometheus_body(100_000);
+    let (p_best, p_median, p_wall) = measure(10, || {
+        parse_response(&body, "partition", 100_000)
+            .map(|r| r.values.len())
+            .unwrap_or(0)
+    });
+    let parsed = parse_response(&body, "partition", 100_000)
+        .map(|r| r.values.len())
+        .unwrap_or(0);
+    assert_eq!(parsed, 100_000, "every series parsed");
+    let (v_best, v_median, _) = measure(10, || {
+        serde_json::from_slice::<serde_json::Value>(&body).is_ok()
+    });
+    println!();
+    println!(
+        "| parsing a 100,000-series answer ({:.1} MB) | best CPU | median CPU | best wall |",
+        body.len() as f64 / 1e6
+    );
+    println!("|---|---|---|---|");
+    println!(
+        "| konsumer `parse_response` | {} | {} | {} |",
+        ms(p_best),
+        ms(p_median),
+        ms(p_wall)
+    );
+    println!(
+        "| baseline: `serde_json::Value` of the same body | {} | {} | |",
+        ms(v_best),
+        ms(v_median)
+    );
+}
