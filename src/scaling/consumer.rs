@@ -275,3 +275,155 @@ pub fn reconcile(input: ConsumerInput<'_>) -> ConsumerOutput {
         states,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn orders() -> Consumer {
+        let mut c: Consumer =
+            serde_saphyr::from_str(include_str!("../../tests/fixtures/consumer-orders.yaml"))
+                .unwrap();
+        c.metadata.generation = Some(3);
+        c
+    }
+
+    fn run(c: &Consumer, refresh: Option<Refresh>, now: Timestamp) -> ConsumerOutput {
+        let spec = ScalingSpec::from_consumer(c);
+        let settings = ConsumerSettings::from_consumer(c).ok();
+        let cached = c
+            .status
+            .as_ref()
+            .and_then(|s| s.last_sync_state.as_ref())
+            .map(parse_sync_state);
+        reconcile(ConsumerInput {
+            consumer: c,
+            spec: &spec,
+            settings: settings.as_ref(),
+            cached_metrics: cached.as_ref(),
+            refresh,
+            workloads: Some(&[]),
+            gomemlimit_ratio: 0.8,
+            now,
+        })
+    }
+
+    fn condition<'a>(s: &'a ConsumerStatus, t: &str) -> &'a Condition {
+        s.conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.type_ == t)
+            .unwrap()
+    }
+
+    fn quiet() -> Refresh {
+        Refresh::Read {
+            partitions: (0..10)
+                .map(|p| {
+                    (
+                        p,
+                        PartitionState {
+                            production_rate: 100,
+                            consumption_rate: 100,
+                            messages_behind: 0,
+                        },
+                    )
+                })
+                .collect(),
+            issues: vec!["offset: partition 12 is not in 0..9".into()],
+        }
+    }
+
+    #[test]
+    fn a_first_pass_writes_metrics_instances_counters_and_conditions() {
+        let now: Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
+        let out = run(&orders(), Some(quiet()), now);
+        let s = out.status.expect("a first status");
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(s.last_sync_state.as_ref().unwrap().len(), 10);
+        assert_eq!(s.last_sync_time.as_ref().unwrap().0, now);
+        assert_eq!(s.instances.as_ref().unwrap().len(), 4);
+        assert_eq!(
+            (s.expected, s.missing, s.running),
+            (Some(4), Some(4), Some(0))
+        );
+        let m = condition(&s, METRICS_AVAILABLE);
+        assert_eq!(
+            (m.status.as_str(), m.reason.as_str()),
+            ("True", "MetricsRead")
+        );
+        assert!(
+            m.message.contains("partition 12 is not in 0..9"),
+            "{}",
+            m.message
+        );
+        assert_eq!(condition(&s, RECONCILED).status, "True");
+        assert_eq!(out.states.unwrap()[0], (ScalingState::Running, 4));
+    }
+
+    #[test]
+    fn an_unchanged_pass_writes_nothing() {
+        let now: Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
+        let mut c = orders();
+        c.status = run(&c, Some(quiet()), now).status;
+        let later = "2026-11-22T12:00:20Z".parse().unwrap();
+        let out = run(&c, None, later);
+        assert!(out.status.is_none(), "{:?}", out.status);
+        assert!(out.transitions.is_empty());
+    }
+
+    #[test]
+    fn prometheus_failures_and_frozen_autoscalers_show_in_the_conditions() {
+        let now: Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
+        let mut c = orders();
+        c.status = run(&c, Some(quiet()), now).status;
+        let failed = run(&c, Some(Refresh::Failed("connection refused".into())), now)
+            .status
+            .unwrap();
+        let m = condition(&failed, METRICS_AVAILABLE);
+        assert_eq!(
+            (m.status.as_str(), m.reason.as_str()),
+            ("False", "PrometheusUnavailable")
+        );
+        assert_eq!(
+            failed.last_sync_state,
+            c.status.as_ref().unwrap().last_sync_state,
+            "the last good metrics stay"
+        );
+
+        c.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(crate::api::keys::DISABLE_AUTOSCALER.into(), String::new());
+        let frozen = run(&c, None, now).status.unwrap();
+        assert_eq!(condition(&frozen, RECONCILED).reason, "AutoscalerDisabled");
+    }
+
+    #[test]
+    fn unusable_and_non_autoscaled_consumers_say_why() {
+        let now: Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
+        let mut c = orders();
+        c.spec
+            .autoscaler
+            .as_mut()
+            .unwrap()
+            .prometheus
+            .as_mut()
+            .unwrap()
+            .rate_per_core = Some(0);
+        let s = run(&c, None, now).status.unwrap();
+        let r = condition(&s, RECONCILED);
+        assert_eq!(
+            (r.status.as_str(), r.reason.as_str()),
+            ("False", "InvalidSpec")
+        );
+        assert!(r.message.contains("ratePerCore"), "{}", r.message);
+
+        let mut c = orders();
+        c.spec.autoscaler.as_mut().unwrap().mode = Some(String::new());
+        let s = run(&c, None, now).status.unwrap();
+        assert_eq!(condition(&s, METRICS_AVAILABLE).reason, "NotAutoscaled");
+        assert!(s.instances.is_none(), "the webhook uses the fallback");
+    }
+}

@@ -74,6 +74,11 @@ impl Prometheus {
     /// Starts Prometheus scraping the exporter on `exporter_port` every second;
     /// waits until it is ready.
     pub fn start(exporter_port: u16) -> Prometheus {
+        Self::start_with_prefix(exporter_port, "")
+    }
+
+    /// The same, serving its API under `prefix` (`--web.route-prefix`).
+    pub fn start_with_prefix(exporter_port: u16, prefix: &str) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
         std::fs::write(
@@ -90,6 +95,7 @@ impl Prometheus {
             .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
             .arg("--web.listen-address=127.0.0.1:0")
             .arg("--query.lookback-delta=3s")
+            .args((!prefix.is_empty()).then(|| format!("--web.route-prefix={prefix}")))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -124,7 +130,7 @@ impl Prometheus {
         prometheus.url = url.clone();
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(30) {
-            if ureq_get(&format!("{url}/-/ready")).is_some_and(|(code, _)| code == 200) {
+            if ureq_get(&format!("{url}{prefix}/-/ready")).is_some_and(|(code, _)| code == 200) {
                 return prometheus;
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -1,0 +1,157 @@
+//! The Prometheus client against a real Prometheus (path prefix, error payloads,
+//! several addresses) and against plain HTTP servers that behave like a proxy in
+//! front of one (405 for POST, no answer at all).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::get;
+use konsumer::reconciler::prometheus::{PromClient, PromError};
+use konsumer::telemetry::Metrics;
+
+use crate::prometheus_harness::{Exporter, Prometheus};
+
+/// One series with `partition="3"` and value 42, without any scraped data.
+const QUERY: &str = r#"label_replace(vector(42), "partition", "3", "", "")"#;
+
+fn client(timeout: Duration) -> (PromClient, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::default());
+    (PromClient::new(timeout, metrics.clone()).unwrap(), metrics)
+}
+
+async fn serve(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_path_prefix_works_and_the_first_good_address_wins() {
+    let exporter = Exporter::start();
+    let port = exporter.port;
+    let prometheus =
+        tokio::task::spawn_blocking(move || Prometheus::start_with_prefix(port, "/prom"))
+            .await
+            .unwrap();
+    let (prom, metrics) = client(Duration::from_secs(5));
+    let now = jiff::Timestamp::now();
+    let prefixed = format!("{}/prom", prometheus.url);
+    let r = prom
+        .query(&[prefixed.clone()], QUERY, "partition", 10, now)
+        .await
+        .unwrap();
+    assert_eq!(r.values.get(&3), Some(&42.0));
+
+    // Without the prefix the server answers 404: the prefix is really used.
+    let err = prom
+        .query(&[prometheus.url.clone()], QUERY, "partition", 10, now)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PromError::Api { status: 404, .. }), "{err}");
+
+    // A dead address next to a good one: the good one answers.
+    let r = prom
+        .query(
+            &["http://127.0.0.1:9".into(), prefixed.clone()],
+            QUERY,
+            "partition",
+            10,
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.values.get(&3), Some(&42.0));
+
+    // A query error comes back as Prometheus's own error type.
+    let err = prom
+        .query(&[prefixed.clone()], "sum(", "partition", 10, now)
+        .await
+        .unwrap_err();
+    match err {
+        PromError::Api {
+            status,
+            error_type,
+            message,
+            ..
+        } => {
+            assert_eq!((status, error_type.as_str()), (400, "bad_data"));
+            assert!(message.contains("parse error"), "{message}");
+        }
+        other => panic!("{other}"),
+    }
+    // Every address failing: all the reasons are kept.
+    let err = prom
+        .query(
+            &["http://127.0.0.1:9".into(), prometheus.url.clone()],
+            QUERY,
+            "partition",
+            10,
+            now,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, PromError::All(errors) if errors.len() == 2),
+        "{err}"
+    );
+    let text = metrics.encode();
+    assert!(text.contains("outcome=\"ok\""), "{text}");
+    assert!(text.contains("outcome=\"transport\""), "{text}");
+}
+
+#[tokio::test]
+async fn post_answered_with_405_is_retried_as_get() {
+    let body = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"partition":"1"},"value":[1,"7"]}]}}"#;
+    let app = Router::new().route(
+        "/api/v1/query",
+        get(move |q: axum::extract::RawQuery| async move {
+            let q = q.0.unwrap_or_default();
+            assert!(q.contains("query=up") && q.contains("time="), "{q}");
+            body
+        })
+        .post(|| async {
+            (
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "POST not allowed here",
+            )
+        }),
+    );
+    let url = serve(app).await;
+    let (prom, _) = client(Duration::from_secs(5));
+    let r = prom
+        .query(&[url], "up", "partition", 10, jiff::Timestamp::now())
+        .await
+        .unwrap();
+    assert_eq!(r.values.get(&1), Some(&7.0));
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out_within_the_budget() {
+    let app = Router::new().route(
+        "/api/v1/query",
+        axum::routing::post(|| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            "late"
+        }),
+    );
+    let url = serve(app).await;
+    let (prom, _) = client(Duration::from_millis(300));
+    let started = Instant::now();
+    let err = prom
+        .query(&[url], "up", "partition", 10, jiff::Timestamp::now())
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(err, PromError::Timeout { .. } | PromError::Transport { .. }),
+        "{err}"
+    );
+}
