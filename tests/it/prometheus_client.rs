@@ -41,14 +41,20 @@ async fn a_path_prefix_works_and_the_first_good_address_wins() {
     let now = jiff::Timestamp::now();
     let prefixed = format!("{}/prom", prometheus.url);
     let r = prom
-        .query(&[prefixed.clone()], QUERY, "partition", 10, now)
+        .query(std::slice::from_ref(&prefixed), QUERY, "partition", 10, now)
         .await
         .unwrap();
     assert_eq!(r.values.get(&3), Some(&42.0));
 
     // Without the prefix the server answers 404: the prefix is really used.
     let err = prom
-        .query(&[prometheus.url.clone()], QUERY, "partition", 10, now)
+        .query(
+            std::slice::from_ref(&prometheus.url),
+            QUERY,
+            "partition",
+            10,
+            now,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, PromError::Api { status: 404, .. }), "{err}");
@@ -68,7 +74,13 @@ async fn a_path_prefix_works_and_the_first_good_address_wins() {
 
     // A query error comes back as Prometheus's own error type.
     let err = prom
-        .query(&[prefixed.clone()], "sum(", "partition", 10, now)
+        .query(
+            std::slice::from_ref(&prefixed),
+            "sum(",
+            "partition",
+            10,
+            now,
+        )
         .await
         .unwrap_err();
     match err {
