@@ -187,7 +187,10 @@ pub fn reconcile(input: ConsumerInput<'_>) -> ConsumerOutput {
                     )
                 }),
             );
-            if out.changed(prev_instances) || previous.instances.is_none() {
+            // Until metrics have been read once there is nothing to recommend: the
+            // webhook keeps injecting the fallback, and says so.
+            let never_read = metrics.is_none() && previous.instances.is_none();
+            if !never_read && (out.changed(prev_instances) || previous.instances.is_none()) {
                 instances = Some(
                     out.instances
                         .iter()
@@ -425,5 +428,15 @@ mod tests {
         let s = run(&c, None, now).status.unwrap();
         assert_eq!(condition(&s, METRICS_AVAILABLE).reason, "NotAutoscaled");
         assert!(s.instances.is_none(), "the webhook uses the fallback");
+    }
+
+    #[test]
+    fn no_recommendation_is_recorded_before_metrics_were_ever_read() {
+        let now: Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
+        let s = run(&orders(), Some(Refresh::Failed("down".into())), now)
+            .status
+            .unwrap();
+        assert!(s.instances.is_none(), "the webhook keeps saying 'fallback'");
+        assert_eq!(condition(&s, METRICS_AVAILABLE).status, "False");
     }
 }
