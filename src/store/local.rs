@@ -121,6 +121,22 @@ pub fn is_consumer_document(doc: &serde_json::Value) -> bool {
     doc.get("kind").and_then(|k| k.as_str()) == Some("Consumer") && group == Some(GROUP)
 }
 
+/// Whether a notification is a change to a manifest. Reads are not: the rescan
+/// opens every file, and inotify reports those opens (an endless rescan loop).
+fn changes_manifests(event: &notify::Event) -> bool {
+    use notify::EventKind;
+    let writes = matches!(
+        event.kind,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Any
+    );
+    writes
+        && event.paths.iter().any(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| !n.starts_with('.'))
+        })
+}
+
 /// Local directory + embedded status database.
 pub struct LocalStore {
     dir: PathBuf,
@@ -128,6 +144,7 @@ pub struct LocalStore {
     db: Arc<Database>,
     index: Arc<ConsumerIndex>,
     scan: Mutex<Vec<FileProblem>>,
+    rescans: std::sync::atomic::AtomicU64,
 }
 
 impl LocalStore {
@@ -149,11 +166,17 @@ impl LocalStore {
             db: Arc::new(db),
             index,
             scan: Mutex::new(Vec::new()),
+            rescans: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// How many times the directory was read.
+    pub fn rescans(&self) -> u64 {
+        self.rescans.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn db_error(&self, e: impl std::fmt::Display) -> StoreError {
@@ -167,6 +190,8 @@ impl LocalStore {
     /// and marks the index synced. Problems are logged when they change.
     pub async fn rescan(&self) -> Result<usize, StoreError> {
         let mut last_problems = self.scan.lock().await;
+        self.rescans
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = self.dir.clone();
         let (mut consumers, problems) = tokio::task::spawn_blocking(move || scan_dir(&dir))
             .await
@@ -233,14 +258,7 @@ impl LocalStore {
                 use notify::Watcher;
                 let tx = tx.clone();
                 notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                    let relevant = event.is_ok_and(|e| {
-                        e.paths.iter().any(|p| {
-                            p.file_name()
-                                .and_then(|n| n.to_str())
-                                .is_some_and(|n| !n.starts_with('.'))
-                        })
-                    });
-                    if relevant {
+                    if event.is_ok_and(|e| changes_manifests(&e)) {
                         let _ = tx.try_send(());
                     }
                 })
@@ -358,6 +376,55 @@ mod tests {
         assert!(found.is_empty());
         assert_eq!(problems.len(), 1);
         assert!(problems[0].contains("document 1"), "{problems:?}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_directory_is_not_reread_and_an_edit_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("orders.yaml");
+        let orders = include_str!("../../tests/fixtures/consumer-orders.yaml");
+        std::fs::write(&file, orders).unwrap();
+        let index = ConsumerIndex::new();
+        let store = Arc::new(LocalStore::open(dir.path(), index.clone()).unwrap());
+        store.rescan().await.unwrap();
+        let shutdown = CancellationToken::new();
+        let watcher = store.clone().spawn_watcher(shutdown.clone());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let settled = store.rescans();
+        // The rescans' own file reads must not trigger more rescans.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(store.rescans(), settled, "rescanned an unchanged directory");
+
+        std::fs::write(
+            &file,
+            orders.replace("numPartitions: 10", "numPartitions: 12"),
+        )
+        .unwrap();
+        for _ in 0..50 {
+            if index
+                .get("streams", "orders")
+                .is_some_and(|c| c.consumer.spec.num_partitions == Some(12))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            index
+                .get("streams", "orders")
+                .unwrap()
+                .consumer
+                .spec
+                .num_partitions,
+            Some(12)
+        );
+        assert!(store.rescans() > settled);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after_edit = store.rescans();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(store.rescans(), after_edit, "settles again after the edit");
+        shutdown.cancel();
+        watcher.await.unwrap();
     }
 
     #[tokio::test]
