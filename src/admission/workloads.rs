@@ -32,6 +32,8 @@ pub async fn answer(state: &Admission, body: &[u8], budget: Duration) -> Reply {
     let operation = Operation::parse(request.operation.as_ref().map(|o| o.as_str()));
     let uid = request.uid.as_str();
     let namespace = request.namespace.as_ref().map(|n| n.as_str()).unwrap_or("");
+    // Every field is known here: recording fields later costs the JSON log
+    // subscriber a re-serialization each time; the outcome goes on the last event.
     let span = tracing::info_span!(
         "admission",
         webhook = "mutate_workloads",
@@ -41,9 +43,11 @@ pub async fn answer(state: &Admission, body: &[u8], budget: Duration) -> Reply {
         name = request.name.as_ref().map(|n| n.as_str()).unwrap_or(""),
         operation = ?operation,
         dry_run = request.dry_run.unwrap_or(false),
-        consumer = tracing::field::Empty,
-        instance = tracing::field::Empty,
-        decision = tracing::field::Empty,
+        consumer = request
+            .object
+            .as_ref()
+            .and_then(|o| inject::consumer_name(o.metadata.as_ref()))
+            .unwrap_or(""),
     );
     let reply = |answer: Answer, outcome: Outcome| Reply {
         response: review_response(review::encode(api_version, uid, &answer)),
@@ -52,6 +56,7 @@ pub async fn answer(state: &Admission, body: &[u8], budget: Duration) -> Reply {
         outcome,
     };
 
+    let mut instance: Option<u32> = None;
     let decided = async {
         let handled = matches!(
             (kind, operation),
@@ -90,7 +95,6 @@ pub async fn answer(state: &Admission, body: &[u8], budget: Duration) -> Reply {
             // Not labelled for a Consumer: not ours to change.
             return (Answer::allow(), Outcome::allowed);
         };
-        tracing::Span::current().record("consumer", consumer_name);
         if namespace.is_empty() {
             return deny(Status::failure(
                 400,
@@ -123,7 +127,7 @@ pub async fn answer(state: &Admission, body: &[u8], budget: Duration) -> Reply {
                 return deny(invalid(message, field.unwrap_or_default()));
             }
         };
-        tracing::Span::current().record("instance", decision.instance);
+        instance = Some(decision.instance);
         if kind == Kind::Deployment && operation == Operation::UPDATE {
             match template_unchanged(body) {
                 Ok(true) => return unchanged_template(decision),
@@ -143,7 +147,6 @@ pub async fn answer(state: &Admission, body: &[u8], budget: Duration) -> Reply {
     .await;
 
     let (answer, outcome) = decided;
-    span.record("decision", format!("{outcome:?}"));
     let _enter = span.enter();
     match outcome {
         Outcome::denied => tracing::info!(
