@@ -163,43 +163,53 @@ pub fn reconcile(input: ConsumerInput<'_>) -> ConsumerOutput {
             };
             let frozen = autoscaler_disabled(consumer);
             let prev_instances = previous.instances.as_deref().unwrap_or_default();
-            let out = step(StepInput {
-                spec,
-                previous: prev_instances,
-                metrics: metrics.map(|partitions| Metrics {
-                    partitions,
-                    observed_at,
-                }),
-                frozen,
-                now,
-            });
-            states = Some(
-                [
-                    ScalingState::Running,
-                    ScalingState::PendingScaleUp,
-                    ScalingState::PendingScaleDown,
-                    ScalingState::Saturated,
-                ]
-                .map(|s| {
-                    (
-                        s,
-                        out.instances.iter().filter(|i| i.state == s).count() as i64,
-                    )
-                }),
-            );
             // Until metrics have been read once there is nothing to recommend: the
             // webhook keeps injecting the fallback, and says so.
             let never_read = metrics.is_none() && previous.instances.is_none();
-            if !never_read && (out.changed(prev_instances) || previous.instances.is_none()) {
-                instances = Some(
-                    out.instances
-                        .iter()
-                        .map(|i| i.as_ref().clone())
-                        .collect::<Vec<_>>(),
+            if never_read {
+                let n = spec.layout.instances() as i64;
+                states = Some([
+                    (ScalingState::Running, n),
+                    (ScalingState::PendingScaleUp, 0),
+                    (ScalingState::PendingScaleDown, 0),
+                    (ScalingState::Saturated, 0),
+                ]);
+            } else {
+                let out = step(StepInput {
+                    spec,
+                    previous: prev_instances,
+                    metrics: metrics.map(|partitions| Metrics {
+                        partitions,
+                        observed_at,
+                    }),
+                    frozen,
+                    now,
+                });
+                states = Some(
+                    [
+                        ScalingState::Running,
+                        ScalingState::PendingScaleUp,
+                        ScalingState::PendingScaleDown,
+                        ScalingState::Saturated,
+                    ]
+                    .map(|s| {
+                        (
+                            s,
+                            out.instances.iter().filter(|i| i.state == s).count() as i64,
+                        )
+                    }),
                 );
+                if out.changed(prev_instances) || previous.instances.is_none() {
+                    instances = Some(
+                        out.instances
+                            .iter()
+                            .map(|i| i.as_ref().clone())
+                            .collect::<Vec<_>>(),
+                    );
+                }
+                lagging = out.lagging;
+                transitions = out.transitions;
             }
-            lagging = out.lagging;
-            transitions = out.transitions;
             let (reason, message) = if frozen {
                 (
                     "AutoscalerDisabled",

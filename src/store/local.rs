@@ -2,7 +2,7 @@
 //! directory changes) and their status in an embedded database under
 //! `DIR/.konsumer/`. No cluster needed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,9 +27,41 @@ pub struct FileProblem {
     pub message: String,
 }
 
+/// What a file held when it was last read, keyed by its modification time and size.
+/// The Consumers themselves live in the index; the cache keeps their names.
+#[derive(Clone, Debug, Default)]
+struct CachedFile {
+    stamp: Option<(std::time::SystemTime, u64)>,
+    /// (namespace, name) of the Consumers the file defines, in order.
+    keys: Vec<(String, String)>,
+    problems: Vec<String>,
+}
+
+/// Parsed files of the local directory: a rescan re-parses only what changed.
+pub type FileCache = HashMap<PathBuf, CachedFileEntry>;
+
+/// Opaque entry of a [`FileCache`].
+#[derive(Clone, Debug, Default)]
+pub struct CachedFileEntry(CachedFile);
+
+fn stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// What a scan found: `None` when no file changed since the last one.
+pub type Scan = Option<(Vec<Consumer>, Vec<FileProblem>)>;
+
 /// Reads every Consumer document of the `.yaml`, `.yml` and `.json` files directly
-/// in `dir`. Documents of other kinds are skipped; unreadable ones are reported.
-pub fn scan_dir(dir: &Path) -> Result<(Vec<Consumer>, Vec<FileProblem>), StoreError> {
+/// in `dir`. Files whose modification time and size did not change since `cache`
+/// saw them are not parsed again: their Consumers are taken from `index`; when no
+/// file changed at all, nothing is read and `None` is returned. Documents of other
+/// kinds are skipped; unreadable ones are reported.
+pub fn scan_dir(
+    dir: &Path,
+    cache: &mut FileCache,
+    index: &ConsumerIndex,
+) -> Result<Scan, StoreError> {
     let read_dir = std::fs::read_dir(dir).map_err(|source| StoreError::Io {
         path: dir.display().to_string(),
         source,
@@ -40,31 +72,71 @@ pub fn scan_dir(dir: &Path) -> Result<(Vec<Consumer>, Vec<FileProblem>), StoreEr
         .filter(|p| is_manifest(p))
         .collect();
     paths.sort();
+    let stamps: Vec<_> = paths.iter().map(|p| stamp(p)).collect();
+    let unchanged = paths.len() == cache.len()
+        && paths
+            .iter()
+            .zip(&stamps)
+            .all(|(p, s)| s.is_some() && cache.get(p).is_some_and(|e| e.0.stamp == *s));
+    if unchanged {
+        return Ok(None);
+    }
+    cache.retain(|p, _| paths.contains(p));
     let mut consumers = Vec::new();
     let mut problems = Vec::new();
     let mut seen = HashSet::new();
-    for path in paths {
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) => {
-                problems.push(FileProblem {
-                    path,
-                    message: e.to_string(),
-                });
-                continue;
+    for (path, now) in paths.into_iter().zip(stamps) {
+        let entry = cache.entry(path.clone()).or_default();
+        let unchanged = now.is_some() && entry.0.stamp == now;
+        let reused: Option<Vec<Consumer>> = unchanged
+            .then(|| {
+                entry
+                    .0
+                    .keys
+                    .iter()
+                    .map(|(ns, name)| index.get(ns, name).map(|c| (*c.consumer).clone()))
+                    .collect()
+            })
+            .flatten();
+        let found = match reused {
+            Some(found) => found,
+            None => {
+                let (found, bad) = match std::fs::read_to_string(&path) {
+                    Ok(text) => parse_consumers(&text),
+                    Err(e) => (Vec::new(), vec![e.to_string()]),
+                };
+                let found: Vec<Consumer> = found
+                    .into_iter()
+                    .map(|mut c| {
+                        if c.metadata.namespace.is_none() {
+                            c.metadata.namespace = Some("default".into());
+                        }
+                        c
+                    })
+                    .collect();
+                entry.0 = CachedFile {
+                    stamp: now,
+                    keys: found
+                        .iter()
+                        .map(|c| {
+                            (
+                                c.metadata.namespace.clone().unwrap_or_default(),
+                                c.metadata.name.clone().unwrap_or_default(),
+                            )
+                        })
+                        .collect(),
+                    problems: bad,
+                };
+                found
             }
         };
-        let (found, mut bad) = parse_consumers(&text);
-        for message in bad.drain(..) {
+        for message in &entry.0.problems {
             problems.push(FileProblem {
                 path: path.clone(),
-                message,
+                message: message.clone(),
             });
         }
-        for mut consumer in found {
-            if consumer.metadata.namespace.is_none() {
-                consumer.metadata.namespace = Some("default".into());
-            }
+        for consumer in found {
             if !seen.insert(consumer.key()) {
                 problems.push(FileProblem {
                     path: path.clone(),
@@ -78,7 +150,7 @@ pub fn scan_dir(dir: &Path) -> Result<(Vec<Consumer>, Vec<FileProblem>), StoreEr
             consumers.push(consumer);
         }
     }
-    Ok((consumers, problems))
+    Ok(Some((consumers, problems)))
 }
 
 fn is_manifest(path: &Path) -> bool {
@@ -137,15 +209,29 @@ fn changes_manifests(event: &notify::Event) -> bool {
         })
 }
 
+/// The last scan: parsed files and the problems already reported.
+#[derive(Default)]
+struct ScanState {
+    files: FileCache,
+    problems: Vec<FileProblem>,
+}
+
 /// Local directory + embedded status database.
 pub struct LocalStore {
     dir: PathBuf,
     db_path: PathBuf,
     db: Arc<Database>,
     index: Arc<ConsumerIndex>,
-    scan: Mutex<Vec<FileProblem>>,
+    scan: Mutex<ScanState>,
     rescans: std::sync::atomic::AtomicU64,
+    last_miss_scan: Mutex<Option<std::time::Instant>>,
 }
+
+/// How often a cache miss may re-read the directory.
+const MISS_RESCAN_EVERY: Duration = Duration::from_secs(1);
+
+/// The embedded database's page cache: statuses are small.
+const DB_CACHE_BYTES: usize = 8 << 20;
 
 impl LocalStore {
     /// Opens (creating) `DIR/.konsumer/state.redb`.
@@ -156,17 +242,21 @@ impl LocalStore {
             source,
         })?;
         let db_path = state.join("state.redb");
-        let db = Database::create(&db_path).map_err(|e| StoreError::Database {
-            path: db_path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(DB_CACHE_BYTES)
+            .create(&db_path)
+            .map_err(|e| StoreError::Database {
+                path: db_path.display().to_string(),
+                message: e.to_string(),
+            })?;
         Ok(LocalStore {
             dir: dir.to_path_buf(),
             db_path,
             db: Arc::new(db),
             index,
-            scan: Mutex::new(Vec::new()),
+            scan: Mutex::new(ScanState::default()),
             rescans: std::sync::atomic::AtomicU64::new(0),
+            last_miss_scan: Mutex::new(None),
         })
     }
 
@@ -189,24 +279,46 @@ impl LocalStore {
     /// Re-reads the directory into the index (with each Consumer's stored status)
     /// and marks the index synced. Problems are logged when they change.
     pub async fn rescan(&self) -> Result<usize, StoreError> {
-        let mut last_problems = self.scan.lock().await;
+        let mut state = self.scan.lock().await;
         self.rescans
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = self.dir.clone();
-        let (mut consumers, problems) = tokio::task::spawn_blocking(move || scan_dir(&dir))
-            .await
-            .map_err(|e| self.db_error(e))??;
-        let statuses = self.load_statuses().await?;
-        for c in &mut consumers {
-            if let Some(status) = statuses.iter().find(|(k, _)| *k == c.key()).map(|(_, s)| s) {
-                c.status = Some(status.clone());
-            }
+        let mut files = std::mem::take(&mut state.files);
+        let index = self.index.clone();
+        let (scanned, files) = tokio::task::spawn_blocking(move || {
+            let scanned = scan_dir(&dir, &mut files, &index);
+            (scanned, files)
+        })
+        .await
+        .map_err(|e| self.db_error(e))?;
+        state.files = files;
+        let Some((mut consumers, problems)) = scanned? else {
+            self.index.mark_synced();
+            return Ok(self.index.len());
+        };
+        // Statuses live in the index; the database is read on the first scan only.
+        let mut from_db: Option<HashMap<String, ConsumerStatus>> = if self.index.is_synced() {
+            None
+        } else {
+            Some(self.load_statuses().await?.into_iter().collect())
+        };
+        for c in consumers.iter_mut().filter(|c| c.status.is_none()) {
+            c.status = match &mut from_db {
+                Some(db) => db.remove(&c.key()),
+                None => self
+                    .index
+                    .get(
+                        c.metadata.namespace.as_deref().unwrap_or_default(),
+                        c.metadata.name.as_deref().unwrap_or_default(),
+                    )
+                    .and_then(|e| e.consumer.status.clone()),
+            };
         }
-        if problems != *last_problems {
+        if problems != state.problems {
             for p in &problems {
                 tracing::warn!(file = %p.path.display(), problem = %p.message, "skipping Consumer file content");
             }
-            *last_problems = problems;
+            state.problems = problems;
         }
         let count = consumers.len();
         self.index.replace_all(consumers);
@@ -298,8 +410,21 @@ impl LocalStore {
 #[async_trait]
 impl Store for LocalStore {
     async fn get(&self, namespace: &str, name: &str) -> Result<Option<Consumer>, StoreError> {
-        // The file may have been written a moment ago, before the watcher fired.
-        self.rescan().await?;
+        // The file may have been written a moment ago, before the watcher fired:
+        // read the directory again, but at most once per MISS_RESCAN_EVERY, so that
+        // a stream of requests for an unknown Consumer does not re-parse every file
+        // each time.
+        let due = {
+            let mut last = self.last_miss_scan.lock().await;
+            let due = last.is_none_or(|t| t.elapsed() >= MISS_RESCAN_EVERY);
+            if due {
+                *last = Some(std::time::Instant::now());
+            }
+            due
+        };
+        if due {
+            self.rescan().await?;
+        }
         Ok(self
             .index
             .get(namespace, name)
