@@ -1,0 +1,165 @@
+//! Where konsumer's CPU per webhook request goes, without HTTP or TLS: the pure steps
+//! of `POST /mutate/workloads` on tests/fixtures/admission/pod-create-large.json, and
+//! the admission span under the JSON log subscriber. Built and run by
+//! `bench/decide.sh` (a throwaway package that depends on this repository's
+//! library); best of 5 batches, µs per call.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use konsumer::admission::review::{self, Answer, Review};
+use konsumer::inject::workload::Workload;
+use konsumer::store::CachedConsumer;
+use serde::de::IgnoredAny;
+
+fn bench(name: &str, n: u32, mut f: impl FnMut()) {
+    for _ in 0..n / 10 {
+        f();
+    }
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        for _ in 0..n {
+            f();
+        }
+        best = best.min(t.elapsed().as_secs_f64() / f64::from(n) * 1e6);
+    }
+    println!("| {name} | {best:.1} µs |");
+}
+
+fn main() {
+    let root = std::env::args()
+        .nth(1)
+        .expect("usage: decide REPO_ROOT [text|json]");
+    let log_format = std::env::args().nth(2).unwrap_or_else(|| "json".into());
+    let body = std::fs::read(format!(
+        "{root}/tests/fixtures/admission/pod-create-large.json"
+    ))
+    .expect("pod-create-large.json");
+    let yaml = std::fs::read_to_string(format!("{root}/examples/local/orders.yaml"))
+        .expect("examples/local/orders.yaml");
+    let (consumers, problems) = konsumer::store::local::parse_consumers(&yaml);
+    assert!(problems.is_empty(), "{problems:?}");
+    let cached = CachedConsumer::new(consumers.into_iter().next().expect("a Consumer"));
+    let settings = cached.settings.as_ref().expect("valid settings");
+    let n = 20_000;
+
+    println!("| step ({} bytes in) | CPU |", body.len());
+    println!("|---|---:|");
+    bench(
+        "serde_json: skip the whole body (`IgnoredAny`), the floor of any full parse",
+        n,
+        || {
+            black_box(serde_json::from_slice::<IgnoredAny>(&body).unwrap());
+        },
+    );
+    bench(
+        "serde_json: whole body into a `Value` tree, for comparison",
+        n / 4,
+        || {
+            black_box(serde_json::from_slice::<serde_json::Value>(&body).unwrap());
+        },
+    );
+    bench(
+        "konsumer: parse (`Review<Workload, IgnoredAny>`)",
+        n,
+        || {
+            let r: Review<Workload, IgnoredAny> = serde_json::from_slice(&body).unwrap();
+            black_box(r);
+        },
+    );
+    let r: Review<Workload, IgnoredAny> = serde_json::from_slice(&body).unwrap();
+    let req = r.request.as_ref().expect("request");
+    let object = req.object.as_ref().expect("object");
+    bench(
+        "konsumer: `decide_pod` (instance, resources, JSON Patch ops)",
+        n,
+        || {
+            black_box(konsumer::inject::decide_pod(object, settings, 0.8).unwrap());
+        },
+    );
+    let decision = konsumer::inject::decide_pod(object, settings, 0.8).unwrap();
+    bench(
+        "konsumer: serialize the patch (`serde_json::to_vec(ops)`)",
+        n,
+        || {
+            black_box(serde_json::to_vec(&decision.mutation.ops).unwrap());
+        },
+    );
+    let answer = Answer {
+        allowed: true,
+        patch: Some(serde_json::to_vec(&decision.mutation.ops).unwrap()),
+        warnings: decision.mutation.warnings.clone(),
+        status: None,
+    };
+    bench(
+        "konsumer: `review::encode` (base64 patch, AdmissionReview)",
+        n,
+        || {
+            black_box(review::encode(
+                "admission.k8s.io/v1",
+                req.uid.as_str(),
+                &answer,
+            ));
+        },
+    );
+    bench("konsumer: all of the above", n, || {
+        let r: Review<Workload, IgnoredAny> = serde_json::from_slice(&body).unwrap();
+        let req = r.request.as_ref().unwrap();
+        let d = konsumer::inject::decide_pod(req.object.as_ref().unwrap(), settings, 0.8).unwrap();
+        let answer = Answer {
+            allowed: true,
+            patch: Some(serde_json::to_vec(&d.mutation.ops).unwrap()),
+            warnings: d.mutation.warnings,
+            status: None,
+        };
+        black_box(review::encode(
+            "admission.k8s.io/v1",
+            req.uid.as_str(),
+            &answer,
+        ));
+    });
+
+    // The span `admission::workloads::answer` makes, recorded as it records it.
+    let span_work = || {
+        let span = tracing::info_span!(
+            "admission",
+            webhook = "mutate_workloads",
+            uid = "b5e7c296-d725-4d26-9db7-713c18dab84b",
+            kind = ?"Pod",
+            namespace = "streams",
+            name = "",
+            operation = ?"CREATE",
+            dry_run = false,
+            consumer = tracing::field::Empty,
+            instance = tracing::field::Empty,
+            decision = tracing::field::Empty,
+        );
+        span.in_scope(|| {
+            tracing::Span::current().record("consumer", "orders");
+        });
+        span.in_scope(|| {
+            tracing::Span::current().record("instance", 2u32);
+        });
+        span.record("decision", format!("{:?}", "patched"));
+        let _enter = span.enter();
+        tracing::debug!(warnings = 1usize, "answered");
+    };
+    bench("tracing: the admission span, no subscriber", n, span_work);
+    let filter = tracing_subscriber::EnvFilter::new("info");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if log_format == "text" {
+        builder.init();
+    } else {
+        builder.json().flatten_event(true).init();
+    }
+    bench(
+        &format!(
+            "tracing: the admission span + 3 `record`s, `--log-format {log_format}` subscriber at info"
+        ),
+        n,
+        span_work,
+    );
+}
