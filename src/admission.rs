@@ -63,9 +63,24 @@ pub struct Admission {
 pub fn router(state: Admission) -> Router {
     let limit = state.config.max_concurrent.max(1);
     Router::new()
-        .route("/mutate/workloads", post(workloads_handler))
-        .route("/mutate/consumers", post(consumer_defaults_handler))
-        .route("/validate/consumers", post(consumer_validation_handler))
+        .route(
+            "/mutate/workloads",
+            post(|s: State<Admission>, q: RawQuery, b: Body| {
+                handle(Webhook::mutate_workloads, s, q, b)
+            }),
+        )
+        .route(
+            "/mutate/consumers",
+            post(|s: State<Admission>, q: RawQuery, b: Body| {
+                handle(Webhook::mutate_consumers, s, q, b)
+            }),
+        )
+        .route(
+            "/validate/consumers",
+            post(|s: State<Admission>, q: RawQuery, b: Body| {
+                handle(Webhook::validate_consumers, s, q, b)
+            }),
+        )
         // The body limit is enforced while reading, with an answer that says so.
         .layer(DefaultBodyLimit::disable())
         .layer(GlobalConcurrencyLimitLayer::new(limit))
@@ -90,47 +105,25 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
     )
 }
 
-async fn workloads_handler(
+/// Every webhook: read the body, decide, count.
+async fn handle(
+    webhook: Webhook,
     State(state): State<Admission>,
     RawQuery(query): RawQuery,
     body: Body,
 ) -> Response {
     run(
         &state,
-        Webhook::mutate_workloads,
+        webhook,
         query,
         body,
-        |state, bytes, budget| async move { workloads::answer(&state, &bytes, budget).await },
-    )
-    .await
-}
-
-async fn consumer_defaults_handler(
-    State(state): State<Admission>,
-    RawQuery(query): RawQuery,
-    body: Body,
-) -> Response {
-    run(
-        &state,
-        Webhook::mutate_consumers,
-        query,
-        body,
-        |_, bytes, _| async move { consumers::defaults(&bytes) },
-    )
-    .await
-}
-
-async fn consumer_validation_handler(
-    State(state): State<Admission>,
-    RawQuery(query): RawQuery,
-    body: Body,
-) -> Response {
-    run(
-        &state,
-        Webhook::validate_consumers,
-        query,
-        body,
-        |_, bytes, _| async move { consumers::validate(&bytes) },
+        |state, bytes, budget| async move {
+            match webhook {
+                Webhook::mutate_workloads => workloads::answer(&state, &bytes, budget).await,
+                Webhook::mutate_consumers => consumers::defaults(&bytes),
+                Webhook::validate_consumers => consumers::validate(&bytes),
+            }
+        },
     )
     .await
 }

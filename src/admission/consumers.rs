@@ -110,8 +110,13 @@ fn triage(head: &Head, request: &ConsumerRequest<'_>) -> Option<Reply> {
     None
 }
 
-/// `/validate/consumers`.
-pub fn validate(body: &[u8]) -> Reply {
+/// Reads the request, opens its span and answers the common cases; `decide`
+/// answers a Consumer CREATE or UPDATE.
+fn answer(
+    body: &[u8],
+    webhook: &'static str,
+    decide: impl FnOnce(&Head, &ConsumerRequest<'_>, &Value) -> Reply,
+) -> Reply {
     let (api_version, request) = match parse::<Value, Value>(body) {
         Ok(parsed) => parsed,
         Err(reply) => return *reply,
@@ -121,79 +126,71 @@ pub fn validate(body: &[u8]) -> Reply {
         uid: request.uid.as_str().to_string(),
         operation: Operation::parse(request.operation.as_ref().map(|o| o.as_str())),
     };
-    let span = tracing::info_span!("admission", webhook = "validate_consumers", uid = %head.uid, operation = ?head.operation);
+    let span =
+        tracing::info_span!("admission", webhook, uid = %head.uid, operation = ?head.operation);
     let _enter = span.enter();
     if let Some(done) = triage(&head, &request) {
         return done;
     }
-    let Some(object) = request.object.as_ref() else {
-        return reply(&head, Answer::allow(), Outcome::allowed);
-    };
-    let old = match head.operation {
-        Operation::UPDATE => request.old_object.as_ref(),
-        _ => None,
-    };
-    let report = validation::validate(object, old, user_version(&request));
-    let name = object_name(&request);
-    if report.is_valid() {
-        tracing::debug!(consumer = %name, warnings = report.warnings.len(), "valid");
-        return reply(
-            &head,
-            Answer::allow().with_warnings(report.warnings),
-            Outcome::allowed,
-        );
+    match request.object.as_ref() {
+        Some(object) => decide(&head, &request, object),
+        None => reply(&head, Answer::allow(), Outcome::allowed),
     }
-    tracing::info!(consumer = %name, errors = report.errors.len(), "invalid Consumer denied");
-    let status = invalid_status(&name, &report);
-    reply(
-        &head,
-        Answer::deny(status).with_warnings(report.warnings),
-        Outcome::denied,
-    )
+}
+
+/// `/validate/consumers`.
+pub fn validate(body: &[u8]) -> Reply {
+    answer(body, "validate_consumers", |head, request, object| {
+        let old = match head.operation {
+            Operation::UPDATE => request.old_object.as_ref(),
+            _ => None,
+        };
+        let report = validation::validate(object, old, user_version(request));
+        let name = object_name(request);
+        if report.is_valid() {
+            tracing::debug!(consumer = %name, warnings = report.warnings.len(), "valid");
+            return reply(
+                head,
+                Answer::allow().with_warnings(report.warnings),
+                Outcome::allowed,
+            );
+        }
+        tracing::info!(consumer = %name, errors = report.errors.len(), "invalid Consumer denied");
+        let status = invalid_status(&name, &report);
+        reply(
+            head,
+            Answer::deny(status).with_warnings(report.warnings),
+            Outcome::denied,
+        )
+    })
 }
 
 /// `/mutate/consumers`.
 pub fn defaults(body: &[u8]) -> Reply {
-    let (api_version, request) = match parse::<Value, Value>(body) {
-        Ok(parsed) => parsed,
-        Err(reply) => return *reply,
-    };
-    let head = Head {
-        api_version,
-        uid: request.uid.as_str().to_string(),
-        operation: Operation::parse(request.operation.as_ref().map(|o| o.as_str())),
-    };
-    let span = tracing::info_span!("admission", webhook = "mutate_consumers", uid = %head.uid, operation = ?head.operation);
-    let _enter = span.enter();
-    if let Some(done) = triage(&head, &request) {
-        return done;
-    }
-    let ops = request
-        .object
-        .as_ref()
-        .map(defaults::patch)
-        .unwrap_or_default();
-    if ops.is_empty() {
-        return reply(&head, Answer::allow(), Outcome::allowed);
-    }
-    match serde_json::to_vec(&ops) {
-        Ok(patch) => reply(
-            &head,
-            Answer {
-                allowed: true,
-                patch: Some(patch),
-                ..Answer::default()
-            },
-            Outcome::patched,
-        ),
-        Err(e) => reply(
-            &head,
-            Answer::deny(Status::failure(
-                500,
-                "InternalError",
-                format!("cannot encode the patch: {e}"),
-            )),
-            Outcome::denied,
-        ),
-    }
+    answer(body, "mutate_consumers", |head, _, object| {
+        let ops = defaults::patch(object);
+        if ops.is_empty() {
+            return reply(head, Answer::allow(), Outcome::allowed);
+        }
+        match serde_json::to_vec(&ops) {
+            Ok(patch) => reply(
+                head,
+                Answer {
+                    allowed: true,
+                    patch: Some(patch),
+                    ..Answer::default()
+                },
+                Outcome::patched,
+            ),
+            Err(e) => reply(
+                head,
+                Answer::deny(Status::failure(
+                    500,
+                    "InternalError",
+                    format!("cannot encode the patch: {e}"),
+                )),
+                Outcome::denied,
+            ),
+        }
+    })
 }
