@@ -7,6 +7,10 @@
 
 use std::ops::Range;
 
+/// The most partitions konsumer lays out. Kafka topics stay far below it; the
+/// bound keeps a typo (`numPartitions: 2147483647`) from costing gigabytes.
+pub const MAX_PARTITIONS: u32 = 100_000;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
     partitions: u32,
@@ -14,9 +18,10 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// `None` when either number is zero (nothing can be assigned).
+    /// `None` when either number is zero (nothing can be assigned) or there are
+    /// more than [`MAX_PARTITIONS`] partitions.
     pub fn new(partitions: u32, per_instance: u32) -> Option<Self> {
-        if partitions == 0 || per_instance == 0 {
+        if partitions == 0 || per_instance == 0 || partitions > MAX_PARTITIONS {
             return None;
         }
         Some(Layout {
@@ -95,6 +100,8 @@ mod tests {
         );
         assert!(buckets(0, 3).is_empty());
         assert!(buckets(10, 0).is_empty());
+        assert!(Layout::new(MAX_PARTITIONS + 1, 1).is_none());
+        assert!(Layout::new(MAX_PARTITIONS, 1).is_some());
     }
 
     #[test]

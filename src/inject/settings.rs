@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use crate::api::quantity::Milli;
 use crate::api::{Consumer, ContainerResources, ResourceList, env};
 
-use super::partition::Layout;
+use super::partition::{Layout, MAX_PARTITIONS};
 
 /// CPU and memory of one side (requests or limits) of a container.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -149,6 +149,11 @@ impl ConsumerSettings {
         };
         let spec = &consumer.spec;
         let partitions = match spec.num_partitions {
+            Some(n) if n as i64 > MAX_PARTITIONS as i64 => {
+                return Err(fail(format!(
+                    "spec.numPartitions is {n}, konsumer lays out at most {MAX_PARTITIONS}"
+                )));
+            }
             Some(n) if n >= 1 => n as u32,
             Some(n) => {
                 return Err(fail(format!(
@@ -424,6 +429,9 @@ mod tests {
         let mut c = orders();
         c.spec.num_partitions = Some(0);
         assert!(ConsumerSettings::from_consumer(&c).is_err());
+        c.spec.num_partitions = Some(i32::MAX);
+        let err = ConsumerSettings::from_consumer(&c).unwrap_err();
+        assert!(err.reason.contains("at most 100000"), "{err}");
         let mut c = orders();
         c.spec.num_partitions_per_instance = Some(-1);
         assert!(ConsumerSettings::from_consumer(&c).is_err());

@@ -60,6 +60,9 @@ pub struct QueryResult {
 
 const MAX_ISSUES: usize = 10;
 
+/// The largest answer read (100,000 series of a typical query are ~18 MB).
+const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
 impl QueryResult {
     fn issue(&mut self, message: String) {
         if self.issues.len() < MAX_ISSUES {
@@ -453,7 +456,19 @@ impl PromClient {
                 .map_err(transport)?;
         }
         let status = response.status().as_u16();
-        let body = response.bytes().await.map_err(transport)?;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(PromError::Decode {
+                    address: address.to_string(),
+                    message: format!(
+                        "the answer is larger than {} MiB; aggregate the query by partition",
+                        MAX_RESPONSE_BYTES >> 20
+                    ),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
         match parse_response(&body, partition_label, partitions) {
             Ok(result) if (200..300).contains(&status) => Ok(result),
             Ok(_) => Err(PromError::Api {

@@ -13,7 +13,7 @@ use crate::api::quantity::Milli;
 use crate::api::{
     Consumer, ContainerResourcePolicy, PrometheusAutoscalerSpec, QuerySpec, ResourceList, env,
 };
-use crate::inject::partition::Layout;
+use crate::inject::partition::{Layout, MAX_PARTITIONS};
 
 /// The warning for `v1alpha1`, word for word the CRD's `deprecationWarning`
 /// (kubectl shows identical warnings once).
@@ -55,6 +55,12 @@ pub fn check(c: &Consumer, ctx: Context<'_>, report: &mut Report) {
                 p.child("numPartitions"),
                 &json!(n),
                 "must be greater than or equal to 1",
+            ));
+        } else if n as i64 > MAX_PARTITIONS as i64 {
+            report.error(FieldError::invalid(
+                p.child("numPartitions"),
+                &json!(n),
+                format!("must be at most {MAX_PARTITIONS}"),
             ));
         } else if n > 10_000 {
             report.warn(format!(

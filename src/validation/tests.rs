@@ -65,6 +65,12 @@ fn boundaries() -> Vec<(&'static str, Value, &'static str, Value)> {
             json!(1),
         ),
         (
+            "/spec/numPartitions",
+            json!(100_001),
+            "spec.numPartitions: Invalid value: 100001: must be at most 100000",
+            json!(100_000),
+        ),
+        (
             "/spec/numPartitionsPerInstance",
             json!(0),
             "spec.numPartitionsPerInstance: Invalid value: 0",
