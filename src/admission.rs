@@ -16,7 +16,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
-use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use serde::Deserialize;
@@ -36,8 +35,10 @@ pub struct AdmissionConfig {
     pub max_budget: Duration,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
-    /// Requests decided at once; more wait.
+    /// Requests decided at once; more wait, within their budget.
     pub max_concurrent: usize,
+    /// Open webhook connections; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for AdmissionConfig {
@@ -47,6 +48,7 @@ impl Default for AdmissionConfig {
             max_budget: Duration::from_secs(10),
             max_body_bytes: 5 << 20,
             max_concurrent: 256,
+            max_connections: 1024,
         }
     }
 }
@@ -58,10 +60,28 @@ pub struct Admission {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     pub config: Arc<AdmissionConfig>,
+    /// Decision slots (`max_concurrent`).
+    pub slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Admission {
+    pub fn new(
+        index: Arc<ConsumerIndex>,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        config: AdmissionConfig,
+    ) -> Self {
+        Admission {
+            slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent.max(1))),
+            index,
+            store,
+            metrics,
+            config: Arc::new(config),
+        }
+    }
 }
 
 pub fn router(state: Admission) -> Router {
-    let limit = state.config.max_concurrent.max(1);
     Router::new()
         .route(
             "/mutate/workloads",
@@ -83,7 +103,6 @@ pub fn router(state: Admission) -> Router {
         )
         // The body limit is enforced while reading, with an answer that says so.
         .layer(DefaultBodyLimit::disable())
-        .layer(GlobalConcurrencyLimitLayer::new(limit))
         // A bug must not drop the connection: the apiserver gets a Status it can show.
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
@@ -149,32 +168,37 @@ where
 {
     let started = Instant::now();
     let budget = budget(query.as_deref(), state.config.max_budget);
-    let reply = match axum::body::to_bytes(body, state.config.max_body_bytes).await {
-        Ok(bytes) => decide(state.clone(), bytes, budget).await,
-        Err(e) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            let (code, message) = if too_large {
-                (
-                    StatusCode::PAYLOAD_TOO_LARGE,
+    let reply = match read_body(state, body, budget).await {
+        Err(reply) => reply,
+        // The decision slots are taken only by complete requests: a client that
+        // sends its body slowly holds a connection, not a slot.
+        Ok(bytes) => match tokio::time::timeout(
+            budget.saturating_sub(started.elapsed()),
+            state.slots.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(_slot)) => {
+                decide(
+                    state.clone(),
+                    bytes,
+                    budget.saturating_sub(started.elapsed()),
+                )
+                .await
+            }
+            _ => Reply {
+                response: http_error(
+                    StatusCode::TOO_MANY_REQUESTS,
                     format!(
-                        "request body exceeds the {} MiB limit of this webhook",
-                        state.config.max_body_bytes >> 20
+                        "konsumer is deciding {} requests already and none finished within this request's budget; retry",
+                        state.config.max_concurrent
                     ),
-                )
-            } else {
-                (
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot read the request body: {e}"),
-                )
-            };
-            Reply {
-                response: http_error(code, message),
+                ),
                 kind: Kind::Other,
                 operation: Operation::Other,
-                outcome: Outcome::bad_request,
-            }
-        }
+                outcome: Outcome::overloaded,
+            },
+        },
     };
     let labels = AdmissionLabels {
         webhook,
@@ -186,6 +210,52 @@ where
         .metrics
         .observe_admission(labels, started.elapsed().as_secs_f64());
     reply.response
+}
+
+/// Reads the body within the request's budget and the size limit.
+async fn read_body(state: &Admission, body: Body, budget: Duration) -> Result<Bytes, Reply> {
+    let bad = |code: StatusCode, message: String, outcome: Outcome| Reply {
+        response: http_error(code, message),
+        kind: Kind::Other,
+        operation: Operation::Other,
+        outcome,
+    };
+    match tokio::time::timeout(
+        budget,
+        axum::body::to_bytes(body, state.config.max_body_bytes),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            Err(if too_large {
+                bad(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "request body exceeds the {} MiB limit of this webhook",
+                        state.config.max_body_bytes >> 20
+                    ),
+                    Outcome::bad_request,
+                )
+            } else {
+                bad(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body: {e}"),
+                    Outcome::bad_request,
+                )
+            })
+        }
+        Err(_) => Err(bad(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {}ms",
+                budget.as_millis()
+            ),
+            Outcome::bad_request,
+        )),
+    }
 }
 
 /// The apiserver sends `?timeout=10s`: the time it waits for this webhook. The
@@ -272,6 +342,8 @@ pub fn http_error(code: StatusCode, message: String) -> Response {
     let reason = match code {
         StatusCode::PAYLOAD_TOO_LARGE => "RequestEntityTooLarge",
         StatusCode::INTERNAL_SERVER_ERROR => "InternalError",
+        StatusCode::TOO_MANY_REQUESTS => "TooManyRequests",
+        StatusCode::REQUEST_TIMEOUT => "Timeout",
         _ => "BadRequest",
     };
     let body = serde_json::json!({

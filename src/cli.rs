@@ -123,6 +123,9 @@ pub struct ServeArgs {
     /// Admission requests decided at once; more wait their turn.
     #[arg(long, env = "KONSUMER_MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
     pub max_concurrent_requests: usize,
+    /// Webhook connections served at once; more wait in the listen backlog.
+    #[arg(long, env = "KONSUMER_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
     /// Longest time an admission request may take (the apiserver's ?timeout= is honoured below it).
     #[arg(long, env = "KONSUMER_MAX_REQUEST_TIMEOUT", default_value = "10s", value_parser = go_duration)]
     pub max_request_timeout: Duration,
@@ -190,6 +193,7 @@ impl ServeArgs {
                 gomemlimit_ratio: self.gomemlimit_ratio,
                 max_budget: self.max_request_timeout,
                 max_concurrent: self.max_concurrent_requests,
+                max_connections: self.max_connections,
                 ..AdmissionConfig::default()
             },
             drain_delay,

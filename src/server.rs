@@ -151,12 +151,12 @@ pub async fn start(
         }
     }
 
-    let admission = Admission {
-        index: index.clone(),
-        store: backend.store(),
-        metrics: metrics.clone(),
-        config: Arc::new(config.admission.clone()),
-    };
+    let admission = Admission::new(
+        index.clone(),
+        backend.store(),
+        metrics.clone(),
+        config.admission.clone(),
+    );
     let webhook = TcpListener::bind(config.webhook_addr)
         .await
         .with_context(|| format!("--webhook-addr {}", config.webhook_addr))?;
@@ -171,7 +171,10 @@ pub async fn start(
         tls_config,
         admission::router(admission),
         shutdown.clone(),
-        config.shutdown_grace,
+        listener::Limits {
+            grace: config.shutdown_grace,
+            max_connections: config.admission.max_connections,
+        },
     ));
     let admin_app = admin::router(health.clone(), metrics.clone());
     let admin_shutdown = shutdown.clone();

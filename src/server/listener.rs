@@ -18,18 +18,35 @@ use tokio_util::sync::CancellationToken;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves `app` over TLS on `listener` until `shutdown`, then waits up to `grace`
-/// for open connections to finish.
+/// Bounds of the listener.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Time open connections get to finish after `shutdown`.
+    pub grace: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+/// Serves `app` over TLS on `listener` until `shutdown`, then waits up to
+/// `limits.grace` for open connections to finish.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     app: Router,
     shutdown: CancellationToken,
-    grace: Duration,
+    limits: Limits,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -47,6 +64,7 @@ pub async fn serve_tls(
         let service = TowerToHyperService::new(app.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _permit = permit;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
@@ -72,6 +90,6 @@ pub async fn serve_tls(
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => tracing::debug!("all webhook connections closed"),
-        _ = tokio::time::sleep(grace) => tracing::warn!("webhook connections still open after the grace period; closing"),
+        _ = tokio::time::sleep(limits.grace) => tracing::warn!("webhook connections still open after the grace period; closing"),
     }
 }

@@ -55,8 +55,10 @@ pub enum Outcome {
     allowed,
     /// Refused (allowed=false).
     denied,
-    /// The request itself was unusable (400/413).
+    /// The request itself was unusable (400/408/413).
     bad_request,
+    /// No decision slot freed within the request's budget (429).
+    overloaded,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

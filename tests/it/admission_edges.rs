@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use konsumer::admission::{self, Admission, AdmissionConfig};
 use konsumer::api::{Consumer, ConsumerStatus};
 use konsumer::server::{listener, tls};
@@ -192,12 +193,12 @@ async fn a_cache_miss_is_bounded_by_the_apiserver_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let (files, _) = tls::ensure_local(dir.path()).unwrap();
     let cert = tls::ReloadingCert::new(files).unwrap();
-    let state = Admission {
-        index: ConsumerIndex::new(),
-        store: Arc::new(SlowStore),
-        metrics: Arc::new(Metrics::default()),
-        config: Arc::new(AdmissionConfig::default()),
-    };
+    let state = Admission::new(
+        ConsumerIndex::new(),
+        Arc::new(SlowStore),
+        Arc::new(Metrics::default()),
+        AdmissionConfig::default(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let shutdown = CancellationToken::new();
@@ -206,7 +207,10 @@ async fn a_cache_miss_is_bounded_by_the_apiserver_timeout() {
         tls::server_config(cert).unwrap(),
         admission::router(state),
         shutdown.clone(),
-        Duration::from_secs(1),
+        listener::Limits {
+            grace: Duration::from_secs(1),
+            max_connections: 16,
+        },
     ));
     let client = client_trusting(&std::fs::read(dir.path().join("ca.crt")).unwrap());
     let started = Instant::now();
@@ -226,7 +230,7 @@ async fn a_cache_miss_is_bounded_by_the_apiserver_timeout() {
         body["response"]["status"]["message"]
             .as_str()
             .unwrap()
-            .contains("1800ms"),
+            .contains("ms this request allows"),
         "{body}"
     );
     assert!(
@@ -235,4 +239,46 @@ async fn a_cache_miss_is_bounded_by_the_apiserver_timeout() {
     );
     shutdown.cancel();
     server.await.unwrap();
+}
+
+#[tokio::test]
+async fn slow_bodies_hold_connections_not_decision_slots() {
+    let s = LocalServer::start_with(&[("orders.yaml", &orders_yaml())], |config| {
+        config.admission.max_concurrent = 2;
+    })
+    .await;
+    // Four clients that send a first chunk of their body and then nothing.
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let client = s.client.clone();
+        let url = format!("{}/mutate/workloads?timeout=1s", s.base);
+        stalled.push(tokio::spawn(async move {
+            let first = http_body::Frame::data(bytes::Bytes::from_static(b"{"));
+            let chunks = futures::stream::iter(vec![Ok::<_, std::io::Error>(first)])
+                .chain(futures::stream::pending());
+            client
+                .post(url)
+                .body(reqwest::Body::wrap(http_body_util::StreamBody::new(chunks)))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let (status, body) = s
+        .post("/mutate/workloads", fixture_bytes("pod-create-indexed-job"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["response"]["allowed"], true);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered while 4 bodies stall: {:?}",
+        started.elapsed()
+    );
+    // The stalled ones get a clear timeout once their budget is spent.
+    for s in stalled {
+        assert_eq!(s.await.unwrap().unwrap(), 408);
+    }
+    s.stop().await;
 }
