@@ -6,6 +6,7 @@ pub mod instance;
 pub mod partition;
 pub mod patch;
 pub mod settings;
+pub mod template;
 pub mod workload;
 
 use crate::api::keys;

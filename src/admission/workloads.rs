@@ -13,7 +13,7 @@ use super::review::{self, Answer, Cause, Details, Review, Status};
 use super::{Admission, Reply, parse, review_response};
 use crate::api::keys;
 use crate::inject::workload::Workload;
-use crate::inject::{self, Decision, Denial};
+use crate::inject::{self, Decision, Denial, template};
 use crate::store::CachedConsumer;
 use crate::telemetry::metrics::{Kind, Operation, Outcome};
 
@@ -102,46 +102,69 @@ pub async fn answer(state: &Admission, body: &[u8], budget: Duration) -> Reply {
                 "the request has no namespace".into(),
             ));
         }
-        let cached = match lookup(state, namespace, consumer_name, budget).await {
-            Ok(c) => c,
-            Err(status) => return deny(status),
-        };
-        let settings = match &cached.settings {
-            Ok(s) => s,
+        let updating = kind == Kind::Deployment && operation == Operation::UPDATE;
+        if !updating {
+            return create(
+                state,
+                object,
+                kind,
+                namespace,
+                consumer_name,
+                budget,
+                &mut instance,
+            )
+            .await;
+        }
+        // UPDATE: never block changes to an existing Deployment (its Consumer may be
+        // gone, its instance out of range after a shrink, it may be being deleted);
+        // leave it alone and say why instead.
+        let deleting = object
+            .metadata
+            .as_ref()
+            .is_some_and(|m| m.deletion_timestamp.is_some());
+        if deleting {
+            return (Answer::allow(), Outcome::allowed);
+        }
+        let (old_template, new_template) = match templates(body) {
+            Ok(t) => t,
             Err(e) => {
-                return deny(invalid(
-                    format!("{e}; fix the Consumer (konsumer validate -f <file>) and retry"),
-                    format!("metadata.labels[{}]", keys::CONSUMER),
+                return deny(Status::failure(
+                    400,
+                    "BadRequest",
+                    format!("malformed AdmissionReview: {e}"),
                 ));
             }
         };
-        let ratio = state.config.gomemlimit_ratio;
-        let decision = if kind == Kind::Pod {
-            inject::decide_pod(object, settings, ratio)
-        } else {
-            inject::decide_deployment(object, settings, ratio)
-        };
-        let decision = match decision {
-            Ok(d) => d,
-            Err(Denial { message, field }) => {
-                return deny(invalid(message, field.unwrap_or_default()));
-            }
-        };
-        instance = Some(decision.instance);
-        if kind == Kind::Deployment && operation == Operation::UPDATE {
-            match template_unchanged(body) {
-                Ok(true) => return unchanged_template(decision),
-                Ok(false) => {}
-                Err(e) => {
-                    return deny(Status::failure(
-                        400,
-                        "BadRequest",
-                        format!("malformed AdmissionReview: {e}"),
-                    ));
-                }
-            }
+        if old_template.is_some() && old_template == new_template {
+            // Only the cache: an unchanged template gets no patch either way.
+            let stale = state.index.get(namespace, consumer_name).and_then(|c| {
+                let settings = c.settings.as_ref().ok()?;
+                let d = inject::decide_deployment(object, settings, state.config.gomemlimit_ratio)
+                    .ok()?;
+                Some(d.mutation.ops.len())
+            });
+            return unchanged_template(stale.unwrap_or(0));
         }
-        patched(decision)
+        let cached = match lookup(state, namespace, consumer_name, budget).await {
+            Ok(c) => c,
+            Err(status) => return leave(status.message),
+        };
+        let settings = match &cached.settings {
+            Ok(s) => s,
+            Err(e) => return leave(e.to_string()),
+        };
+        if let (Some(old), Some(new)) = (&old_template, &new_template)
+            && template::only_managed_fields_differ(old, new, settings)
+        {
+            return keep_template(old);
+        }
+        match inject::decide_deployment(object, settings, state.config.gomemlimit_ratio) {
+            Ok(decision) => {
+                instance = Some(decision.instance);
+                patched(decision)
+            }
+            Err(Denial { message, .. }) => leave(message),
+        }
     }
     .instrument(span.clone())
     .await;
@@ -210,19 +233,94 @@ fn patched(decision: Decision) -> (Answer, Outcome) {
     }
 }
 
+/// CREATE of a Pod or a Deployment: the Consumer must exist and the instance be
+/// valid, or the workload is refused.
+async fn create(
+    state: &Admission,
+    object: &Workload<'_>,
+    kind: Kind,
+    namespace: &str,
+    consumer_name: &str,
+    budget: Duration,
+    instance: &mut Option<u32>,
+) -> (Answer, Outcome) {
+    let cached = match lookup(state, namespace, consumer_name, budget).await {
+        Ok(c) => c,
+        Err(status) => return deny(status),
+    };
+    let settings = match &cached.settings {
+        Ok(s) => s,
+        Err(e) => {
+            return deny(invalid(
+                format!("{e}; fix the Consumer (konsumer validate -f <file>) and retry"),
+                format!("metadata.labels[{}]", keys::CONSUMER),
+            ));
+        }
+    };
+    let ratio = state.config.gomemlimit_ratio;
+    let decision = if kind == Kind::Pod {
+        inject::decide_pod(object, settings, ratio)
+    } else {
+        inject::decide_deployment(object, settings, ratio)
+    };
+    match decision {
+        Ok(d) => {
+            *instance = Some(d.instance);
+            patched(d)
+        }
+        Err(Denial { message, field }) => deny(invalid(message, field.unwrap_or_default())),
+    }
+}
+
+/// An UPDATE konsumer cannot decide is let through unchanged, with the reason.
+fn leave(reason: String) -> (Answer, Outcome) {
+    let mut answer = Answer::allow();
+    answer
+        .warnings
+        .push(format!("konsumer left this Deployment unchanged: {reason}"));
+    (answer, Outcome::allowed)
+}
+
 /// A Deployment UPDATE that leaves the pod template alone gets no change: a new
 /// recommendation must not roll a Deployment out behind its owner's back.
-fn unchanged_template(decision: Decision) -> (Answer, Outcome) {
+/// `stale`: how many konsumer values of the template are out of date.
+fn unchanged_template(stale: usize) -> (Answer, Outcome) {
     let mut answer = Answer::allow();
-    if !decision.mutation.ops.is_empty() {
+    if stale > 0 {
         answer.warnings.push(format!(
             "the pod template did not change, so konsumer left it alone (no rollout); \
-             {} of its konsumer values are out of date and are applied at the next template change \
-             (e.g. kubectl rollout restart); new Pods get them at creation",
-            decision.mutation.ops.len()
+             {stale} of its konsumer values are out of date and are applied at the next template change \
+             (e.g. kubectl rollout restart); new Pods get them at creation"
         ));
     }
     (answer, Outcome::allowed)
+}
+
+/// A re-apply that only dropped or reset konsumer's values keeps the running
+/// template as it is: the patch puts the old one back, so nothing rolls out.
+fn keep_template(old: &serde_json::Value) -> (Answer, Outcome) {
+    let ops = vec![json_patch::PatchOperation::Replace(
+        json_patch::ReplaceOperation {
+            path: json_patch::jsonptr::PointerBuf::from_tokens(["spec", "template"]),
+            value: old.clone(),
+        },
+    )];
+    match serde_json::to_vec(&ops) {
+        Ok(patch) => (
+            Answer {
+                allowed: true,
+                patch: Some(patch),
+                warnings: vec![
+                    "only fields konsumer manages differ from the running pod template (partitions, env, \
+                     resources); konsumer kept the running values, so nothing rolls out"
+                        .into(),
+                ],
+                status: None,
+            },
+            Outcome::patched,
+        ),
+        Err(e) => deny(Status::failure(500, "InternalError", format!("cannot encode the patch: {e}"))),
+    }
 }
 
 /// The Consumer from the cache, else from one direct read within the budget.
@@ -277,13 +375,14 @@ struct TemplateSpec {
     template: Option<serde_json::Value>,
 }
 
-/// Whether `object.spec.template` equals `oldObject.spec.template`.
-fn template_unchanged(body: &[u8]) -> Result<bool, serde_json::Error> {
+/// `oldObject.spec.template` and `object.spec.template`.
+type Templates = (Option<serde_json::Value>, Option<serde_json::Value>);
+
+fn templates(body: &[u8]) -> Result<Templates, serde_json::Error> {
     let review: Review<TemplateOf, TemplateOf> = serde_json::from_slice(body)?;
     let Some(request) = review.request else {
-        return Ok(false);
+        return Ok((None, None));
     };
     let template = |o: Option<TemplateOf>| o.and_then(|o| o.spec).and_then(|s| s.template);
-    let old = template(request.old_object);
-    Ok(old.is_some() && old == template(request.object))
+    Ok((template(request.old_object), template(request.object)))
 }

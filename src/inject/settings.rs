@@ -234,6 +234,19 @@ impl ConsumerSettings {
     pub fn fallback(&self) -> &[ContainerTarget] {
         &self.fallback
     }
+
+    /// Whether konsumer sets the resources of `container` in any instance
+    /// (`init`: an init container, which a wildcard does not cover).
+    pub fn manages_resources(&self, container: &str, init: bool) -> bool {
+        let named =
+            |t: &ContainerTarget| t.name == container || (!init && t.name == ALL_CONTAINERS);
+        self.fallback.iter().any(named)
+            || self
+                .recommendations
+                .iter()
+                .flatten()
+                .any(|targets| targets.iter().any(named))
+    }
 }
 
 /// The policy's fallback (`fallbackStrategy` min → `minAllowed`, max → `maxAllowed`,

@@ -152,6 +152,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for Selected<'a> {
 pub struct Meta<'a> {
     #[serde(borrow, default)]
     pub name: Option<Str<'a>>,
+    /// Set once the object is being deleted.
+    #[serde(default, rename = "deletionTimestamp")]
+    pub deletion_timestamp: Option<IgnoredAny>,
     #[serde(borrow, default)]
     pub labels: Option<Selected<'a>>,
     #[serde(borrow, default)]

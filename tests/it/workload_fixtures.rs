@@ -364,3 +364,85 @@ async fn dry_run_pod_gets_the_same_answer_as_a_real_create() {
     assert_eq!(warnings(&dry.review), warnings(&real.review));
     s.stop().await;
 }
+
+/// `deployment-update-image` with `oldObject` replaced by `old` and `object` by `new`.
+fn update_review(old: &Value, new: &Value) -> Vec<u8> {
+    let mut review = fixture("deployment-update-image");
+    review["request"]["oldObject"] = old.clone();
+    review["request"]["object"] = new.clone();
+    serde_json::to_vec(&review).unwrap()
+}
+
+#[tokio::test]
+async fn a_reapply_that_drops_konsumer_values_keeps_the_running_template() {
+    let s = LocalServer::orders().await;
+    // The Deployment as it runs: created through the webhook.
+    let created = answer(&s, "deployment-create-instance-label").await;
+    let running = created.object.clone();
+    // `kubectl apply` of the unchanged manifest: konsumer's env gone, log-shipper's
+    // 20m request back.
+    let reapplied = created.request["request"]["object"].clone();
+    let request: Value = serde_json::from_slice(&update_review(&running, &reapplied)).unwrap();
+    let (status, review) = s
+        .post("/mutate/workloads", update_review(&running, &reapplied))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(review["response"]["allowed"], true);
+    let result = patched_object(&request, &review);
+    assert_eq!(
+        result["spec"]["template"], running["spec"]["template"],
+        "no rollout"
+    );
+    assert!(
+        warnings(&review)
+            .iter()
+            .any(|w| w.contains("nothing rolls out")),
+        "{review}"
+    );
+
+    // A real change (a new image) on top of the same re-apply gets the injection.
+    let mut bumped = reapplied.clone();
+    bumped["spec"]["template"]["spec"]["containers"][0]["image"] =
+        "registry.example.com/orders-consumer:2.0.0".into();
+    let request: Value = serde_json::from_slice(&update_review(&running, &bumped)).unwrap();
+    let (_, review) = s
+        .post("/mutate/workloads", update_review(&running, &bumped))
+        .await;
+    let result = patched_object(&request, &review);
+    let c = container(&result["spec"]["template"]["spec"], "consumer");
+    assert_eq!(c["image"], "registry.example.com/orders-consumer:2.0.0");
+    assert_eq!(env_value(c, "KAFKA_PARTITIONS"), "0,1,2");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn updates_of_deployments_konsumer_cannot_decide_are_let_through() {
+    let s = LocalServer::orders().await;
+    let orphan = fixture("deployment-create-unknown-consumer")["request"]["object"].clone();
+    // Being deleted (a finalizer removed): allowed untouched.
+    let mut deleting = orphan.clone();
+    deleting["metadata"]["deletionTimestamp"] = "2026-11-22T12:00:00Z".into();
+    let (_, review) = s
+        .post("/mutate/workloads", update_review(&orphan, &deleting))
+        .await;
+    assert_eq!(review["response"]["allowed"], true, "{review}");
+    assert!(patch_of(&review).is_empty());
+    // An image bump of a Deployment whose Consumer is gone: allowed, with the reason.
+    let mut bumped = orphan.clone();
+    bumped["spec"]["template"]["spec"]["containers"][0]["image"] =
+        "registry.example.com/payments:2.1.0".into();
+    let (_, review) = s
+        .post("/mutate/workloads", update_review(&orphan, &bumped))
+        .await;
+    assert_eq!(review["response"]["allowed"], true, "{review}");
+    assert!(patch_of(&review).is_empty());
+    let w = warnings(&review).join("\n");
+    assert!(
+        w.contains("left this Deployment unchanged") && w.contains("no Consumer \"payments\""),
+        "{w}"
+    );
+    // The same Deployment created now is still refused.
+    let a = answer(&s, "deployment-create-unknown-consumer").await;
+    assert!(!a.allowed());
+    s.stop().await;
+}
