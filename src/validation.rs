@@ -47,7 +47,33 @@ fn typed(cleaned: Value, report: &mut Report) -> Option<Consumer> {
 
 /// Validates a Consumer (`object`), against its stored version (`old`) on UPDATE.
 /// `version` is the API version the user wrote. Never panics, whatever the JSON.
+///
+/// On UPDATE, problems the stored object already had are warnings, not errors
+/// (like the apiserver's ratcheting validation): a Consumer that predates these
+/// rules can still get a label, an annotation or its finalizers removed.
 pub fn validate(object: &Value, old: Option<&Value>, version: &str) -> Report {
+    let mut report = check(object, old, version);
+    if let Some(old) = old {
+        let before: Vec<String> = check(old, None, version)
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let (kept, ratcheted): (Vec<_>, Vec<_>) = report
+            .errors
+            .drain(..)
+            .partition(|e| !before.contains(&e.to_string()));
+        report.errors = kept;
+        for e in ratcheted {
+            report.warn(format!(
+                "{e} (already so before this update; fix it when you can)"
+            ));
+        }
+    }
+    report
+}
+
+fn check(object: &Value, old: Option<&Value>, version: &str) -> Report {
     let mut report = Report::default();
     let cleaned = structural::check_consumer(object, &mut report);
     let Some(consumer) = typed(cleaned, &mut report) else {

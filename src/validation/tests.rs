@@ -575,3 +575,25 @@ proptest! {
         let _ = validate(&o, Some(&orders()), "v1");
     }
 }
+
+#[test]
+fn problems_the_stored_object_already_had_do_not_block_an_update() {
+    let broken = with("/spec/autoscaler/prometheus/ratePerCore", json!(0));
+    let mut labelled = broken.clone();
+    labelled["metadata"]["labels"] = json!({"team": "payments"});
+    let r = validate(&labelled, Some(&broken), "v1");
+    assert!(r.is_valid(), "{:?}", r.errors);
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("ratePerCore") && w.contains("already so before")),
+        "{:?}",
+        r.warnings
+    );
+    // A new problem in the same update is still an error.
+    let mut worse = labelled.clone();
+    worse["spec"]["numPartitions"] = json!(0);
+    let r = validate(&worse, Some(&broken), "v1");
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert!(r.errors[0].to_string().starts_with("spec.numPartitions"));
+}

@@ -254,3 +254,20 @@ async fn non_consumer_objects_and_deletes_are_allowed() {
     assert!(!warnings(&v).is_empty());
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_consumer_being_deleted_can_lose_its_finalizers_whatever_its_spec() {
+    let s = LocalServer::orders().await;
+    let mut review = fixture("consumer-invalid-partitions.validate");
+    let old = review["request"]["object"].clone();
+    let mut new = old.clone();
+    new["metadata"]["deletionTimestamp"] = "2026-11-22T12:00:00Z".into();
+    review["request"]["operation"] = "UPDATE".into();
+    review["request"]["oldObject"] = old;
+    review["request"]["object"] = new;
+    let (_, v) = s
+        .post("/validate/consumers", serde_json::to_vec(&review).unwrap())
+        .await;
+    assert_eq!(v["response"]["allowed"], true, "{v}");
+    s.stop().await;
+}
