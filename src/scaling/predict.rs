@@ -183,9 +183,10 @@ pub fn predict(spec: &ScalingSpec, obs: &Observation) -> Prediction {
 }
 
 /// Caps the instances' requests so that their sum stays within
-/// `globalPolicy.maxAllowed`, counting what every instance is recommended now.
-/// Decreases are counted first (they free budget); increases are granted in
-/// instance order. What an instance is refused becomes its saturation.
+/// `globalPolicy.maxAllowed`, counting what every instance is recommended now:
+/// increases are granted, in instance order, only from what the current
+/// recommendations leave; nothing is granted while the sum is at or over the cap.
+/// What an instance is refused becomes its saturation.
 pub fn apply_global_cap(
     spec: &ScalingSpec,
     current: &[Vec<ContainerTarget>],
@@ -203,16 +204,9 @@ pub fn apply_global_cap(
                 total_memory(targets)
             }
         };
-        let mut budget = cap.0;
-        for (i, cur) in current.iter().enumerate() {
-            let now = used(cur).0;
-            let wanted = predictions
-                .get(i)
-                .and_then(Option::as_ref)
-                .map_or(now, |p| used(&p.targets).0);
-            // Budget left after every instance is at min(current, wanted).
-            budget -= now.min(wanted);
-        }
+        // What is left beside every instance's current recommendation. A pending
+        // decrease frees nothing until it happens (it may be cancelled).
+        let mut budget = cap.0 - current.iter().map(|cur| used(cur).0).sum::<i128>();
         for (i, cur) in current.iter().enumerate() {
             let Some(p) = predictions.get_mut(i).and_then(Option::as_mut) else {
                 continue;

@@ -250,14 +250,44 @@ fn the_global_cap_counts_what_every_instance_uses_now() {
             .cpu
             .unwrap()
     };
-    // Budget: 4 - (1 + 1 + 0.5) = 1.5 free after the decrease; instance 0 takes 1,
-    // instance 1 gets the remaining 500m of its 2 and is saturated by 1500m.
+    // 4 - (1 + 1 + 1.5) = 500m left: instance 0 gets it, instance 1 nothing. The
+    // decrease of instance 2 frees nothing until it happens.
+    assert_eq!(cpu(0), q("1500m"));
+    assert_eq!(predictions[0].as_ref().unwrap().saturation, q("500m"));
+    assert_eq!(cpu(1), q("1"));
+    assert_eq!(predictions[1].as_ref().unwrap().saturation, q("2"));
     assert_eq!(cpu(2), q("500m"));
-    assert_eq!(cpu(0), q("2"));
-    assert_eq!(cpu(1), q("1500m"));
-    assert_eq!(predictions[1].as_ref().unwrap().saturation, q("1500m"));
+    // Whatever applies first, the sum never exceeds the cap.
     let total: Milli = (0..3).map(cpu).sum();
-    assert!(total <= q("4"));
+    assert!(
+        total <= q("4") + q("1"),
+        "at most the current sum plus what is left"
+    );
+    let over: Vec<Vec<ContainerTarget>> = ["3", "2"]
+        .iter()
+        .map(|c| {
+            vec![ContainerTarget {
+                name: "busybox".into(),
+                requests: res(c, "100M"),
+                limits: res("4", "100M"),
+            }]
+        })
+        .collect();
+    let mut s2 = s.clone();
+    s2.layout = Layout::new(2, 1).unwrap();
+    let m = metrics(&[(0, 4000, 0), (1, 4000, 0)]);
+    let mut more: Vec<_> = (0..2)
+        .map(|i| predict::observe(i..i + 1, &m, s2.recovery).map(|o| predict::predict(&s2, &o)))
+        .collect();
+    predict::apply_global_cap(&s2, &over, &mut more);
+    for (p, now) in more.iter().zip(["3", "2"]) {
+        let t = &p.as_ref().unwrap().targets[0];
+        assert_eq!(
+            t.requests.cpu,
+            Some(q(now)),
+            "over the cap already: no increase granted"
+        );
+    }
 }
 
 // ---- the state machine, step by step on a fake clock ----
