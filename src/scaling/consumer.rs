@@ -83,6 +83,7 @@ pub fn reconcile(input: ConsumerInput<'_>) -> ConsumerOutput {
     let mut lagging = Vec::new();
     let mut transitions = Vec::new();
     let mut states = None;
+    let mut clear_instances = false;
 
     match input.spec {
         Err(reason) => {
@@ -97,6 +98,9 @@ pub fn reconcile(input: ConsumerInput<'_>) -> ConsumerOutput {
             );
         }
         Ok(None) => {
+            // Not autoscaled (any more): recommendations made before must not be
+            // injected.
+            clear_instances = previous.instances.is_some();
             status::set_condition(
                 &mut conditions,
                 METRICS_AVAILABLE,
@@ -263,6 +267,7 @@ pub fn reconcile(input: ConsumerInput<'_>) -> ConsumerOutput {
     });
     let changed = sync.is_some()
         || instances.is_some()
+        || clear_instances
         || counters_changed
         || previous.observed_generation != generation
         || previous.conditions.as_ref() != Some(&conditions);
@@ -275,6 +280,9 @@ pub fn reconcile(input: ConsumerInput<'_>) -> ConsumerOutput {
         }
         if let Some(instances) = instances {
             next.instances = Some(instances);
+        }
+        if clear_instances {
+            next.instances = None;
         }
         if let Some(c) = counters {
             status::apply_counters(&mut next, c);
@@ -434,10 +442,15 @@ mod tests {
         assert!(r.message.contains("ratePerCore"), "{}", r.message);
 
         let mut c = orders();
+        c.status = run(&c, Some(quiet()), now).status;
+        assert!(c.status.as_ref().unwrap().instances.is_some());
         c.spec.autoscaler.as_mut().unwrap().mode = Some(String::new());
         let s = run(&c, None, now).status.unwrap();
         assert_eq!(condition(&s, METRICS_AVAILABLE).reason, "NotAutoscaled");
-        assert!(s.instances.is_none(), "the webhook uses the fallback");
+        assert!(
+            s.instances.is_none(),
+            "earlier recommendations are cleared: the webhook uses the fallback"
+        );
     }
 
     #[test]

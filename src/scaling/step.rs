@@ -13,7 +13,7 @@ use super::predict::{self, Observation, Prediction};
 use super::spec::ScalingSpec;
 use crate::api::quantity::Milli;
 use crate::api::{ContainerResources, InstanceStatus, PartitionState, ScalingState};
-use crate::inject::settings::ContainerTarget;
+use crate::inject::settings::{ContainerTarget, Resources};
 
 /// A typed record of one change: what, from, to, why, and the metrics.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -67,8 +67,57 @@ fn from_status(list: &[ContainerResources]) -> Option<Vec<ContainerTarget>> {
         .collect()
 }
 
-/// The machine's view of a stored instance, when it still fits the layout.
-fn restore(status: &InstanceStatus, partitions: &[u32], now: Timestamp) -> Option<Instance> {
+fn clamp(value: Option<Milli>, min: Option<Milli>, max: Option<Milli>) -> Option<Milli> {
+    let v = value?;
+    let v = max.map_or(v, |m| v.min(m));
+    Some(min.map_or(v, |m| v.max(m)))
+}
+
+/// Stored targets brought in line with the current policy: each policy's
+/// container clamped to its bounds (or given its fallback when the policy is
+/// new), containers without a policy dropped.
+fn normalize(spec: &ScalingSpec, targets: Vec<ContainerTarget>) -> Vec<ContainerTarget> {
+    if spec.policies.is_empty() {
+        return targets;
+    }
+    spec.policies
+        .iter()
+        .filter_map(|p| {
+            let Some(t) = targets.iter().find(|t| t.name == p.name) else {
+                return spec.fallback.iter().find(|f| f.name == p.name).cloned();
+            };
+            let limits = Resources {
+                cpu: clamp(t.limits.cpu, p.min.cpu, p.max.cpu),
+                memory: clamp(t.limits.memory, p.min.memory, p.max.memory),
+            };
+            let cap = |r: Option<Milli>, l: Option<Milli>| match (r, l) {
+                (Some(r), Some(l)) => Some(r.min(l)),
+                (r, _) => r,
+            };
+            let requests = Resources {
+                cpu: cap(clamp(t.requests.cpu, p.min.cpu, p.max.cpu), limits.cpu),
+                memory: cap(
+                    clamp(t.requests.memory, p.min.memory, p.max.memory),
+                    limits.memory,
+                ),
+            };
+            Some(ContainerTarget {
+                name: p.name.clone(),
+                requests,
+                limits,
+            })
+        })
+        .collect()
+}
+
+/// The machine's view of a stored instance, when it still fits the layout. The
+/// flag says whether the current policy changed what was stored.
+fn restore(
+    spec: &ScalingSpec,
+    status: &InstanceStatus,
+    partitions: &[u32],
+    now: Timestamp,
+) -> Option<(Instance, bool)> {
     let fits = status.partitions.len() == partitions.len()
         && status
             .partitions
@@ -78,17 +127,25 @@ fn restore(status: &InstanceStatus, partitions: &[u32], now: Timestamp) -> Optio
     if !fits {
         return None;
     }
-    Some(Instance {
-        state: status.state,
-        since: status.since.as_ref().map_or(now, |t| t.0),
-        recommendation: from_status(&status.resources)?,
-        pending: status.pending.as_deref().and_then(from_status),
-        saturation: status
-            .saturation
-            .as_ref()
-            .and_then(|q| Milli::parse(&q.0).ok())
-            .unwrap_or_default(),
-    })
+    let stored = from_status(&status.resources)?;
+    let recommendation = normalize(spec, stored.clone());
+    let pending_stored = status.pending.as_deref().and_then(from_status);
+    let pending = pending_stored.clone().map(|p| normalize(spec, p));
+    let changed = recommendation != stored || pending != pending_stored;
+    Some((
+        Instance {
+            state: status.state,
+            since: status.since.as_ref().map_or(now, |t| t.0),
+            recommendation,
+            pending,
+            saturation: status
+                .saturation
+                .as_ref()
+                .and_then(|q| Milli::parse(&q.0).ok())
+                .unwrap_or_default(),
+        },
+        changed,
+    ))
 }
 
 fn store(id: u32, partitions: &[u32], inst: &Instance) -> InstanceStatus {
@@ -128,8 +185,9 @@ pub fn step<'a>(input: StepInput<'a>) -> StepOutput<'a> {
         .enumerate()
         .map(|(id, partitions)| {
             let stored = input.previous.iter().find(|s| s.id == id as i32);
-            match stored.and_then(|s| restore(s, partitions, now)) {
-                Some(inst) => (stored, inst),
+            match stored.and_then(|s| restore(spec, s, partitions, now)) {
+                // Changed by the current policy: written again, not borrowed.
+                Some((inst, changed)) => (stored.filter(|_| !changed), inst),
                 None => (None, Instance::new(spec.fallback.clone(), now)),
             }
         })

@@ -655,3 +655,37 @@ fn a_pending_period_started_mid_second_never_ends_early_after_a_round_trip() {
     assert_eq!(r.state(), ScalingState::Running);
     assert_eq!(r.cpu().0, "1300m");
 }
+
+#[test]
+fn stored_recommendations_follow_a_changed_policy() {
+    let mut r = Run::new();
+    r.lag_minutes(6);
+    r.advance(10);
+    r.lag_minutes(15);
+    assert_eq!(r.cpu(), ("1300m".into(), "2".into()));
+    // maxAllowed lowered to 1 core: the stored recommendation is brought down now.
+    r.spec.policies[0].max.cpu = Some(q("1"));
+    r.advance(1);
+    let out = r.lag_minutes(15);
+    assert!(!out.unchanged, "rewritten");
+    assert_eq!(r.cpu(), ("1".into(), "1".into()));
+    // A container policy added later gets its fallback instead of nothing.
+    r.spec.policies.push(Policy {
+        name: "log-shipper".into(),
+        min: res("50m", "64Mi"),
+        max: res("200m", "128Mi"),
+    });
+    r.spec.fallback.push(ContainerTarget {
+        name: "log-shipper".into(),
+        requests: res("50m", "64Mi"),
+        limits: res("50m", "64Mi"),
+    });
+    r.advance(1);
+    r.lag_minutes(15);
+    let shipper = r.status[0]
+        .resources
+        .iter()
+        .find(|c| c.container_name == "log-shipper")
+        .unwrap();
+    assert_eq!(shipper.requests["cpu"].0, "50m");
+}
