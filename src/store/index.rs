@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 
-use crate::api::Consumer;
+use crate::api::{Consumer, ConsumerStatus};
 use crate::inject::ConsumerSettings;
 use crate::inject::settings::SettingsError;
 
@@ -77,6 +77,22 @@ impl ConsumerIndex {
         }
         self.bump();
         entry
+    }
+
+    /// Replaces the status of the cached Consumer (its spec as cached now), if any.
+    pub fn set_status(&self, namespace: &str, name: &str, status: ConsumerStatus) -> bool {
+        let updated = {
+            let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+            let Some(slot) = entries.get_mut(namespace).and_then(|ns| ns.get_mut(name)) else {
+                return false;
+            };
+            let mut consumer = (*slot.consumer).clone();
+            consumer.status = Some(status);
+            *slot = Arc::new(CachedConsumer::new(consumer));
+            true
+        };
+        self.bump();
+        updated
     }
 
     /// Inserts a Consumer only if none is cached under its name (a direct read must

@@ -437,10 +437,13 @@ impl Store for LocalStore {
         name: &str,
         status: &ConsumerStatus,
     ) -> Result<(), StoreError> {
+        // Serialized with rescans: a rescan must not put back a status read
+        // before this write, nor this write a spec read before a rescan.
+        let _scan = self.scan.lock().await;
         let key = format!("{namespace}/{name}");
-        let Some(cached) = self.index.get(namespace, name) else {
+        if self.index.get(namespace, name).is_none() {
             return Err(StoreError::NotFound(key));
-        };
+        }
         let bytes = serde_json::to_vec(status)?;
         let db = self.db.clone();
         let db_key = key.clone();
@@ -457,9 +460,7 @@ impl Store for LocalStore {
         .await
         .map_err(|e| self.db_error(e))?
         .map_err(|e| self.db_error(e))?;
-        let mut updated = (*cached.consumer).clone();
-        updated.status = Some(status.clone());
-        self.index.upsert(updated);
+        self.index.set_status(namespace, name, status.clone());
         Ok(())
     }
 
@@ -550,6 +551,52 @@ mod tests {
         assert_eq!(store.rescans(), after_edit, "settles again after the edit");
         shutdown.cancel();
         watcher.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn status_writes_racing_rescans_lose_no_edit() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("orders.yaml");
+        let orders = include_str!("../../tests/fixtures/consumer-orders.yaml");
+        std::fs::write(&file, orders).unwrap();
+        let index = ConsumerIndex::new();
+        let store = Arc::new(LocalStore::open(dir.path(), index.clone()).unwrap());
+        store.rescan().await.unwrap();
+        for round in 0..60 {
+            let n = if round % 2 == 0 { 12 } else { 10 };
+            let writer = {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let status = ConsumerStatus {
+                        expected: Some(round),
+                        ..ConsumerStatus::default()
+                    };
+                    store
+                        .write_status("streams", "orders", &status)
+                        .await
+                        .unwrap();
+                })
+            };
+            std::fs::write(
+                &file,
+                orders.replace("numPartitions: 10", &format!("numPartitions: {n}")),
+            )
+            .unwrap();
+            store.rescan().await.unwrap();
+            writer.await.unwrap();
+            store.rescan().await.unwrap();
+            let cached = index.get("streams", "orders").unwrap();
+            assert_eq!(
+                cached.consumer.spec.num_partitions,
+                Some(n),
+                "round {round}: the edit was lost"
+            );
+            assert_eq!(
+                cached.consumer.status.as_ref().unwrap().expected,
+                Some(round),
+                "round {round}: the status was lost"
+            );
+        }
     }
 
     #[tokio::test]
