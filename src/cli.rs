@@ -73,6 +73,23 @@ fn go_duration(s: &str) -> Result<Duration, String> {
     parse_go_duration(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// A duration that must not be zero (intervals, timeouts).
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match go_duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?} must be greater than 0")),
+        d => Ok(d),
+    }
+}
+
+/// A count that must be at least 1 (a semaphore of 0 permits would block forever).
+fn positive_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a positive whole number")),
+    }
+}
+
 fn ratio(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
     if v > 0.0 && v <= 1.0 {
@@ -121,16 +138,16 @@ pub struct ServeArgs {
     #[arg(long, env = "KONSUMER_GOMEMLIMIT_RATIO", default_value = "0.8", value_parser = ratio)]
     pub gomemlimit_ratio: f64,
     /// Admission requests decided at once; more wait their turn.
-    #[arg(long, env = "KONSUMER_MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
+    #[arg(long, env = "KONSUMER_MAX_CONCURRENT_REQUESTS", default_value_t = 256, value_parser = positive_count)]
     pub max_concurrent_requests: usize,
     /// Webhook connections served at once; more wait in the listen backlog.
-    #[arg(long, env = "KONSUMER_MAX_CONNECTIONS", default_value_t = 1024)]
+    #[arg(long, env = "KONSUMER_MAX_CONNECTIONS", default_value_t = 1024, value_parser = positive_count)]
     pub max_connections: usize,
     /// Longest time an admission request may take (the apiserver's ?timeout= is honoured below it).
-    #[arg(long, env = "KONSUMER_MAX_REQUEST_TIMEOUT", default_value = "10s", value_parser = go_duration)]
+    #[arg(long, env = "KONSUMER_MAX_REQUEST_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub max_request_timeout: Duration,
     /// How often the certificate files are checked for changes.
-    #[arg(long, env = "KONSUMER_TLS_RELOAD_INTERVAL", default_value = "30s", value_parser = go_duration)]
+    #[arg(long, env = "KONSUMER_TLS_RELOAD_INTERVAL", default_value = "30s", value_parser = positive_duration)]
     pub tls_reload_interval: Duration,
     /// Time between readiness turning false and the listeners closing on shutdown.
     #[arg(long, env = "KONSUMER_DRAIN_DELAY", value_parser = go_duration)]
@@ -142,13 +159,13 @@ pub struct ServeArgs {
     #[arg(long, env = "KONSUMER_NO_RECONCILER")]
     pub no_reconciler: bool,
     /// Time between two reconcile passes over all Consumers.
-    #[arg(long, env = "KONSUMER_RECONCILE_INTERVAL", default_value = "10s", value_parser = go_duration)]
+    #[arg(long, env = "KONSUMER_RECONCILE_INTERVAL", default_value = "10s", value_parser = positive_duration)]
     pub reconcile_interval: Duration,
     /// Consumers reconciled at once.
-    #[arg(long, env = "KONSUMER_RECONCILE_CONCURRENCY", default_value_t = 16)]
+    #[arg(long, env = "KONSUMER_RECONCILE_CONCURRENCY", default_value_t = 16, value_parser = positive_count)]
     pub reconcile_concurrency: usize,
     /// Budget of one Prometheus query (per address).
-    #[arg(long, env = "KONSUMER_PROMETHEUS_TIMEOUT", default_value = "10s", value_parser = go_duration)]
+    #[arg(long, env = "KONSUMER_PROMETHEUS_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub prometheus_timeout: Duration,
     /// Name of the reconciler's Lease (kube mode).
     #[arg(long, env = "KONSUMER_LEASE_NAME", default_value = "konsumer-leader")]
@@ -160,7 +177,7 @@ pub struct ServeArgs {
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
     /// How long the Lease lasts without renewal.
-    #[arg(long, env = "KONSUMER_LEASE_DURATION", default_value = "15s", value_parser = go_duration)]
+    #[arg(long, env = "KONSUMER_LEASE_DURATION", default_value = "15s", value_parser = positive_duration)]
     pub lease_duration: Duration,
 }
 
@@ -304,5 +321,37 @@ pub async fn run(cli: Cli) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("konsumer").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn zero_intervals_and_counts_are_refused_at_the_door() {
+        for flag in [
+            "--reconcile-interval=0s",
+            "--tls-reload-interval=0s",
+            "--max-request-timeout=0s",
+            "--prometheus-timeout=0s",
+            "--lease-duration=0s",
+            "--max-connections=0",
+            "--max-concurrent-requests=0",
+            "--reconcile-concurrency=0",
+        ] {
+            let err = parse(&["serve", flag]).expect_err(flag);
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{flag}"
+            );
+        }
+        let ok = parse(&["serve", "--reconcile-interval=1s", "--max-connections=1"]);
+        assert!(ok.is_ok(), "{ok:?}");
     }
 }
