@@ -32,14 +32,28 @@ use admin::Health;
 /// store on a mocked API server, say).
 pub enum Backend {
     Local(Arc<LocalStore>),
-    Kube(Arc<KubeStore>),
+    Kube {
+        store: Arc<KubeStore>,
+        /// The client the Lease is renewed with: its requests time out before
+        /// the lease could expire.
+        lease_client: kube::Client,
+    },
 }
 
 impl Backend {
+    /// A kube backend whose lease shares the store's client (tests).
+    pub fn kube(store: Arc<KubeStore>) -> Self {
+        let lease_client = store.client().clone();
+        Backend::Kube {
+            store,
+            lease_client,
+        }
+    }
+
     fn store(&self) -> Arc<dyn Store> {
         match self {
             Backend::Local(s) => s.clone(),
-            Backend::Kube(s) => s.clone(),
+            Backend::Kube { store, .. } => store.clone(),
         }
     }
 }
@@ -90,14 +104,22 @@ pub async fn backend(config: &ServeConfig, index: Arc<ConsumerIndex>) -> anyhow:
         }
         Mode::Kube { namespace } => {
             tls::provider();
-            let client = kube::Client::try_default()
+            let kube_config = kube::Config::infer()
                 .await
                 .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
-            Ok(Backend::Kube(Arc::new(KubeStore::new(
-                client,
-                namespace.clone(),
-                index,
-            ))))
+            let client = kube::Client::try_from(kube_config.clone())
+                .context("building the Kubernetes client")?;
+            let mut lease_config = kube_config;
+            let budget = Some(config.lease.grace.max(std::time::Duration::from_secs(1)));
+            lease_config.connect_timeout = budget;
+            lease_config.read_timeout = budget;
+            lease_config.write_timeout = budget;
+            let lease_client = kube::Client::try_from(lease_config)
+                .context("building the Kubernetes client for the lease")?;
+            Ok(Backend::Kube {
+                store: Arc::new(KubeStore::new(client, namespace.clone(), index)),
+                lease_client,
+            })
         }
     }
 }
@@ -143,7 +165,7 @@ pub async fn start(
                 }
             });
         }
-        Backend::Kube(store) => {
+        Backend::Kube { store, .. } => {
             let watch = store.spawn_watch(shutdown.clone());
             tasks.spawn(async move {
                 let _ = watch.await;
@@ -202,7 +224,10 @@ pub async fn start(
                     None,
                     Leadership::always(),
                 ),
-                Backend::Kube(store) => {
+                Backend::Kube {
+                    store,
+                    lease_client,
+                } => {
                     let namespace = match &config.mode {
                         Mode::Kube { namespace } => namespace.clone(),
                         Mode::Local { .. } => None,
@@ -216,7 +241,7 @@ pub async fn start(
                             store.client().clone(),
                             Some(config.lease.identity.clone()),
                         ))),
-                        Leadership::lease(store.client().clone(), config.lease.clone()),
+                        Leadership::lease(lease_client.clone(), config.lease.clone()),
                     )
                 }
             };

@@ -43,6 +43,8 @@ struct State {
     leases: BTreeMap<String, (Value, Option<String>)>,
     events: Vec<Value>,
     deployments: Vec<Value>,
+    /// Lease requests fail (etcd unavailable behind the apiserver).
+    leases_down: bool,
 }
 
 pub struct FakeApiServer {
@@ -153,6 +155,11 @@ impl FakeApiServer {
         self.state.lock().unwrap().deployments.push(deployment);
     }
 
+    /// Lease requests fail with 503 until called again with `false`.
+    pub fn fail_leases(&self, down: bool) {
+        self.state.lock().unwrap().leases_down = down;
+    }
+
     /// Another replica takes the lease over (as its own update would).
     pub fn take_lease(&self, name: &str, holder: &str, duration_seconds: i64) {
         let mut state = self.state.lock().unwrap();
@@ -225,6 +232,16 @@ async fn answer(fake: &FakeApiServer, request: Request<Body>) -> Response<MockBo
     let param = |k: &str| params.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
 
     if let Some(rest) = path.strip_prefix(LEASES) {
+        if fake.state.lock().unwrap().leases_down {
+            let mut status = status_error(
+                503,
+                "ServiceUnavailable",
+                "etcdserver: leader changed".into(),
+                "",
+            );
+            status["details"] = json!({});
+            return json_response(StatusCode::SERVICE_UNAVAILABLE, &status);
+        }
         return lease_answer(
             fake,
             &parts.method,

@@ -44,7 +44,7 @@ async fn start(hold_list: bool) -> KubeServer {
     config.tls = TlsSource::Files(files);
     let index = ConsumerIndex::new();
     let store = Arc::new(KubeStore::new(client, None, index.clone()));
-    let running = server::start(config, index, Backend::Kube(store))
+    let running = server::start(config, index, Backend::kube(store))
         .await
         .unwrap();
     let ca = std::fs::read(certs.path().join("ca.crt")).unwrap();
@@ -321,7 +321,7 @@ async fn start_reconciling(
     };
     let index = ConsumerIndex::new();
     let store = Arc::new(KubeStore::new(client, None, index.clone()));
-    let running = server::start(config, index, Backend::Kube(store))
+    let running = server::start(config, index, Backend::kube(store))
         .await
         .unwrap();
     let ca = std::fs::read(certs.path().join("ca.crt")).unwrap();
@@ -436,6 +436,43 @@ async fn the_lease_holder_writes_status_and_stops_at_once_when_the_lease_is_lost
         fake.lease("konsumer-leader").unwrap()["spec"]["holderIdentity"],
         "replica-b"
     );
+    s.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_renewal_stops_reconciling_and_leadership_returns_with_the_api_server() {
+    let (s, fake) = start_reconciling(&[], "replica-a").await;
+    let mut leader = s.running.is_leader.clone().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), leader.wait_for(|l| *l))
+        .await
+        .unwrap()
+        .unwrap();
+    // The renewal (every ~1 s with a 2 s lease) fails: this replica cannot know
+    // whether it still holds the lease, so it stops reconciling before it expires.
+    fake.fail_leases(true);
+    let lost_at = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), leader.wait_for(|l| !*l))
+        .await
+        .expect("leadership dropped while the API server fails")
+        .unwrap();
+    assert!(
+        lost_at.elapsed() < Duration::from_secs(2),
+        "dropped within the lease duration: {:?}",
+        lost_at.elapsed()
+    );
+    // It stays a follower while the outage lasts.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!*leader.borrow(), "no leadership without the API server");
+    fake.fail_leases(false);
+    tokio::time::timeout(Duration::from_secs(10), leader.wait_for(|l| *l))
+        .await
+        .expect("leadership back once the lease can be renewed")
+        .unwrap();
+    assert_eq!(
+        fake.lease("konsumer-leader").unwrap()["spec"]["holderIdentity"],
+        "replica-a"
+    );
+    drop(leader);
     s.running.stop().await;
 }
 
