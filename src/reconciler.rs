@@ -10,10 +10,11 @@ pub mod prometheus;
 pub mod workloads;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -208,7 +209,16 @@ impl Reconciler {
                 _ = self.lead() => {}
             }
             self.metrics.leader.set(0);
+            self.forget_gauges();
             tracing::warn!("lost the reconciler lease: stopped reconciling");
+        }
+    }
+
+    /// A follower publishes no per-instance gauges: only the leader's are current.
+    fn forget_gauges(&self) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        for key in known.drain() {
+            self.metrics.set_instances(&key, None);
         }
     }
 
@@ -241,8 +251,15 @@ impl Reconciler {
         let keys: HashSet<String> = consumers.iter().map(|c| c.consumer.key()).collect();
         {
             let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-            for gone in known.difference(&keys) {
-                self.metrics.set_instances(gone, None);
+            let gone: Vec<&String> = known.difference(&keys).collect();
+            if !gone.is_empty() {
+                let mut attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
+                let mut parsed = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+                for key in gone {
+                    self.metrics.set_instances(key, None);
+                    attempts.remove(key);
+                    parsed.remove(key);
+                }
             }
             *known = keys;
         }
@@ -256,17 +273,34 @@ impl Reconciler {
                     w.get(&(ns, name)).map(Vec::as_slice).unwrap_or_default()
                 });
                 let started = Instant::now();
-                let result = self.reconcile(&cached, objects, now).await;
+                // A bug hit by one Consumer must not stop the others (nor every
+                // later pass): the panic is contained, counted and retried.
+                let result = AssertUnwindSafe(self.reconcile(&cached, objects, now))
+                    .catch_unwind()
+                    .await;
                 self.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
-                if let Err(e) = result {
-                    tracing::warn!(consumer = %key, error = %e, "reconcile failed; retrying next pass");
-                    self.metrics
-                        .reconcile_errors
-                        .get_or_create(&ReasonLabel {
-                            reason: "status".into(),
-                        })
-                        .inc();
-                }
+                let reason = match result {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => {
+                        tracing::warn!(consumer = %key, error = %e, "reconcile failed; retrying next pass");
+                        "status"
+                    }
+                    Err(panic) => {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        tracing::error!(consumer = %key, panic = %what, "reconcile panicked (a konsumer bug); retrying next pass");
+                        "panic"
+                    }
+                };
+                self.metrics
+                    .reconcile_errors
+                    .get_or_create(&ReasonLabel {
+                        reason: reason.into(),
+                    })
+                    .inc();
             })
             .await;
     }

@@ -10,5 +10,6 @@ mod fake_apiserver;
 mod kube_mode;
 mod prometheus_client;
 mod prometheus_harness;
+mod reconciler_faults;
 mod support;
 mod workload_fixtures;

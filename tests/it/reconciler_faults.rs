@@ -1,0 +1,109 @@
+//! The reconciler keeps going when one Consumer hits a bug.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use konsumer::api::{Consumer, ConsumerStatus};
+use konsumer::reconciler::WorkloadMap;
+use konsumer::reconciler::prometheus::PromClient;
+use konsumer::reconciler::workloads::WorkloadSource;
+use konsumer::reconciler::{Reconciler, ReconcilerConfig};
+use konsumer::store::{ConsumerIndex, Store, StoreError};
+use konsumer::telemetry::Metrics;
+
+use crate::support::orders_yaml;
+
+/// Panics when asked to write the status of `poisoned`; records the others.
+struct PanickyStore {
+    poisoned: &'static str,
+    written: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl Store for PanickyStore {
+    async fn get(&self, _: &str, _: &str) -> Result<Option<Consumer>, StoreError> {
+        Ok(None)
+    }
+    async fn write_status(
+        &self,
+        _: &str,
+        name: &str,
+        _: &ConsumerStatus,
+    ) -> Result<(), StoreError> {
+        assert_ne!(name, self.poisoned, "a bug in one Consumer's reconcile");
+        self.written.lock().unwrap().push(name.to_string());
+        Ok(())
+    }
+    fn kind(&self) -> &'static str {
+        "panicky"
+    }
+}
+
+struct NoWorkloads;
+
+#[async_trait]
+impl WorkloadSource for NoWorkloads {
+    async fn workloads(&self) -> Result<WorkloadMap, StoreError> {
+        Ok(WorkloadMap::new())
+    }
+}
+
+fn consumer(name: &str) -> Consumer {
+    let mut c: Consumer = serde_saphyr::from_str(&orders_yaml()).unwrap();
+    c.metadata.name = Some(name.into());
+    // Prometheus down: the status still changes (its condition says so).
+    if let Some(p) = c
+        .spec
+        .autoscaler
+        .as_mut()
+        .and_then(|a| a.prometheus.as_mut())
+    {
+        p.address = Some(vec!["http://127.0.0.1:9".into()]);
+    }
+    c
+}
+
+#[tokio::test]
+async fn a_panic_in_one_consumer_is_contained_counted_and_the_others_reconciled() {
+    let index = ConsumerIndex::new();
+    for name in ["alpha", "bravo", "charlie"] {
+        index.upsert(consumer(name));
+    }
+    let store = Arc::new(PanickyStore {
+        poisoned: "bravo",
+        written: Mutex::new(Vec::new()),
+    });
+    let metrics = Arc::new(Metrics::default());
+    let reconciler = Reconciler::new(
+        index,
+        store.clone(),
+        Arc::new(NoWorkloads),
+        PromClient::new(Duration::from_millis(500), metrics.clone()).unwrap(),
+        None,
+        metrics.clone(),
+        ReconcilerConfig {
+            interval: Duration::from_secs(1),
+            query_timeout: Duration::from_millis(500),
+            concurrency: 1,
+            gomemlimit_ratio: 0.8,
+        },
+        Arc::new(jiff::Timestamp::now),
+    );
+    reconciler.pass().await;
+    let mut written = store.written.lock().unwrap().clone();
+    written.sort();
+    assert_eq!(written, ["alpha", "charlie"]);
+    let text = metrics.encode();
+    assert!(
+        text.contains(r#"konsumer_reconcile_errors_total{reason="panic"} 1"#),
+        "{text}"
+    );
+    // The next pass runs too (the poisoned Consumer is retried, not dropped).
+    reconciler.pass().await;
+    assert!(
+        metrics
+            .encode()
+            .contains(r#"konsumer_reconcile_errors_total{reason="panic"} 2"#)
+    );
+}
