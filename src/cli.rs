@@ -65,16 +65,12 @@ pub enum Command {
     Plan(plan::PlanArgs),
 }
 
-pub(crate) fn go_duration_arg(s: &str) -> Result<Duration, String> {
-    go_duration(s)
-}
-
 fn go_duration(s: &str) -> Result<Duration, String> {
     parse_go_duration(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
 /// A duration that must not be zero (intervals, timeouts).
-fn positive_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn positive_duration(s: &str) -> Result<Duration, String> {
     match go_duration(s)? {
         d if d.is_zero() => Err(format!("{s:?} must be greater than 0")),
         d => Ok(d),
@@ -90,7 +86,7 @@ fn positive_count(s: &str) -> Result<usize, String> {
     }
 }
 
-fn ratio(s: &str) -> Result<f64, String> {
+pub(crate) fn ratio(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
     if v > 0.0 && v <= 1.0 {
         Ok(v)

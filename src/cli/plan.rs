@@ -38,16 +38,22 @@ pub struct PlanArgs {
     #[arg(short = 'f', long = "filename", required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    #[arg(
+        short = 'o',
+        long,
+        env = "KONSUMER_OUTPUT",
+        value_enum,
+        default_value = "text"
+    )]
     pub output: Output,
     /// Fraction of a container's memory limit written to GOMEMLIMIT.
-    #[arg(long, env = "KONSUMER_GOMEMLIMIT_RATIO", default_value = "0.8")]
+    #[arg(long, env = "KONSUMER_GOMEMLIMIT_RATIO", default_value = "0.8", value_parser = crate::cli::ratio)]
     pub gomemlimit_ratio: f64,
     /// Do not query Prometheus: show what the status in the file (or the fallback) gives.
-    #[arg(long)]
+    #[arg(long, env = "KONSUMER_PLAN_OFFLINE")]
     pub offline: bool,
     /// Budget of one Prometheus query.
-    #[arg(long, default_value = "5s", value_parser = crate::cli::go_duration_arg)]
+    #[arg(long, env = "KONSUMER_PROMETHEUS_TIMEOUT", default_value = "5s", value_parser = crate::cli::positive_duration)]
     pub prometheus_timeout: std::time::Duration,
 }
 
@@ -133,9 +139,26 @@ pub fn plan(consumer: &Consumer, gomemlimit_ratio: f64) -> anyhow::Result<Consum
     ];
     let mut instances = Vec::new();
     for id in 0..settings.instances() {
-        let mut pod = json!({ "metadata": template.get("metadata").cloned().unwrap_or(json!({})), "spec": template.get("spec").cloned().unwrap_or(json!({})) });
-        pod["metadata"]["labels"][keys::CONSUMER] = json!(settings.name);
-        pod["metadata"]["labels"][keys::INSTANCE] = json!(id.to_string());
+        // The template is opaque: any part of it may have the wrong shape.
+        let mut metadata = template
+            .get("metadata")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let mut labels = metadata
+            .get("labels")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        labels.insert(keys::CONSUMER.into(), json!(settings.name));
+        labels.insert(keys::INSTANCE.into(), json!(id.to_string()));
+        metadata.insert("labels".into(), Value::Object(labels));
+        let spec = template
+            .get("spec")
+            .filter(|s| s.is_object())
+            .cloned()
+            .unwrap_or(json!({}));
+        let mut pod = json!({ "metadata": metadata, "spec": spec });
         let text = pod.to_string();
         let view: Workload = serde_json::from_str(&text).context("deploymentTemplate.template")?;
         let decision = inject::decide_pod(&view, &settings, gomemlimit_ratio)
@@ -245,6 +268,12 @@ pub async fn live_plan(consumer: &Consumer, args: &PlanArgs) -> anyhow::Result<C
         .as_ref()
         .and_then(|s| s.instances.clone())
         .unwrap_or_default();
+    if partitions.is_none() && previous.is_empty() {
+        // As in the reconciler: no recommendation before metrics were ever read.
+        let mut p = plan(consumer, args.gomemlimit_ratio)?;
+        p.metrics = Some(note);
+        return Ok(p);
+    }
     let out = scaling::step(StepInput {
         spec: &spec,
         previous: &previous,
@@ -393,5 +422,57 @@ mod tests {
         assert_eq!(shipper.limits["memory"], "64Mi");
         let text = render_text(&p);
         assert!(text.contains("instance 3  partitions 8,9"), "{text}");
+    }
+
+    #[test]
+    fn a_misshapen_template_is_planned_not_panicked_on() {
+        let (cs, _) = parse_consumers(include_str!("../../tests/fixtures/consumer-orders.yaml"));
+        for (metadata, spec) in [
+            (json!("not-an-object"), json!({"containers": []})),
+            (json!({"labels": ["a", "b"]}), json!({"containers": []})),
+            (json!({"labels": {"team": "data"}}), json!(42)),
+        ] {
+            let mut c = cs[0].clone();
+            c.spec.deployment_template =
+                Some(json!({"template": {"metadata": metadata, "spec": spec}}));
+            let p = plan(&c, 0.8).unwrap_or_else(|e| panic!("{metadata} {spec}: {e}"));
+            assert_eq!(p.instances.len(), 4, "{metadata} {spec}");
+        }
+    }
+
+    #[tokio::test]
+    async fn no_recommendation_when_metrics_were_never_read() {
+        let (cs, _) = parse_consumers(include_str!("../../tests/fixtures/consumer-orders.yaml"));
+        let mut c = cs[0].clone();
+        if let Some(p) = c
+            .spec
+            .autoscaler
+            .as_mut()
+            .and_then(|a| a.prometheus.as_mut())
+        {
+            p.address = Some(vec!["http://127.0.0.1:9".into()]);
+        }
+        let args = PlanArgs {
+            files: vec![],
+            output: Output::Text,
+            gomemlimit_ratio: 0.8,
+            offline: false,
+            prometheus_timeout: std::time::Duration::from_secs(1),
+        };
+        let p = live_plan(&c, &args).await.unwrap();
+        assert!(
+            p.metrics
+                .as_deref()
+                .unwrap_or_default()
+                .contains("Prometheus unavailable"),
+            "{:?}",
+            p.metrics
+        );
+        assert!(
+            p.instances
+                .iter()
+                .all(|i| i.resources_from == "fallback" && i.state.is_none()),
+            "{p:?}"
+        );
     }
 }

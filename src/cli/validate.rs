@@ -25,10 +25,16 @@ pub struct ValidateArgs {
     #[arg(short = 'f', long = "filename", required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    #[arg(
+        short = 'o',
+        long,
+        env = "KONSUMER_OUTPUT",
+        value_enum,
+        default_value = "text"
+    )]
     pub output: Output,
     /// Fail on warnings too.
-    #[arg(long)]
+    #[arg(long, env = "KONSUMER_WARNINGS_AS_ERRORS")]
     pub warnings_as_errors: bool,
 }
 

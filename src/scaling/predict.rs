@@ -105,7 +105,11 @@ fn ceil_to(value: i128, step: i128) -> i128 {
     if step <= 0 {
         return value;
     }
-    value.div_euclid(step) * step + if value.rem_euclid(step) == 0 { 0 } else { step }
+    let up = if value.rem_euclid(step) == 0 { 0 } else { step };
+    value
+        .div_euclid(step)
+        .saturating_mul(step)
+        .saturating_add(up)
 }
 
 fn clamp(value: Milli, min: Option<Milli>, max: Option<Milli>) -> Milli {
@@ -121,7 +125,8 @@ pub fn estimate(spec: &ScalingSpec, load: f64) -> (Milli, Milli, Milli) {
     let request = ceil_to(millis, spec.cpu_increment.0);
     let limit = ceil_to(request, 1000);
     let cores = limit / 1000;
-    let memory = Milli(spec.ram_per_core.0 * cores);
+    // Saturating: absurd rates (a broken exporter) give absurd, capped numbers, not a panic.
+    let memory = Milli(spec.ram_per_core.0.saturating_mul(cores));
     (Milli(request), Milli(limit), memory)
 }
 

@@ -689,3 +689,20 @@ fn stored_recommendations_follow_a_changed_policy() {
         .unwrap();
     assert_eq!(shipper.requests["cpu"].0, "50m");
 }
+
+#[test]
+fn absurd_loads_saturate_instead_of_overflowing() {
+    // A broken exporter reporting 1e300 msg/s, with a large ramPerCore.
+    let s = spec(0.001, "1Ei", Some(("100m", "100M", "2", "400M")));
+    for load in [1e300, f64::INFINITY, f64::MAX, -1.0, f64::NAN] {
+        let (request, limit, memory) = predict::estimate(&s, load);
+        assert!(request <= limit, "{load}: {request:?} {limit:?}");
+        assert!(memory.0 >= 0, "{load}: {memory:?}");
+    }
+    let (_, _, memory) = predict::estimate(&s, 1e300);
+    assert_eq!(memory, Milli(i128::MAX), "saturated");
+    // The caps still apply: the container is held at maxAllowed.
+    let (requests, limits) = predicted(&s, &[(0, 1_000_000_000, 0)]);
+    assert_eq!(limits.cpu, Some(q("2")));
+    assert_eq!(requests.memory, Some(q("400M")));
+}
