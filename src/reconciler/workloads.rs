@@ -38,7 +38,9 @@ fn group(map: &mut WorkloadMap, object: Value, default_namespace: &str) {
 }
 
 /// Kube mode: two label-selected lists per pass (Deployments whole, Pods by
-/// metadata only), in all namespaces or one.
+/// metadata only), in all namespaces or one, served from the apiserver's watch
+/// cache (`resourceVersion=0`) rather than a quorum read from etcd every pass:
+/// the counters tolerate a slightly old view.
 pub struct KubeWorkloads {
     pub client: kube::Client,
     pub namespace: Option<String>,
@@ -47,7 +49,7 @@ pub struct KubeWorkloads {
 #[async_trait]
 impl WorkloadSource for KubeWorkloads {
     async fn workloads(&self) -> Result<WorkloadMap, StoreError> {
-        let params = ListParams::default().labels(keys::CONSUMER);
+        let params = ListParams::default().labels(keys::CONSUMER).match_any();
         let (deployments, pods): (Api<Deployment>, Api<Pod>) = match &self.namespace {
             Some(ns) => (
                 Api::namespaced(self.client.clone(), ns),

@@ -383,6 +383,26 @@ async fn the_lease_holder_writes_status_and_stops_at_once_when_the_lease_is_lost
     })
     .await;
     let status = fake.object("streams", "orders").unwrap()["status"].clone();
+    let lists: Vec<_> = fake
+        .seen()
+        .into_iter()
+        .filter(|r| {
+            r.method == Method::GET
+                && (r.path.ends_with("/deployments") || r.path.ends_with("/pods"))
+        })
+        .collect();
+    assert!(!lists.is_empty());
+    for l in &lists {
+        assert!(
+            l.query.contains("resourceVersion=0")
+                && l.query.contains("resourceVersionMatch=NotOlderThan")
+                && l.query
+                    .contains("labelSelector=konsumerator.lwolf.org%2Fconsumer"),
+            "served from the watch cache, label-selected: {}?{}",
+            l.path,
+            l.query
+        );
+    }
     assert_eq!(status["expected"], 4);
     assert_eq!(
         status["missing"], 3,
