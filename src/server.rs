@@ -83,10 +83,15 @@ impl Running {
         self.health.begin_stop();
         tokio::time::sleep(self.drain_delay).await;
         self.shutdown.cancel();
-        while self.tasks.join_next().await.is_some() {}
-        if let Some(leadership) = self.leadership.take() {
-            leadership.stop(self.grace).await;
-        }
+        // The lease is given up while in-flight requests finish, not after: the
+        // next leader should not wait out the listeners' grace period.
+        let release = async {
+            if let Some(leadership) = self.leadership.take() {
+                leadership.stop(self.grace).await;
+            }
+        };
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        tokio::join!(release, drain);
     }
 
     pub fn shutdown_token(&self) -> CancellationToken {
