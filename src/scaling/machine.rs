@@ -9,7 +9,8 @@
 //!   new lag while pending down).
 //! - SATURATED: the instance lags and the caps cut what it would need.
 //! - Only CPU decides the direction; memory follows. Metrics older than the
-//!   pending period never move the machine.
+//!   pending period never trigger a scale; they end a pending state (nobody
+//!   knows its reason held during the gap).
 
 use std::cmp::Ordering;
 use std::time::Duration;
@@ -145,6 +146,32 @@ pub fn step(
 ) -> Step {
     let mut next = current.clone();
     let mut events = Vec::new();
+    // A pending period means "the reason held all along": without fresh metrics
+    // nobody knows that it did, so the pending state ends instead of completing
+    // the moment metrics come back.
+    let pending = match current.state {
+        ScalingState::PendingScaleUp => Some((Direction::Up, timing.pending_up)),
+        ScalingState::PendingScaleDown => Some((Direction::Down, timing.pending_down)),
+        ScalingState::Running | ScalingState::Saturated => None,
+    };
+    let blind = match signal {
+        None => Some("no metrics for this instance".to_string()),
+        Some(signal) => {
+            let age = age(signal.observed_at, now);
+            pending
+                .filter(|(_, period)| age > *period)
+                .map(|_| format!("the last metrics are {} old", show(age)))
+        }
+    };
+    if let Some(why) = blind {
+        if let Some((direction, _)) = pending {
+            events.push((Event::ScaleCancelled(direction), why));
+            next.state = ScalingState::Running;
+            next.pending = None;
+            next.since = mark(now);
+        }
+        return Step { next, events };
+    }
     let Some(signal) = signal else {
         return Step { next, events };
     };

@@ -216,7 +216,9 @@ pub fn step<'a>(input: StepInput<'a>) -> StepOutput<'a> {
         })
         .collect();
 
-    if input.frozen || input.metrics.is_none() {
+    // Frozen: nothing moves. Without metrics the machine still runs: it ends
+    // pending states (and changes nothing else).
+    if input.frozen {
         let instances = buckets
             .iter()
             .zip(&current)

@@ -572,25 +572,48 @@ fn pending_down_turns_into_pending_up_when_lag_and_load_rise() {
 }
 
 #[test]
-fn stale_or_missing_metrics_never_scale() {
+fn stale_or_missing_metrics_never_scale_and_end_a_pending_state() {
     let mut r = Run::new();
     r.lag_minutes(6);
-    let pending_since = r.since();
+    assert_eq!(r.state(), ScalingState::PendingScaleUp);
     r.advance(10);
-    // Metrics read 6 minutes ago (older than the 5m pending period): hold.
+    // Metrics read 6 minutes ago (older than the 5m pending period): no scale,
+    // and the pending period is over: nobody saw the lag hold through the gap.
     let m = metrics(&[(0, 5000, 5000 * 60 * 15)]);
     let observed = r.now - SignedDuration::from_mins(6);
     let out = r.tick_with(Some(&m), observed, false);
+    assert_eq!(events(&out), [Event::ScaleCancelled(Direction::Up)]);
+    assert!(
+        out.transitions[0].reason.contains("6m0s old"),
+        "{}",
+        out.transitions[0].reason
+    );
+    assert_eq!((r.state(), r.since()), (ScalingState::Running, r.now));
+    assert_eq!(r.cpu().0, "100m", "the recommendation is untouched");
+    // Stale metrics never start a pending period either.
+    let out = r.tick_with(Some(&m), observed, false);
     assert!(out.transitions.is_empty());
+    assert_eq!(r.state(), ScalingState::Running);
+    // Fresh metrics again: the pending period starts over from now.
+    r.advance(1);
+    let out = r.tick_with(Some(&m), r.now, false);
+    assert_eq!(events(&out), [Event::ScalePending(Direction::Up)]);
     assert_eq!(
         (r.state(), r.since()),
-        (ScalingState::PendingScaleUp, pending_since)
+        (ScalingState::PendingScaleUp, r.now)
     );
+    r.advance(4);
+    let out = r.tick(5000, 5000 * 60 * 15);
+    assert!(out.transitions.is_empty(), "4 of 5 minutes: still pending");
+    // No metrics at all while pending: cancelled too, recommendation kept.
+    let out = r.tick_with(None, r.now, false);
+    assert_eq!(events(&out), [Event::ScaleCancelled(Direction::Up)]);
+    assert_eq!(r.state(), ScalingState::Running);
     assert_eq!(r.cpu().0, "100m");
-    // No metrics at all: hold too.
+    // And without metrics a steady instance stays as it is.
     let out = r.tick_with(None, r.now, false);
     assert!(out.transitions.is_empty());
-    assert_eq!(r.state(), ScalingState::PendingScaleUp);
+    assert_eq!(r.state(), ScalingState::Running);
 }
 
 #[test]
