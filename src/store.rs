@@ -6,9 +6,11 @@ pub mod index;
 pub mod kube;
 pub mod local;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
-use crate::api::{Consumer, ConsumerStatus};
+use crate::api::ConsumerStatus;
 
 pub use index::{CachedConsumer, ConsumerIndex};
 
@@ -35,8 +37,11 @@ pub enum StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Reads one Consumer past the cache (a cache miss is re-checked once before a
     /// workload is denied: a Consumer and its workloads are often applied together).
-    /// A Consumer found this way is also put into the index.
-    async fn get(&self, namespace: &str, name: &str) -> Result<Option<Consumer>, StoreError>;
+    async fn get(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<CachedConsumer>>, StoreError>;
 
     /// Records a Consumer's status (the reconciler's output).
     async fn write_status(

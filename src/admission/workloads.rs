@@ -345,7 +345,7 @@ async fn lookup(
         )
     };
     match tokio::time::timeout(budget, state.store.get(namespace, name)).await {
-        Ok(Ok(Some(_))) => state.index.get(namespace, name).ok_or_else(not_found),
+        Ok(Ok(Some(c))) => Ok(c),
         Ok(Ok(None)) => Err(not_found()),
         Ok(Err(e)) => Err(Status::failure(
             503,

@@ -95,16 +95,6 @@ impl ConsumerIndex {
         updated
     }
 
-    /// Inserts a Consumer only if none is cached under its name (a direct read must
-    /// not overwrite a newer version the watch delivered meanwhile).
-    pub fn insert_if_absent(&self, consumer: Consumer) -> Arc<CachedConsumer> {
-        let (ns, name) = names(&consumer);
-        if let Some(existing) = self.get(&ns, &name) {
-            return existing;
-        }
-        self.upsert(consumer)
-    }
-
     pub fn remove(&self, namespace: &str, name: &str) {
         let removed = {
             let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
@@ -215,14 +205,5 @@ mod tests {
         assert!(index.get("a", "gone").is_none());
         assert!(index.get("a", "y").is_some());
         assert!(rx.has_changed().unwrap());
-    }
-
-    #[test]
-    fn insert_if_absent_does_not_overwrite() {
-        let index = ConsumerIndex::new();
-        index.upsert(consumer("a", "x", 3));
-        index.insert_if_absent(consumer("a", "x", 9));
-        let got = index.get("a", "x").unwrap();
-        assert_eq!(got.settings.as_ref().unwrap().num_partitions(), 3);
     }
 }

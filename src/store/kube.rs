@@ -1,7 +1,9 @@
 //! Kube mode: Consumers from a watch (all namespaces or one), status written through
 //! the status subresource with server-side apply.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -10,16 +12,26 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use super::{ConsumerIndex, Store, StoreError};
+use super::{CachedConsumer, ConsumerIndex, Store, StoreError};
 use crate::api::{Consumer, ConsumerStatus, GROUP, VERSION_V1};
 
 /// Field manager of every write konsumer makes.
 pub const FIELD_MANAGER: &str = "konsumer";
 
+/// How long a Consumer read past the cache answers further misses (the Pods of a
+/// new Deployment arrive together, before the watch delivers their Consumer).
+pub const DIRECT_READ_TTL: Duration = Duration::from_secs(5);
+
+type Direct = HashMap<(String, String), (Instant, Arc<CachedConsumer>)>;
+
 pub struct KubeStore {
     client: Client,
     namespace: Option<String>,
     index: Arc<ConsumerIndex>,
+    /// Direct reads, kept apart from the index: the index follows the watch only,
+    /// so a read that raced a deletion cannot bring a deleted Consumer back for
+    /// good; at worst it answers for `DIRECT_READ_TTL`.
+    direct: Mutex<Direct>,
 }
 
 impl KubeStore {
@@ -29,6 +41,7 @@ impl KubeStore {
             client,
             namespace,
             index,
+            direct: Mutex::new(HashMap::new()),
         }
     }
 
@@ -51,6 +64,7 @@ impl KubeStore {
     ) -> tokio::task::JoinHandle<()> {
         let api = self.watched();
         let index = self.index.clone();
+        let this = self.clone();
         tokio::spawn(async move {
             let stream = watcher(api, watcher::Config::default()).default_backoff();
             futures::pin_mut!(stream);
@@ -70,6 +84,7 @@ impl KubeStore {
                         tracing::info!(consumers = consumers.len(), "Consumer cache synced");
                         index.replace_all(consumers);
                         index.mark_synced();
+                        this.forget_direct(None);
                     }
                     Some(Ok(watcher::Event::Apply(c))) => {
                         tracing::debug!(consumer = %c.key(), "Consumer changed");
@@ -77,7 +92,9 @@ impl KubeStore {
                     }
                     Some(Ok(watcher::Event::Delete(c))) => {
                         tracing::debug!(consumer = %c.key(), "Consumer deleted");
-                        index.remove(&c.namespace().unwrap_or_default(), &c.name_any());
+                        let (ns, name) = (c.namespace().unwrap_or_default(), c.name_any());
+                        index.remove(&ns, &name);
+                        this.forget_direct(Some((ns, name)));
                     }
                     Some(Err(e)) => tracing::warn!(error = %e, "Consumer watch failed; retrying"),
                     None => break,
@@ -87,18 +104,53 @@ impl KubeStore {
     }
 }
 
+impl KubeStore {
+    /// Drops one direct read (its Consumer was deleted), or all (a relist).
+    fn forget_direct(&self, key: Option<(String, String)>) {
+        let mut direct = self.direct.lock().unwrap_or_else(|e| e.into_inner());
+        match key {
+            Some(key) => {
+                direct.remove(&key);
+            }
+            None => direct.clear(),
+        }
+    }
+
+    fn recent_direct(&self, key: &(String, String)) -> Option<Arc<CachedConsumer>> {
+        let direct = self.direct.lock().unwrap_or_else(|e| e.into_inner());
+        direct
+            .get(key)
+            .filter(|(at, _)| at.elapsed() < DIRECT_READ_TTL)
+            .map(|(_, c)| c.clone())
+    }
+}
+
 #[async_trait]
 impl Store for KubeStore {
-    async fn get(&self, namespace: &str, name: &str) -> Result<Option<Consumer>, StoreError> {
+    async fn get(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<CachedConsumer>>, StoreError> {
         if self.namespace.as_deref().is_some_and(|ns| ns != namespace) {
             return Ok(None);
         }
-        let api: Api<Consumer> = Api::namespaced(self.client.clone(), namespace);
-        let found = api.get_opt(name).await?;
-        if let Some(c) = &found {
-            self.index.insert_if_absent(c.clone());
+        if let Some(c) = self.index.get(namespace, name) {
+            return Ok(Some(c));
         }
-        Ok(found)
+        let key = (namespace.to_string(), name.to_string());
+        if let Some(c) = self.recent_direct(&key) {
+            return Ok(Some(c));
+        }
+        let api: Api<Consumer> = Api::namespaced(self.client.clone(), namespace);
+        let Some(found) = api.get_opt(name).await? else {
+            return Ok(None);
+        };
+        let cached = Arc::new(CachedConsumer::new(found));
+        let mut direct = self.direct.lock().unwrap_or_else(|e| e.into_inner());
+        direct.retain(|_, (at, _)| at.elapsed() < DIRECT_READ_TTL);
+        direct.insert(key, (Instant::now(), cached.clone()));
+        Ok(Some(cached))
     }
 
     async fn write_status(

@@ -12,7 +12,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::{ConsumerIndex, Store, StoreError};
+use super::{CachedConsumer, ConsumerIndex, Store, StoreError};
 use crate::api::{Consumer, ConsumerStatus, GROUP};
 
 const STATUS: TableDefinition<&str, &[u8]> = TableDefinition::new("consumer_status");
@@ -409,7 +409,11 @@ impl LocalStore {
 
 #[async_trait]
 impl Store for LocalStore {
-    async fn get(&self, namespace: &str, name: &str) -> Result<Option<Consumer>, StoreError> {
+    async fn get(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<CachedConsumer>>, StoreError> {
         // The file may have been written a moment ago, before the watcher fired:
         // read the directory again, but at most once per MISS_RESCAN_EVERY, so that
         // a stream of requests for an unknown Consumer does not re-parse every file
@@ -425,10 +429,7 @@ impl Store for LocalStore {
         if due {
             self.rescan().await?;
         }
-        Ok(self
-            .index
-            .get(namespace, name)
-            .map(|c| (*c.consumer).clone()))
+        Ok(self.index.get(namespace, name))
     }
 
     async fn write_status(

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::StreamExt;
 use konsumer::admission::{self, Admission, AdmissionConfig};
-use konsumer::api::{Consumer, ConsumerStatus};
+use konsumer::api::ConsumerStatus;
 use konsumer::server::{listener, tls};
-use konsumer::store::{ConsumerIndex, Store, StoreError};
+use konsumer::store::{CachedConsumer, ConsumerIndex, Store, StoreError};
 use konsumer::telemetry::Metrics;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -176,7 +176,7 @@ struct SlowStore;
 
 #[async_trait]
 impl Store for SlowStore {
-    async fn get(&self, _: &str, _: &str) -> Result<Option<Consumer>, StoreError> {
+    async fn get(&self, _: &str, _: &str) -> Result<Option<Arc<CachedConsumer>>, StoreError> {
         tokio::time::sleep(Duration::from_secs(60)).await;
         Ok(None)
     }

@@ -176,6 +176,17 @@ impl FakeApiServer {
         }
     }
 
+    /// Deletes a Consumer (as `kubectl delete` would) and tells the watchers.
+    pub fn delete(&self, namespace: &str, name: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.resource_version += 1;
+        let rv = state.resource_version.to_string();
+        if let Some(mut gone) = state.consumers.remove(&(namespace.into(), name.into())) {
+            gone["metadata"]["resourceVersion"] = json!(rv);
+            broadcast(&mut state, "DELETED", &gone);
+        }
+    }
+
     /// Stores a Consumer without telling the watchers (it was created "just now").
     pub fn insert_unwatched(&self, mut consumer: Value) {
         let mut state = self.state.lock().unwrap();

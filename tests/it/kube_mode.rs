@@ -177,6 +177,29 @@ async fn a_cache_miss_is_read_once_from_the_api_server_then_cached() {
         1,
         "the second request is served from the cache"
     );
+    assert!(
+        s.running.index.get("streams", "payments").is_none(),
+        "the index follows the watch only: a direct read cannot outlive a deletion there"
+    );
+
+    // Deleted: the watch's DELETED event also ends the direct read's answer.
+    s.fake.delete("streams", "payments");
+    let mut denied = false;
+    for _ in 0..50 {
+        let review = s
+            .review(fixture_bytes("deployment-create-unknown-consumer"))
+            .await;
+        if review["response"]["allowed"] == false {
+            denied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(denied, "a deleted Consumer is not served");
+    assert!(
+        s.direct_reads("payments") >= 2,
+        "asked the API server again after the deletion"
+    );
     s.running.stop().await;
 }
 

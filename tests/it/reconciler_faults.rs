@@ -9,7 +9,7 @@ use konsumer::reconciler::WorkloadMap;
 use konsumer::reconciler::prometheus::PromClient;
 use konsumer::reconciler::workloads::WorkloadSource;
 use konsumer::reconciler::{Reconciler, ReconcilerConfig};
-use konsumer::store::{ConsumerIndex, Store, StoreError};
+use konsumer::store::{CachedConsumer, ConsumerIndex, Store, StoreError};
 use konsumer::telemetry::Metrics;
 
 use crate::support::orders_yaml;
@@ -22,7 +22,7 @@ struct PanickyStore {
 
 #[async_trait]
 impl Store for PanickyStore {
-    async fn get(&self, _: &str, _: &str) -> Result<Option<Consumer>, StoreError> {
+    async fn get(&self, _: &str, _: &str) -> Result<Option<Arc<CachedConsumer>>, StoreError> {
         Ok(None)
     }
     async fn write_status(
