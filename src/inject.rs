@@ -60,14 +60,6 @@ fn explicit_hints<'m>(meta: Option<&'m Meta<'_>>) -> Hints<'m> {
     }
 }
 
-fn has_explicit(h: &Hints<'_>) -> bool {
-    h.instance_label.is_some()
-        || h.instance_annotation.is_some()
-        || h.consumer_id_annotation.is_some()
-        || h.pod_index_label.is_some()
-        || h.job_completion_index_annotation.is_some()
-}
-
 fn resolve<'s>(
     hints: &Hints<'_>,
     settings: &'s ConsumerSettings,
@@ -160,10 +152,10 @@ pub fn decide_deployment(
     let meta = dep.metadata.as_ref();
     let template = dep.spec.as_ref().and_then(|s| s.template.as_ref());
     let template_meta = template.and_then(|t| t.metadata.as_ref());
-    let mut hints = explicit_hints(meta);
-    if !has_explicit(&hints) {
-        hints = explicit_hints(template_meta);
-    }
+    // Rule by rule over both places (the Deployment's own metadata first): an
+    // instance label in the pod template outranks a consumer-id annotation on the
+    // Deployment, which may be konsumer's own from an earlier admission.
+    let mut hints = explicit_hints(meta).or(explicit_hints(template_meta));
     hints.deployment_name = meta.and_then(|m| m.name.as_ref()).map(|n| n.as_str());
     let (plan, found_by) = resolve(&hints, settings, "Deployment")?;
     let source = plan.source;

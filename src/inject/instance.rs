@@ -53,6 +53,22 @@ pub struct Hints<'a> {
     pub deployment_name: Option<&'a str>,
 }
 
+impl<'a> Hints<'a> {
+    /// Each hint from `self`, else from `other`.
+    pub fn or(self, other: Hints<'a>) -> Hints<'a> {
+        Hints {
+            instance_label: self.instance_label.or(other.instance_label),
+            instance_annotation: self.instance_annotation.or(other.instance_annotation),
+            consumer_id_annotation: self.consumer_id_annotation.or(other.consumer_id_annotation),
+            pod_index_label: self.pod_index_label.or(other.pod_index_label),
+            job_completion_index_annotation: self
+                .job_completion_index_annotation
+                .or(other.job_completion_index_annotation),
+            deployment_name: self.deployment_name.or(other.deployment_name),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InstanceError {
     /// A rule matched but its value is not an ordinal.

@@ -248,6 +248,39 @@ fn deployment_template_gets_annotations_so_its_pods_resolve() {
     assert!(pd.mutation.ops.is_empty(), "{:?}", pd.mutation.ops);
 }
 
+#[test]
+fn deployment_hints_are_ranked_rule_by_rule_across_metadata_and_template() {
+    let s = orders();
+    let decide = |dep: Value| {
+        let text = dep.to_string();
+        let view: Workload = serde_json::from_str(&text).unwrap();
+        let d = decide_deployment(&view, &s, 0.8).unwrap();
+        (d.instance, d.found_by)
+    };
+    // The Deployment carries konsumer's own consumer-id from an earlier admission;
+    // the user moved it to instance 1 with a label in the pod template.
+    let dep = json!({
+        "metadata": {"name": "orders-3",
+                     "labels": {"konsumerator.lwolf.org/consumer": "orders"},
+                     "annotations": {"konsumerator.lwolf.org/consumer-id": "3"}},
+        "spec": {"template": {"metadata": {"labels": {"konsumerator.lwolf.org/consumer": "orders",
+                                                      "konsumerator.lwolf.org/instance": "1"}},
+                              "spec": {"containers": [{"name": "consumer"}]}}}
+    });
+    assert_eq!(decide(dep.clone()), (1, Source::InstanceLabel));
+    // The same rule in both places: the Deployment's own metadata first.
+    let mut both = dep.clone();
+    both["metadata"]["labels"]["konsumerator.lwolf.org/instance"] = json!("2");
+    assert_eq!(decide(both), (2, Source::InstanceLabel));
+    // Only lower rules: consumer-id (rule 2) outranks the name (rule 5).
+    let mut lower = dep;
+    lower["spec"]["template"]["metadata"]["labels"]
+        .as_object_mut()
+        .unwrap()
+        .remove("konsumerator.lwolf.org/instance");
+    assert_eq!(decide(lower), (3, Source::ConsumerIdAnnotation));
+}
+
 // ---- property tests over arbitrary pod specs ----
 
 const NAMES: &[&str] = &[
