@@ -359,6 +359,16 @@ async fn start_reconciling(
     (server, fake)
 }
 
+/// This replica's leadership signal, once it leads.
+async fn leading(s: &KubeServer) -> tokio::sync::watch::Receiver<bool> {
+    let mut leader = s.running.is_leader.clone().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), leader.wait_for(|l| *l))
+        .await
+        .expect("leading within 10 s")
+        .unwrap();
+    leader
+}
+
 fn unreachable_prometheus(mut c: Value) -> Value {
     // A closed loopback port: Prometheus is down.
     c["spec"]["autoscaler"]["prometheus"]["address"] = json!(["http://127.0.0.1:9"]);
@@ -386,11 +396,7 @@ async fn the_lease_holder_writes_status_and_stops_at_once_when_the_lease_is_lost
         "spec": {"selector": {"matchLabels": {"app": "orders"}},
                  "template": {"metadata": {"labels": {"app": "orders"}}, "spec": {"containers": [{"name": "consumer", "image": "x"}]}}}
     }));
-    let mut leader = s.running.is_leader.clone().unwrap();
-    tokio::time::timeout(Duration::from_secs(10), leader.wait_for(|l| *l))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut leader = leading(&s).await;
     let lease = fake.lease("konsumer-leader").unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "replica-a");
     assert_eq!(lease["metadata"]["namespace"], "konsumer-system");
@@ -485,11 +491,7 @@ async fn the_lease_holder_writes_status_and_stops_at_once_when_the_lease_is_lost
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_renewal_stops_reconciling_and_leadership_returns_with_the_api_server() {
     let (s, fake) = start_reconciling(&[], "replica-a").await;
-    let mut leader = s.running.is_leader.clone().unwrap();
-    tokio::time::timeout(Duration::from_secs(10), leader.wait_for(|l| *l))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut leader = leading(&s).await;
     // The renewal (every ~1 s with a 2 s lease) fails: this replica cannot know
     // whether it still holds the lease, so it stops reconciling before it expires.
     fake.fail_leases(true);
@@ -522,11 +524,7 @@ async fn a_failed_renewal_stops_reconciling_and_leadership_returns_with_the_api_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lease_is_released_on_shutdown() {
     let (s, fake) = start_reconciling(&[], "replica-a").await;
-    let mut leader = s.running.is_leader.clone().unwrap();
-    tokio::time::timeout(Duration::from_secs(10), leader.wait_for(|l| *l))
-        .await
-        .unwrap()
-        .unwrap();
+    let leader = leading(&s).await;
     drop(leader);
     s.running.stop().await;
     let lease = fake.lease("konsumer-leader").unwrap();
