@@ -132,20 +132,38 @@ pub async fn read_metrics(
             .issues
             .extend(r.issues.iter().map(|i| format!("{name}: {i}")));
     }
+    // A partition has data when both production and lag are known: a missing lag
+    // is not "no lag" (a lag exporter that is down must not look caught up).
+    // Consumption is informational; without it the rate reads 0.
+    let mut without_lag = 0;
     for (partition, rate) in &production.values {
+        let Some(messages_behind) = behind.values.get(partition) else {
+            without_lag += 1;
+            continue;
+        };
         snapshot.partitions.insert(
             *partition,
             PartitionState {
                 production_rate: *rate as i64,
                 consumption_rate: consumption.values.get(partition).copied().unwrap_or(0.0) as i64,
-                messages_behind: behind
-                    .values
-                    .get(partition)
-                    .copied()
-                    .unwrap_or(0.0)
-                    .max(0.0) as i64,
+                messages_behind: messages_behind.max(0.0) as i64,
             },
         );
+    }
+    let without_production = behind
+        .values
+        .keys()
+        .filter(|p| !production.values.contains_key(p))
+        .count();
+    if without_lag > 0 {
+        snapshot.issues.push(format!(
+            "offset: no value for {without_lag} partitions that have a production rate (counted as without data)"
+        ));
+    }
+    if without_production > 0 {
+        snapshot.issues.push(format!(
+            "production: no value for {without_production} partitions that have a lag (counted as without data)"
+        ));
     }
     Ok(snapshot)
 }

@@ -280,6 +280,7 @@ pub async fn live_plan(consumer: &Consumer, args: &PlanArgs) -> anyhow::Result<C
         metrics: partitions.as_ref().map(|p| StepMetrics {
             partitions: p,
             observed_at: now,
+            failing: false,
         }),
         frozen: autoscaler_disabled(consumer),
         now,

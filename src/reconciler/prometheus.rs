@@ -295,6 +295,42 @@ pub fn parse_response(
     }
 }
 
+/// `address` as it may be shown in logs, metrics and the status: without a
+/// user name, password, query or fragment (credentials in the URL are the only
+/// way to authenticate to Prometheus today).
+pub fn redact(address: &str) -> String {
+    match reqwest::Url::parse(address) {
+        Ok(mut url) => {
+            if url.username().is_empty()
+                && url.password().is_none()
+                && url.query().is_none()
+                && url.fragment().is_none()
+            {
+                return address.to_string();
+            }
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.set_query(None);
+            url.set_fragment(None);
+            let shown = url.to_string();
+            // The URL form adds a root "/" the user did not write.
+            let wrote_root = address
+                .split(['?', '#'])
+                .next()
+                .is_some_and(|base| base.ends_with('/'));
+            match shown.strip_suffix('/') {
+                Some(trimmed) if url.path() == "/" && !wrote_root => trimmed.to_string(),
+                _ => shown,
+            }
+        }
+        // Not a URL: show the part before any '@' (a user-info-looking prefix) only.
+        Err(_) => match address.rsplit_once('@') {
+            Some((_, host)) => format!("<redacted>@{host}"),
+            None => address.to_string(),
+        },
+    }
+}
+
 /// `error sending request: dns error: failed to lookup address ...`: reqwest's
 /// own message hides the cause.
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -366,7 +402,7 @@ impl PromClient {
         })
     }
 
-    /// Runs `query` on every address at once; the first success wins.
+    /// Runs `query` on every address at once; the first success with data wins.
     pub async fn query(
         &self,
         addresses: &[String],
@@ -383,12 +419,19 @@ impl PromClient {
             .map(|a| self.query_one(a, query, partition_label, partitions, at))
             .collect();
         let mut errors = Vec::new();
+        // An empty answer (a Prometheus that lost its targets, a fresh replica)
+        // wins only when no other address has data.
+        let mut empty = None;
         while let Some(result) = attempts.next().await {
             match result {
                 // Dropping the other attempts cancels them.
-                Ok(r) => return Ok(r),
+                Ok(r) if !r.values.is_empty() => return Ok(r),
+                Ok(r) => empty = Some(r),
                 Err(e) => errors.push(e),
             }
+        }
+        if let Some(r) = empty {
+            return Ok(r);
         }
         Err(if errors.len() == 1 {
             errors.remove(0)
@@ -405,16 +448,17 @@ impl PromClient {
         partitions: u32,
         at: Timestamp,
     ) -> Result<QueryResult, PromError> {
-        let label = self.labels.label(address);
+        let shown = redact(address);
+        let label = self.labels.label(&shown);
         let started = Instant::now();
         let result = tokio::time::timeout(
             self.timeout,
-            self.fetch(address, query, partition_label, partitions, at),
+            self.fetch(address, &shown, query, partition_label, partitions, at),
         )
         .await
         .unwrap_or_else(|_| {
             Err(PromError::Timeout {
-                address: address.to_string(),
+                address: shown.clone(),
                 timeout: self.timeout,
             })
         });
@@ -424,9 +468,11 @@ impl PromClient {
         result
     }
 
+    /// `shown`: the address as errors may show it (`redact`).
     async fn fetch(
         &self,
         address: &str,
+        shown: &str,
         query: &str,
         partition_label: &str,
         partitions: u32,
@@ -436,8 +482,9 @@ impl PromClient {
         let time = format!("{:.3}", at.as_millisecond() as f64 / 1000.0);
         let form = [("query", query), ("time", time.as_str())];
         let transport = |e: reqwest::Error| PromError::Transport {
-            address: address.to_string(),
-            message: error_chain(&e),
+            address: shown.to_string(),
+            // reqwest's message carries the URL, credentials included.
+            message: error_chain(&e.without_url()),
         };
         let mut response = self
             .http
@@ -460,7 +507,7 @@ impl PromClient {
         while let Some(chunk) = response.chunk().await.map_err(transport)? {
             if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
                 return Err(PromError::Decode {
-                    address: address.to_string(),
+                    address: shown.to_string(),
                     message: format!(
                         "the answer is larger than {} MiB; aggregate the query by partition",
                         MAX_RESPONSE_BYTES >> 20
@@ -472,7 +519,7 @@ impl PromClient {
         match parse_response(&body, partition_label, partitions) {
             Ok(result) if (200..300).contains(&status) => Ok(result),
             Ok(_) => Err(PromError::Api {
-                address: address.to_string(),
+                address: shown.to_string(),
                 status,
                 error_type: "http".into(),
                 message: "success payload with an error status".into(),
@@ -480,18 +527,18 @@ impl PromClient {
             Err((error_type, _)) if error_type == "decode" && !(200..300).contains(&status) => {
                 let text = String::from_utf8_lossy(&body);
                 Err(PromError::Api {
-                    address: address.to_string(),
+                    address: shown.to_string(),
                     status,
                     error_type: "http".into(),
                     message: text.chars().take(200).collect(),
                 })
             }
             Err((error_type, message)) if error_type == "decode" => Err(PromError::Decode {
-                address: address.to_string(),
+                address: shown.to_string(),
                 message,
             }),
             Err((error_type, message)) => Err(PromError::Api {
-                address: address.to_string(),
+                address: shown.to_string(),
                 status,
                 error_type,
                 message,
@@ -577,6 +624,21 @@ mod tests {
         #[test]
         fn arbitrary_bodies_never_panic(body in "\\PC{0,200}") {
             let _ = parse(&body);
+        }
+    }
+
+    #[test]
+    fn shown_addresses_carry_no_credentials() {
+        for (written, shown) in [
+            ("http://prom:9090", "http://prom:9090"),
+            ("http://prom:9090/", "http://prom:9090/"),
+            ("http://u:p@prom:9090", "http://prom:9090"),
+            ("https://u:p@prom:9090/prefix", "https://prom:9090/prefix"),
+            ("http://prom:9090/?token=abc", "http://prom:9090/"),
+            ("http://u@prom:9090/x?token=abc#f", "http://prom:9090/x"),
+            ("not a url with user:pw@host", "<redacted>@host"),
+        ] {
+            assert_eq!(redact(written), shown, "{written}");
         }
     }
 }

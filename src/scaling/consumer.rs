@@ -122,7 +122,35 @@ pub fn reconcile(input: ConsumerInput<'_>) -> ConsumerOutput {
             );
         }
         Ok(Some(spec)) => {
-            let (metrics, observed_at) = match &input.refresh {
+            let last_good = previous.last_sync_time.as_ref().map_or(now, |t| t.0);
+            let was_failing = previous
+                .conditions
+                .as_ref()
+                .and_then(|c| c.iter().find(|c| c.type_ == METRICS_AVAILABLE))
+                .is_some_and(|c| c.status == "False");
+            // (metrics, when they were read, whether the latest read failed)
+            let (metrics, observed_at, failing) = match &input.refresh {
+                Some(Refresh::Read { partitions, issues }) if partitions.is_empty() => {
+                    // An answer without one partition with data (an exporter
+                    // restart, a Prometheus that lost its targets) is no reading:
+                    // the last good metrics stay.
+                    let mut message =
+                        "Prometheus answered, but no partition has both a production rate and a lag"
+                            .to_string();
+                    if !issues.is_empty() {
+                        message = short(format!("{message}: {}", issues.join("; ")));
+                    }
+                    status::set_condition(
+                        &mut conditions,
+                        METRICS_AVAILABLE,
+                        false,
+                        "NoData",
+                        message,
+                        generation,
+                        now,
+                    );
+                    (input.cached_metrics, last_good, true)
+                }
                 Some(Refresh::Read { partitions, issues }) => {
                     let message = if issues.is_empty() {
                         format!("{} partitions with data", partitions.len())
@@ -143,7 +171,7 @@ pub fn reconcile(input: ConsumerInput<'_>) -> ConsumerOutput {
                         now,
                     );
                     sync = Some((sync_state(partitions), Time(now)));
-                    (Some(partitions), now)
+                    (Some(partitions), now, false)
                 }
                 Some(Refresh::Failed(error)) => {
                     status::set_condition(
@@ -155,15 +183,9 @@ pub fn reconcile(input: ConsumerInput<'_>) -> ConsumerOutput {
                         generation,
                         now,
                     );
-                    (
-                        input.cached_metrics,
-                        previous.last_sync_time.as_ref().map_or(now, |t| t.0),
-                    )
+                    (input.cached_metrics, last_good, true)
                 }
-                None => (
-                    input.cached_metrics,
-                    previous.last_sync_time.as_ref().map_or(now, |t| t.0),
-                ),
+                None => (input.cached_metrics, last_good, was_failing),
             };
             let frozen = autoscaler_disabled(consumer);
             let prev_instances = previous.instances.as_deref().unwrap_or_default();
@@ -185,6 +207,7 @@ pub fn reconcile(input: ConsumerInput<'_>) -> ConsumerOutput {
                     metrics: metrics.map(|partitions| Metrics {
                         partitions,
                         observed_at,
+                        failing,
                     }),
                     frozen,
                     now,
@@ -392,6 +415,25 @@ mod tests {
         let out = run(&c, None, later);
         assert!(out.status.is_none(), "{:?}", out.status);
         assert!(out.transitions.is_empty());
+    }
+
+    #[test]
+    fn an_answer_without_data_keeps_the_last_good_metrics() {
+        let now: Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
+        let mut c = orders();
+        c.status = run(&c, Some(quiet()), now).status;
+        let before = c.status.clone().unwrap();
+        let later: Timestamp = "2026-11-22T12:01:00Z".parse().unwrap();
+        let empty = Refresh::Read {
+            partitions: BTreeMap::new(),
+            issues: vec!["offset: no value for 10 partitions".into()],
+        };
+        let s = run(&c, Some(empty), later).status.unwrap();
+        assert_eq!(s.last_sync_state, before.last_sync_state);
+        assert_eq!(s.last_sync_time, before.last_sync_time);
+        let m = condition(&s, METRICS_AVAILABLE);
+        assert_eq!((m.status.as_str(), m.reason.as_str()), ("False", "NoData"));
+        assert!(m.message.contains("offset: no value"), "{}", m.message);
     }
 
     #[test]

@@ -9,8 +9,10 @@
 //!   new lag while pending down).
 //! - SATURATED: the instance lags and the caps cut what it would need.
 //! - Only CPU decides the direction; memory follows. Metrics older than the
-//!   pending period never trigger a scale; they end a pending state (nobody
-//!   knows its reason held during the gap).
+//!   pending period never trigger a scale; while Prometheus fails they end a
+//!   pending state (nobody knows its reason held during the gap).
+//! - Scale-down needs lag data for every partition of the instance: missing lag
+//!   is not "no lag".
 
 use std::cmp::Ordering;
 use std::time::Duration;
@@ -89,8 +91,13 @@ pub struct Signal<'a> {
     pub lagging: bool,
     /// The largest lag of the instance's partitions, in seconds.
     pub max_lag_seconds: f64,
+    /// Every partition of the instance has data (production and lag): only then
+    /// can "no lag" be trusted for a scale-down.
+    pub complete: bool,
     /// When the metrics were read.
     pub observed_at: Timestamp,
+    /// The latest read failed; these are the last good metrics.
+    pub failing: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -154,14 +161,20 @@ pub fn step(
         ScalingState::PendingScaleDown => Some((Direction::Down, timing.pending_down)),
         ScalingState::Running | ScalingState::Saturated => None,
     };
+    // (Metrics between two reads age up to minSyncPeriod; that is no reason to
+    // cancel. A read that fails is.)
     let blind = match signal {
         None => Some("no metrics for this instance".to_string()),
-        Some(signal) => {
+        Some(signal) if signal.failing => {
             let age = age(signal.observed_at, now);
-            pending
-                .filter(|(_, period)| age > *period)
-                .map(|_| format!("the last metrics are {} old", show(age)))
+            pending.filter(|(_, period)| age > *period).map(|_| {
+                format!(
+                    "Prometheus has not answered with data since the last metrics, {} ago",
+                    show(age)
+                )
+            })
         }
+        Some(_) => None,
     };
     if let Some(why) = blind {
         if let Some((direction, _)) = pending {
@@ -233,7 +246,7 @@ pub fn step(
             next.since = mark(now);
         }
         ScalingState::PendingScaleDown => {
-            if cmp == Ordering::Less && !lagging {
+            if cmp == Ordering::Less && !lagging && signal.complete {
                 if elapsed(current.since, now) >= timing.pending_down {
                     next.recommendation = target.targets.clone();
                     next.pending = None;
@@ -256,6 +269,8 @@ pub fn step(
             }
             let why = if lagging {
                 "a lag appeared".to_string()
+            } else if !signal.complete {
+                "some partitions have no lag data".to_string()
             } else {
                 format!(
                     "the prediction ({}) is no longer below the recommendation ({})",
@@ -291,7 +306,7 @@ pub fn step(
                 ),
             ));
         }
-        (Ordering::Less, false) => {
+        (Ordering::Less, false) if signal.complete => {
             if next.state == ScalingState::Saturated {
                 events.push((Event::Unsaturated, "the lag is gone".into()));
             }

@@ -36,6 +36,9 @@ pub struct Transition {
 pub struct Metrics<'a> {
     pub partitions: &'a BTreeMap<u32, PartitionState>,
     pub observed_at: Timestamp,
+    /// The latest read failed: these are the last good metrics, and pending
+    /// states end once they are older than their pending period.
+    pub failing: bool,
 }
 
 pub struct StepInput<'a> {
@@ -232,6 +235,7 @@ pub fn step<'a>(input: StepInput<'a>) -> StepOutput<'a> {
         };
     }
     let observed_at = input.metrics.map_or(now, |m| m.observed_at);
+    let failing = input.metrics.is_some_and(|m| m.failing);
 
     let mut predictions: Vec<Option<Prediction>> = observations
         .iter()
@@ -255,7 +259,11 @@ pub fn step<'a>(input: StepInput<'a>) -> StepOutput<'a> {
             target,
             lagging: lagging[id],
             max_lag_seconds: observations[id].as_ref().map_or(0.0, |o| o.max_lag_seconds),
+            complete: observations[id]
+                .as_ref()
+                .is_some_and(|o| o.partitions_without_data == 0),
             observed_at,
+            failing,
         });
         let machine::Step { next, events } = machine::step(timing, cur, signal.as_ref(), now);
         let mut from = cur.state;

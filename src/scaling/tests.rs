@@ -296,6 +296,8 @@ struct Run {
     spec: ScalingSpec,
     status: Vec<InstanceStatus>,
     now: Timestamp,
+    /// The metrics handed to the next ticks are the last good ones of a failing Prometheus.
+    failing: bool,
 }
 
 impl Run {
@@ -306,6 +308,7 @@ impl Run {
             spec,
             status: Vec::new(),
             now: "2026-11-22T12:00:00Z".parse().unwrap(),
+            failing: false,
         }
     }
 
@@ -331,6 +334,7 @@ impl Run {
             metrics: m.map(|partitions| Metrics {
                 partitions,
                 observed_at,
+                failing: self.failing,
             }),
             frozen,
             now: self.now,
@@ -572,19 +576,30 @@ fn pending_down_turns_into_pending_up_when_lag_and_load_rise() {
 }
 
 #[test]
-fn stale_or_missing_metrics_never_scale_and_end_a_pending_state() {
+fn stale_metrics_never_scale_and_a_failing_prometheus_ends_a_pending_state() {
     let mut r = Run::new();
     r.lag_minutes(6);
     assert_eq!(r.state(), ScalingState::PendingScaleUp);
+    let pending_since = r.since();
     r.advance(10);
-    // Metrics read 6 minutes ago (older than the 5m pending period): no scale,
-    // and the pending period is over: nobody saw the lag hold through the gap.
     let m = metrics(&[(0, 5000, 5000 * 60 * 15)]);
     let observed = r.now - SignedDuration::from_mins(6);
+    // Metrics read 6 minutes ago, not yet due again (a minSyncPeriod longer than
+    // the pending period): no scale on them, and no reason to cancel either.
+    let out = r.tick_with(Some(&m), observed, false);
+    assert!(out.transitions.is_empty());
+    assert_eq!(
+        (r.state(), r.since()),
+        (ScalingState::PendingScaleUp, pending_since)
+    );
+    assert_eq!(r.cpu().0, "100m");
+    // The same metrics while Prometheus fails: nobody saw the lag hold through
+    // the gap, so the pending period ends.
+    r.failing = true;
     let out = r.tick_with(Some(&m), observed, false);
     assert_eq!(events(&out), [Event::ScaleCancelled(Direction::Up)]);
     assert!(
-        out.transitions[0].reason.contains("6m0s old"),
+        out.transitions[0].reason.contains("6m0s ago"),
         "{}",
         out.transitions[0].reason
     );
@@ -595,6 +610,7 @@ fn stale_or_missing_metrics_never_scale_and_end_a_pending_state() {
     assert!(out.transitions.is_empty());
     assert_eq!(r.state(), ScalingState::Running);
     // Fresh metrics again: the pending period starts over from now.
+    r.failing = false;
     r.advance(1);
     let out = r.tick_with(Some(&m), r.now, false);
     assert_eq!(events(&out), [Event::ScalePending(Direction::Up)]);
@@ -602,10 +618,15 @@ fn stale_or_missing_metrics_never_scale_and_end_a_pending_state() {
         (r.state(), r.since()),
         (ScalingState::PendingScaleUp, r.now)
     );
-    r.advance(4);
-    let out = r.tick(5000, 5000 * 60 * 15);
-    assert!(out.transitions.is_empty(), "4 of 5 minutes: still pending");
-    // No metrics at all while pending: cancelled too, recommendation kept.
+    // A failed read younger than the pending period changes nothing.
+    r.advance(2);
+    r.failing = true;
+    let observed = r.now - SignedDuration::from_mins(2);
+    let out = r.tick_with(Some(&m), observed, false);
+    assert!(out.transitions.is_empty(), "a blip is not an outage");
+    assert_eq!(r.state(), ScalingState::PendingScaleUp);
+    r.failing = false;
+    // No metrics at all while pending: cancelled, recommendation kept.
     let out = r.tick_with(None, r.now, false);
     assert_eq!(events(&out), [Event::ScaleCancelled(Direction::Up)]);
     assert_eq!(r.state(), ScalingState::Running);
@@ -614,6 +635,87 @@ fn stale_or_missing_metrics_never_scale_and_end_a_pending_state() {
     let out = r.tick_with(None, r.now, false);
     assert!(out.transitions.is_empty());
     assert_eq!(r.state(), ScalingState::Running);
+}
+
+#[test]
+fn a_sync_period_longer_than_the_pending_period_delays_a_scale_without_flapping() {
+    // minSyncPeriod 6m, pendingScaleUpDuration 5m: a read every 6 minutes.
+    let mut r = Run::new();
+    let m = metrics(&[(0, 5000, 5000 * 60 * 15)]);
+    let read_at = r.now;
+    let out = r.tick_with(Some(&m), read_at, false);
+    assert_eq!(events(&out), [Event::ScalePending(Direction::Up)]);
+    for _ in 0..4 {
+        r.advance(1);
+        let out = r.tick_with(Some(&m), read_at, false);
+        assert!(out.transitions.is_empty(), "pending: {:?}", events(&out));
+    }
+    // The pass that would complete the period came late (6 minutes): its
+    // metrics are older than the period, so it waits for the next read, and
+    // it does not cancel (nothing failed).
+    r.advance(2);
+    let out = r.tick_with(Some(&m), read_at, false);
+    assert!(
+        out.transitions.is_empty(),
+        "between reads: {:?}",
+        events(&out)
+    );
+    assert_eq!(r.state(), ScalingState::PendingScaleUp);
+    let out = r.tick_with(Some(&m), r.now, false);
+    assert_eq!(events(&out), [Event::Scaled(Direction::Up)]);
+    assert_eq!(r.cpu().0, "1300m");
+}
+
+#[test]
+fn missing_lag_data_never_scales_down() {
+    let mut s = spec(5000.0, "200M", Some(("100m", "100M", "4", "800M")));
+    s.layout = Layout::new(2, 2).unwrap();
+    s.recovery = Duration::from_secs(3600);
+    let mut r = Run {
+        spec: s,
+        status: Vec::new(),
+        now: "2026-11-22T12:00:00Z".parse().unwrap(),
+        failing: false,
+    };
+    // Both partitions lag: scale up to 2 × (5000 × 1.25) / 5000 per core.
+    let lagging = metrics(&[(0, 5000, 5000 * 60 * 15), (1, 5000, 5000 * 60 * 15)]);
+    r.tick_with(Some(&lagging), r.now, false);
+    r.advance(6);
+    let out = r.tick_with(Some(&lagging), r.now, false);
+    assert_eq!(events(&out), [Event::Scaled(Direction::Up)]);
+    let scaled = r.cpu();
+    // The lag query loses partition 1; partition 0 is caught up. Partition 1
+    // counts as the busiest (no lower estimate) and no scale-down starts.
+    let partial = metrics(&[(0, 1000, 0)]);
+    r.advance(1);
+    let out = r.tick_with(Some(&partial), r.now, false);
+    assert!(
+        !events(&out).contains(&Event::ScalePending(Direction::Down)),
+        "{:?}",
+        events(&out)
+    );
+    r.advance(20);
+    let out = r.tick_with(Some(&partial), r.now, false);
+    assert!(out.transitions.is_empty(), "{:?}", events(&out));
+    assert_eq!(
+        (r.state(), r.cpu()),
+        (ScalingState::Running, scaled.clone())
+    );
+    // With every partition's lag known and none lagging: the scale-down starts,
+    // and losing a partition's lag again cancels it.
+    let caught_up = metrics(&[(0, 1000, 0), (1, 1000, 0)]);
+    r.advance(1);
+    let out = r.tick_with(Some(&caught_up), r.now, false);
+    assert_eq!(events(&out), [Event::ScalePending(Direction::Down)]);
+    r.advance(1);
+    let out = r.tick_with(Some(&partial), r.now, false);
+    assert_eq!(events(&out), [Event::ScaleCancelled(Direction::Down)]);
+    assert!(
+        out.transitions[0].reason.contains("no lag data"),
+        "{}",
+        out.transitions[0].reason
+    );
+    assert_eq!(r.cpu(), scaled);
 }
 
 #[test]

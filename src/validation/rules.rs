@@ -133,20 +133,43 @@ pub fn check(c: &Consumer, ctx: Context<'_>, report: &mut Report) {
             ),
             Some(other) => report.error(FieldError::not_supported(ap.child("mode"), &s(other), &["prometheus", ""])),
         }
-        duration(
+        let up = duration(
             report,
             ap.child("pendingScaleUpDuration"),
             a.pending_scale_up_duration.as_deref(),
             7 * DAY,
         );
-        duration(
+        let down = duration(
             report,
             ap.child("pendingScaleDownDuration"),
             a.pending_scale_down_duration.as_deref(),
             7 * DAY,
         );
         match &a.prometheus {
-            Some(prom) => prometheus(report, &ap.child("prometheus"), prom),
+            Some(prom) => {
+                let min_sync = prometheus(report, &ap.child("prometheus"), prom);
+                let default = |d: &str| parse_go_duration(d).ok();
+                for (name, pending) in [
+                    (
+                        "pendingScaleUpDuration",
+                        up.or_else(|| default(super::defaults::PENDING_SCALE_UP)),
+                    ),
+                    (
+                        "pendingScaleDownDuration",
+                        down.or_else(|| default(super::defaults::PENDING_SCALE_DOWN)),
+                    ),
+                ] {
+                    if let (Some(sync), Some(pending)) = (min_sync, pending)
+                        && sync > pending
+                    {
+                        report.warn(format!(
+                            "spec.autoscaler.prometheus.minSyncPeriod ({}) is longer than spec.autoscaler.{name} ({}): a decision waits for the next Prometheus read, so it takes about minSyncPeriod",
+                            format_go_duration(sync),
+                            format_go_duration(pending)
+                        ));
+                    }
+                }
+            }
             None if mode == Some("prometheus") && !report.has_error_at(&ap.child("prometheus")) => {
                 report.error(FieldError::required(
                     ap.child("prometheus"),
@@ -241,7 +264,12 @@ fn update_rules(new: &Consumer, old: &Consumer, report: &mut Report) {
     }
 }
 
-fn prometheus(report: &mut Report, p: &FieldPath, prom: &PrometheusAutoscalerSpec) {
+/// Checks the Prometheus block; returns `minSyncPeriod` (its default when unset).
+fn prometheus(
+    report: &mut Report,
+    p: &FieldPath,
+    prom: &PrometheusAutoscalerSpec,
+) -> Option<Duration> {
     if let Some(addresses) = &prom.address {
         let path = p.child("address");
         if addresses.is_empty() && !report.has_error_at(&path) {
@@ -263,6 +291,11 @@ fn prometheus(report: &mut Report, p: &FieldPath, prom: &PrometheusAutoscalerSpe
             seen.push(a);
             match reqwest::Url::parse(a) {
                 Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                    if url.password().is_some() {
+                        report.warn(format!(
+                            "{ip} carries a password: anyone who can read Consumers can read it (konsumer keeps it out of its logs, metrics and status)"
+                        ));
+                    }
                     if url.path().trim_end_matches('/').ends_with("/api/v1/query") {
                         report.warn(format!(
                             "{ip} ends with /api/v1/query: give the Prometheus base URL; konsumer appends the API path"
@@ -277,12 +310,10 @@ fn prometheus(report: &mut Report, p: &FieldPath, prom: &PrometheusAutoscalerSpe
             }
         }
     }
-    duration(
-        report,
-        p.child("minSyncPeriod"),
-        prom.min_sync_period.as_deref(),
-        DAY,
-    );
+    let min_sync = match prom.min_sync_period.as_deref() {
+        Some(v) => duration(report, p.child("minSyncPeriod"), Some(v), DAY),
+        None => parse_go_duration("1m").ok(),
+    };
     for (name, query) in [
         ("offset", &prom.offset),
         ("production", &prom.production),
@@ -344,6 +375,7 @@ fn prometheus(report: &mut Report, p: &FieldPath, prom: &PrometheusAutoscalerSpe
             format!("must not be below tolerableLag ({})", format_go_duration(t)),
         ));
     }
+    min_sync
 }
 
 fn query_spec(report: &mut Report, p: &FieldPath, q: &QuerySpec) {

@@ -413,6 +413,18 @@ fn suspicious_settings_are_warnings() {
             "one instance consumes every partition",
         ),
         ("/spec", "extra", json!(1), "unknown field \"spec.extra\""),
+        (
+            "/spec/autoscaler/prometheus/address",
+            "0",
+            json!("http://admin:s3cret@prom:9090"),
+            "carries a password",
+        ),
+        (
+            "/spec/autoscaler/prometheus",
+            "minSyncPeriod",
+            json!("20m"),
+            "minSyncPeriod (20m0s) is longer than spec.autoscaler.pendingScaleDownDuration",
+        ),
     ];
     for (parent, key, value, expected) in cases {
         let mut o = orders();
