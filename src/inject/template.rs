@@ -80,9 +80,15 @@ pub fn strip_managed(template: &Value, settings: &ConsumerSettings) -> Value {
     t
 }
 
-/// Whether `old` and `new` differ only in fields konsumer manages.
+/// Whether `old` and `new` differ only in fields konsumer manages, and `old`
+/// carries konsumer's values (its consumer-id annotation): a template created
+/// while the webhook was down has none, and keeping it would keep it bare.
 pub fn only_managed_fields_differ(old: &Value, new: &Value, settings: &ConsumerSettings) -> bool {
-    old != new && strip_managed(old, settings) == strip_managed(new, settings)
+    let injected_before = old
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(keys::CONSUMER_ID))
+        .is_some();
+    injected_before && old != new && strip_managed(old, settings) == strip_managed(new, settings)
 }
 
 #[cfg(test)]
@@ -108,6 +114,23 @@ mod tests {
                 {"name": "log-shipper", "image": "b:1", "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "50m", "memory": "64Mi"}}}
             ]}
         })
+    }
+
+    #[test]
+    fn a_template_konsumer_never_saw_is_not_kept() {
+        let s = orders();
+        // Created while the webhook was down: no konsumer annotation, no env.
+        let bare = json!({
+            "metadata": {"labels": {"app": "orders"}},
+            "spec": {"containers": [{"name": "consumer", "image": "a:1"}]}
+        });
+        let reapplied = json!({
+            "metadata": {"labels": {"app": "orders"}},
+            "spec": {"containers": [{"name": "consumer", "image": "a:1",
+                                     "resources": {"requests": {"cpu": "1"}}}]}
+        });
+        assert_eq!(strip_managed(&bare, &s), strip_managed(&reapplied, &s));
+        assert!(!only_managed_fields_differ(&bare, &reapplied, &s));
     }
 
     #[test]

@@ -182,6 +182,15 @@ pub fn check(c: &Consumer, ctx: Context<'_>, report: &mut Report) {
 
     if let Some(rp) = &spec.resource_policy {
         let rpp = p.child("resourcePolicy");
+        let has_policies = rp
+            .container_policies
+            .as_ref()
+            .is_some_and(|p| !p.is_empty());
+        if containers.is_none() && spec.deployment_template.is_some() && has_policies {
+            report.warn(
+                "spec.deploymentTemplate.template.spec.containers is not set: the container names in spec.resourcePolicy.containerPolicies cannot be checked against it",
+            );
+        }
         let mins = container_policies(
             report,
             &rpp.child("containerPolicies"),

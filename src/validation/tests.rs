@@ -414,6 +414,12 @@ fn suspicious_settings_are_warnings() {
         ),
         ("/spec", "extra", json!(1), "unknown field \"spec.extra\""),
         (
+            "/spec",
+            "deploymentTemplate",
+            json!({}),
+            "containerPolicies cannot be checked",
+        ),
+        (
             "/spec/autoscaler/prometheus/address",
             "0",
             json!("http://admin:s3cret@prom:9090"),
