@@ -8,6 +8,13 @@ pub mod quantity;
 mod schema;
 pub mod status;
 
+/// The `orders` Consumer of the fixtures, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_orders() -> Consumer {
+    serde_saphyr::from_str(include_str!("../tests/fixtures/consumer-orders.yaml"))
+        .unwrap_or_else(|e| panic!("tests/fixtures/consumer-orders.yaml: {e}"))
+}
+
 pub use consumer::{
     AutoscalerSpec, Consumer, ConsumerSpec, ContainerResourcePolicy, GlobalResourcePolicy,
     PrometheusAutoscalerSpec, QuerySpec, ResourceList, ResourcePolicy,

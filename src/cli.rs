@@ -69,6 +69,24 @@ fn go_duration(s: &str) -> Result<Duration, String> {
     parse_go_duration(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// Output format of `validate` and `plan`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A manifest file, or standard input for `-`.
+pub(crate) fn read_input(path: &std::path::Path) -> anyhow::Result<String> {
+    if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading stdin")?;
+        return Ok(s);
+    }
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
 /// A duration that must not be zero (intervals, timeouts).
 pub(crate) fn positive_duration(s: &str) -> Result<Duration, String> {
     match go_duration(s)? {

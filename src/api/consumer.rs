@@ -189,6 +189,25 @@ pub struct ContainerResourcePolicy {
     pub max_allowed: Option<ResourceList>,
 }
 
+impl ContainerResourcePolicy {
+    /// `mode: Off`: the container keeps its own resources.
+    pub fn is_off(&self) -> bool {
+        self.mode
+            .as_deref()
+            .is_some_and(|m| m.eq_ignore_ascii_case("off"))
+    }
+}
+
+impl ConsumerSpec {
+    /// `resourcePolicy.containerPolicies`, empty when unset.
+    pub fn container_policies(&self) -> &[ContainerResourcePolicy] {
+        self.resource_policy
+            .as_ref()
+            .and_then(|p| p.container_policies.as_deref())
+            .unwrap_or_default()
+    }
+}
+
 impl Consumer {
     /// `namespace/name`, for messages and logs.
     pub fn key(&self) -> String {

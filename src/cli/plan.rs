@@ -5,17 +5,17 @@
 //! patch a real request gets.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use std::sync::Arc;
 
 use crate::api::{Consumer, ContainerResources, ScalingState, env, keys};
+use crate::cli::{Output, read_input};
 use crate::inject::workload::Workload;
 use crate::inject::{self, ConsumerSettings};
 use crate::reconciler::prometheus::PromClient;
@@ -24,13 +24,6 @@ use crate::scaling::spec::autoscaler_disabled;
 use crate::scaling::{self, Metrics as StepMetrics, ScalingSpec, StepInput, predict};
 use crate::store::local::parse_consumers;
 use crate::telemetry::Metrics;
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    #[default]
-    Text,
-    Json,
-}
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
@@ -114,11 +107,8 @@ fn pod_template(consumer: &Consumer) -> Value {
     }
     let names: Vec<Value> = consumer
         .spec
-        .resource_policy
-        .as_ref()
-        .and_then(|p| p.container_policies.as_ref())
-        .into_iter()
-        .flatten()
+        .container_policies()
+        .iter()
         .filter_map(|p| p.container_name.clone())
         .map(|n| json!({ "name": n }))
         .collect();
@@ -361,21 +351,10 @@ fn render_text(plan: &ConsumerPlan) -> String {
     out
 }
 
-fn read(path: &PathBuf) -> anyhow::Result<String> {
-    if path.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("reading stdin")?;
-        return Ok(s);
-    }
-    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
-}
-
 pub async fn run(args: PlanArgs) -> anyhow::Result<()> {
     let mut plans = Vec::new();
     for path in &args.files {
-        let (consumers, problems) = parse_consumers(&read(path)?);
+        let (consumers, problems) = parse_consumers(&read_input(path)?);
         if let Some(p) = problems.first() {
             anyhow::bail!("{}: {p}", path.display());
         }

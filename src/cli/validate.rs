@@ -4,19 +4,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::cli::{Output, read_input};
 use crate::store::local::is_consumer_document;
 use crate::validation::{self, Report};
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    #[default]
-    Text,
-    Json,
-}
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
@@ -64,15 +58,6 @@ pub struct DocumentResult {
 pub struct FileProblem {
     pub file: String,
     pub problem: String,
-}
-
-fn read(path: &PathBuf) -> Result<String, String> {
-    if path.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| e.to_string())?;
-        return Ok(s);
-    }
-    std::fs::read_to_string(path).map_err(|e| e.to_string())
 }
 
 fn key_of(doc: &Value) -> String {
@@ -156,7 +141,10 @@ pub fn run(args: ValidateArgs) -> ExitCode {
     let mut problems = Vec::new();
     for path in &args.files {
         let name = path.display().to_string();
-        match read(path).and_then(|text| validate_text(&name, &text)) {
+        match read_input(path)
+            .map_err(|e| e.root_cause().to_string())
+            .and_then(|text| validate_text(&name, &text))
+        {
             Ok(mut r) => results.append(&mut r),
             Err(problem) => problems.push(FileProblem {
                 file: name,

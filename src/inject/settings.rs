@@ -260,21 +260,12 @@ pub fn fallback_targets(consumer: &Consumer) -> Result<Vec<ContainerTarget>, Str
         .and_then(|p| p.fallback_strategy.as_deref())
         .is_some_and(|s| s.eq_ignore_ascii_case("max"));
     let mut out = Vec::new();
-    let policies = consumer
-        .spec
-        .resource_policy
-        .as_ref()
-        .and_then(|p| p.container_policies.as_deref())
-        .unwrap_or_default();
+    let policies = consumer.spec.container_policies();
     for (i, policy) in policies.iter().enumerate() {
         let Some(name) = policy.container_name.as_deref().filter(|n| !n.is_empty()) else {
             continue;
         };
-        if policy
-            .mode
-            .as_deref()
-            .is_some_and(|m| m.eq_ignore_ascii_case("off"))
-        {
+        if policy.is_off() {
             continue;
         }
         let (field, list) = if use_max {
@@ -338,9 +329,7 @@ mod tests {
     use super::*;
     use crate::api::{ConsumerStatus, InstanceStatus};
 
-    pub(crate) fn orders() -> Consumer {
-        serde_saphyr::from_str(include_str!("../../tests/fixtures/consumer-orders.yaml")).unwrap()
-    }
+    use crate::api::test_orders as orders;
 
     fn q(s: &str) -> Milli {
         Milli::parse(s).unwrap()

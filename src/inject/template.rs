@@ -94,14 +94,10 @@ pub fn only_managed_fields_differ(old: &Value, new: &Value, settings: &ConsumerS
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Consumer;
     use serde_json::json;
 
     fn orders() -> ConsumerSettings {
-        let c: Consumer =
-            serde_saphyr::from_str(include_str!("../../tests/fixtures/consumer-orders.yaml"))
-                .unwrap();
-        ConsumerSettings::from_consumer(&c).unwrap()
+        ConsumerSettings::from_consumer(&crate::api::test_orders()).unwrap()
     }
 
     fn mutated() -> Value {

@@ -2,12 +2,9 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::api::Consumer;
 
 fn orders() -> ConsumerSettings {
-    let c: Consumer =
-        serde_saphyr::from_str(include_str!("../../tests/fixtures/consumer-orders.yaml")).unwrap();
-    ConsumerSettings::from_consumer(&c).unwrap()
+    ConsumerSettings::from_consumer(&crate::api::test_orders()).unwrap()
 }
 
 fn apply(doc: &Value, m: &Mutation) -> Value {

@@ -325,9 +325,7 @@ mod tests {
     use super::*;
 
     fn orders() -> Consumer {
-        let mut c: Consumer =
-            serde_saphyr::from_str(include_str!("../../tests/fixtures/consumer-orders.yaml"))
-                .unwrap();
+        let mut c = crate::api::test_orders();
         c.metadata.generation = Some(3);
         c
     }

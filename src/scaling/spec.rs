@@ -100,17 +100,9 @@ impl ScalingSpec {
             .ok_or("spec.autoscaler.prometheus.ratePerCore must be greater than 0")?;
         let p = "spec.autoscaler.prometheus";
         let policies = spec
-            .resource_policy
-            .as_ref()
-            .and_then(|r| r.container_policies.as_ref())
-            .into_iter()
-            .flatten()
-            .filter(|policy| {
-                !policy
-                    .mode
-                    .as_deref()
-                    .is_some_and(|m| m.eq_ignore_ascii_case("off"))
-            })
+            .container_policies()
+            .iter()
+            .filter(|policy| !policy.is_off())
             .filter_map(|policy| {
                 let name = policy.container_name.clone().filter(|n| !n.is_empty())?;
                 Some((name, policy))
@@ -126,17 +118,9 @@ impl ScalingSpec {
             })
             .collect::<Result<Vec<_>, String>>()?;
         let off: Vec<&str> = spec
-            .resource_policy
-            .as_ref()
-            .and_then(|r| r.container_policies.as_ref())
-            .into_iter()
-            .flatten()
-            .filter(|policy| {
-                policy
-                    .mode
-                    .as_deref()
-                    .is_some_and(|m| m.eq_ignore_ascii_case("off"))
-            })
+            .container_policies()
+            .iter()
+            .filter(|policy| policy.is_off())
             .filter_map(|policy| policy.container_name.as_deref())
             .collect();
         let first_template_container = spec

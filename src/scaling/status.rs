@@ -142,14 +142,10 @@ pub fn apply_counters(status: &mut ConsumerStatus, c: Counters) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Consumer;
     use serde_json::json;
 
     fn orders() -> ConsumerSettings {
-        let c: Consumer =
-            serde_saphyr::from_str(include_str!("../../tests/fixtures/consumer-orders.yaml"))
-                .unwrap();
-        ConsumerSettings::from_consumer(&c).unwrap()
+        ConsumerSettings::from_consumer(&crate::api::test_orders()).unwrap()
     }
 
     fn deployment(name: &str, annotations: Value) -> Value {
