@@ -177,17 +177,14 @@ fn kube_mode_without_certificates_refuses_to_start_with_a_clear_message() {
 #[test]
 fn plan_prints_every_instance_of_the_example() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/local/orders.yaml");
-    let out = Command::new(env!("CARGO_BIN_EXE_konsumer"))
-        .args(["plan", "--offline", "-o", "json", "-f"])
-        .arg(&example)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let plans: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plans = konsumer_json(&[
+        "plan".as_ref(),
+        "--offline".as_ref(),
+        "-o".as_ref(),
+        "json".as_ref(),
+        "-f".as_ref(),
+        example.as_os_str(),
+    ]);
     let instances = plans[0]["instances"].as_array().unwrap();
     assert_eq!(instances.len(), 4);
     assert_eq!(instances[3]["partitions"], serde_json::json!([8, 9]));

@@ -217,17 +217,13 @@ async fn prometheus_lag_scales_an_instance_up_and_new_pods_get_it() {
     // lags and its scale up is pending.
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), consumer_yaml(&prometheus.url)).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_konsumer"))
-        .args(["plan", "-o", "json", "-f"])
-        .arg(file.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let plans: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plans = konsumer_json(&[
+        "plan".as_ref(),
+        "-o".as_ref(),
+        "json".as_ref(),
+        "-f".as_ref(),
+        file.path().as_os_str(),
+    ]);
     let i0 = &plans[0]["instances"][0];
     assert_eq!(i0["state"], "PENDING_SCALE_UP", "{i0}");
     assert!(

@@ -70,6 +70,19 @@ fn status_error(code: u16, reason: &str, message: String, name: &str) -> Value {
     })
 }
 
+/// The apiserver's 404 for a Consumer.
+fn consumer_not_found(name: &str) -> Response<MockBody> {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &status_error(
+            404,
+            "NotFound",
+            format!("consumers.konsumerator.lwolf.org {name:?} not found"),
+            name,
+        ),
+    )
+}
+
 impl FakeApiServer {
     /// A kube client talking to a new fake, and the fake.
     pub fn start() -> (kube::Client, Arc<FakeApiServer>) {
@@ -310,15 +323,7 @@ async fn answer(fake: &FakeApiServer, request: Request<Body>) -> Response<MockBo
         }
         (Method::GET, ["namespaces", ns, "consumers", name]) => match fake.object(ns, name) {
             Some(o) => json_response(StatusCode::OK, &o),
-            None => json_response(
-                StatusCode::NOT_FOUND,
-                &status_error(
-                    404,
-                    "NotFound",
-                    format!("consumers.konsumerator.lwolf.org {name:?} not found"),
-                    name,
-                ),
-            ),
+            None => consumer_not_found(name),
         },
         (Method::PATCH, ["namespaces", ns, "consumers", name, "status"]) => {
             apply_status(fake, ns, name, &body, param("fieldManager"))
@@ -413,15 +418,7 @@ fn apply_status(
     state.resource_version += 1;
     let rv = state.resource_version.to_string();
     let Some(object) = state.consumers.get_mut(&(ns.to_string(), name.to_string())) else {
-        return json_response(
-            StatusCode::NOT_FOUND,
-            &status_error(
-                404,
-                "NotFound",
-                format!("consumers.konsumerator.lwolf.org {name:?} not found"),
-                name,
-            ),
-        );
+        return consumer_not_found(name);
     };
     object["status"] = applied.get("status").cloned().unwrap_or(json!({}));
     object["metadata"]["resourceVersion"] = json!(rv);

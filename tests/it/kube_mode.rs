@@ -412,6 +412,12 @@ async fn the_lease_holder_writes_status_and_stops_at_once_when_the_lease_is_lost
     })
     .await;
     let status = fake.object("streams", "orders").unwrap()["status"].clone();
+    let gauge = r#"konsumer_instances{consumer="streams/orders",state="RUNNING"} 4"#;
+    let text = s.running.metrics.encode();
+    assert!(
+        text.contains(gauge),
+        "the leader publishes instance gauges: {text}"
+    );
     let lists: Vec<_> = fake
         .seen()
         .into_iter()
@@ -477,6 +483,11 @@ async fn the_lease_holder_writes_status_and_stops_at_once_when_the_lease_is_lost
         status_patches(&fake),
         writes,
         "no status write after losing the lease"
+    );
+    let text = s.running.metrics.encode();
+    assert!(
+        !text.contains(r#"konsumer_instances{consumer="streams/orders""#),
+        "a follower's gauges would be stale: {text}"
     );
     // Webhooks keep being served by every replica.
     let review = s.review(fixture_bytes("pod-create-indexed-job")).await;

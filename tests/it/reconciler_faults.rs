@@ -1,4 +1,5 @@
-//! The reconciler keeps going when one Consumer hits a bug.
+//! The reconciler keeps going when one Consumer hits a bug, and forgets what it
+//! knew of a deleted Consumer.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -64,6 +65,28 @@ fn consumer(name: &str) -> Consumer {
     c
 }
 
+fn reconciler(
+    index: Arc<ConsumerIndex>,
+    store: Arc<PanickyStore>,
+    metrics: Arc<Metrics>,
+) -> Reconciler {
+    Reconciler::new(
+        index,
+        store,
+        Arc::new(NoWorkloads),
+        PromClient::new(Duration::from_millis(500), metrics.clone()).unwrap(),
+        None,
+        metrics,
+        ReconcilerConfig {
+            interval: Duration::from_secs(1),
+            query_timeout: Duration::from_millis(500),
+            concurrency: 1,
+            gomemlimit_ratio: 0.8,
+        },
+        Arc::new(jiff::Timestamp::now),
+    )
+}
+
 #[tokio::test]
 async fn a_panic_in_one_consumer_is_contained_counted_and_the_others_reconciled() {
     let index = ConsumerIndex::new();
@@ -75,21 +98,7 @@ async fn a_panic_in_one_consumer_is_contained_counted_and_the_others_reconciled(
         written: Mutex::new(Vec::new()),
     });
     let metrics = Arc::new(Metrics::default());
-    let reconciler = Reconciler::new(
-        index,
-        store.clone(),
-        Arc::new(NoWorkloads),
-        PromClient::new(Duration::from_millis(500), metrics.clone()).unwrap(),
-        None,
-        metrics.clone(),
-        ReconcilerConfig {
-            interval: Duration::from_secs(1),
-            query_timeout: Duration::from_millis(500),
-            concurrency: 1,
-            gomemlimit_ratio: 0.8,
-        },
-        Arc::new(jiff::Timestamp::now),
-    );
+    let reconciler = reconciler(index, store.clone(), metrics.clone());
     reconciler.pass().await;
     let mut written = store.written.lock().unwrap().clone();
     written.sort();
@@ -105,5 +114,43 @@ async fn a_panic_in_one_consumer_is_contained_counted_and_the_others_reconciled(
         metrics
             .encode()
             .contains(r#"konsumer_reconcile_errors_total{reason="panic"} 2"#)
+    );
+}
+
+#[tokio::test]
+async fn a_consumer_deleted_and_recreated_is_read_at_once_not_after_min_sync() {
+    let index = ConsumerIndex::new();
+    index.upsert(consumer("alpha"));
+    let store = Arc::new(PanickyStore {
+        poisoned: "none",
+        written: Mutex::new(Vec::new()),
+    });
+    let metrics = Arc::new(Metrics::default());
+    let reconciler = reconciler(index.clone(), store, metrics.clone());
+    let reads = || {
+        metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("konsumer_prometheus_queries_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    reconciler.pass().await;
+    let first = reads();
+    assert!(first > 0);
+    reconciler.pass().await;
+    assert_eq!(
+        reads(),
+        first,
+        "a failed read is retried after minSyncPeriod (1m)"
+    );
+    // Deleted, then created again under the same name: a new Consumer.
+    index.remove("streams", "alpha");
+    reconciler.pass().await;
+    index.upsert(consumer("alpha"));
+    reconciler.pass().await;
+    assert!(
+        reads() > first,
+        "the old Consumer's last attempt was forgotten"
     );
 }

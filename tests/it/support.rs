@@ -9,6 +9,26 @@ use konsumer::server::{self, Running};
 use konsumer::store::ConsumerIndex;
 use serde_json::Value;
 
+/// Runs the built `konsumer` binary with `args`, expects success, and parses its
+/// standard output as JSON.
+pub fn konsumer_json(args: &[&std::ffi::OsStr]) -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_konsumer"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "konsumer {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "konsumer {args:?}: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
 pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
