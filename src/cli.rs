@@ -1,6 +1,7 @@
 //! The command line: `serve`, `crd`, `certs`, `validate`, `plan`. Every flag also reads an
 //! environment variable (`KONSUMER_*`).
 
+pub mod certs;
 pub mod plan;
 pub mod validate;
 
@@ -17,7 +18,7 @@ use crate::api::duration::parse_go_duration;
 use crate::config::{Mode, ServeConfig, TlsSource};
 use crate::reconciler::ReconcilerConfig;
 use crate::reconciler::leader::LeaseConfig;
-use crate::server::tls::{self, CertFiles};
+use crate::server::tls::CertFiles;
 use crate::telemetry::{self, LogFormat};
 
 #[derive(Debug, Parser)]
@@ -58,7 +59,7 @@ pub enum Command {
     /// Print the Consumer CustomResourceDefinition (YAML).
     Crd,
     /// Generate a CA and a serving certificate for the webhook Service.
-    Certs(CertsArgs),
+    Certs(certs::CertsArgs),
     /// Check Consumer manifests offline with the validating webhook's rules.
     Validate(validate::ValidateArgs),
     /// Print what every instance of a Consumer gets now: partitions, env, resources.
@@ -259,55 +260,6 @@ fn default_identity() -> String {
     )
 }
 
-#[derive(Debug, Args)]
-pub struct CertsArgs {
-    /// Directory to write ca.crt, ca.key, tls.crt and tls.key to.
-    #[arg(long, env = "KONSUMER_CERTS_OUT", default_value = "certs")]
-    pub out: PathBuf,
-    /// Name of the webhook Service.
-    #[arg(long, env = "KONSUMER_CERTS_SERVICE", default_value = "konsumer")]
-    pub service: String,
-    /// Namespace of the webhook Service.
-    #[arg(
-        long = "service-namespace",
-        env = "KONSUMER_CERTS_NAMESPACE",
-        default_value = "konsumer-system"
-    )]
-    pub service_namespace: String,
-    /// Extra DNS names or IP addresses for the certificate.
-    #[arg(long = "host", env = "KONSUMER_CERTS_HOSTS", value_delimiter = ',')]
-    pub hosts: Vec<String>,
-    /// Validity of the serving certificate, in days.
-    #[arg(long, env = "KONSUMER_CERTS_DAYS", default_value_t = 365)]
-    pub days: i64,
-}
-
-fn certs(args: CertsArgs) -> anyhow::Result<()> {
-    let svc = &args.service;
-    let ns = &args.service_namespace;
-    let mut hosts = vec![
-        format!("{svc}.{ns}.svc"),
-        format!("{svc}.{ns}.svc.cluster.local"),
-        format!("{svc}.{ns}"),
-        svc.clone(),
-    ];
-    hosts.extend(args.hosts.iter().cloned());
-    let generated = tls::generate(&hosts, args.days)?;
-    let files = tls::write(&args.out, &generated)?;
-    use base64::Engine;
-    let bundle = base64::engine::general_purpose::STANDARD.encode(generated.ca_cert.as_bytes());
-    eprintln!(
-        "wrote {} and {} (and the CA in {}) for {}",
-        files.cert.display(),
-        files.key.display(),
-        args.out.join("ca.crt").display(),
-        hosts.join(", ")
-    );
-    eprintln!("caBundle for the webhook configurations (stdout):");
-    println!("{bundle}");
-    Ok(())
-}
-
 fn crd() -> anyhow::Result<()> {
     print!("{}", crate::api::crd::consumer_crd_yaml()?);
     Ok(())
@@ -325,7 +277,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Crd => crd(),
-        Command::Certs(args) => certs(args),
+        Command::Certs(args) => certs::run(args),
         Command::Plan(args) => plan::run(args).await.context("plan"),
         Command::Validate(args) => return validate::run(args),
     };
