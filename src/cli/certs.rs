@@ -30,7 +30,10 @@ pub const WEBHOOK_CONFIGURATIONS: &[(&str, &str, &[&str])] = &[
     (
         "ValidatingWebhookConfiguration",
         "konsumer",
-        &["consumers.konsumer.dev", "scalingsubscriptions.konsumer.dev"],
+        &[
+            "consumers.konsumer.dev",
+            "scalingsubscriptions.konsumer.dev",
+        ],
     ),
 ];
 
@@ -272,7 +275,11 @@ pub fn run(args: CertsArgs) -> anyhow::Result<()> {
     eprintln!(
         "wrote {dir}/tls.crt and {dir}/tls.key for {} ({} CA in {dir}/ca.crt, key in {dir}/ca.key: keep it private)",
         written.hosts.join(", "),
-        if written.new_ca { "a new" } else { "signed by the" },
+        if written.new_ca {
+            "a new"
+        } else {
+            "signed by the"
+        },
     );
     if written.previous_ca_trusted {
         eprintln!(
@@ -312,11 +319,7 @@ mod tests {
 
     #[test]
     fn hosts_cover_every_service_in_its_namespace() {
-        let h = hosts(
-            &["a".into(), "b".into()],
-            "ns",
-            &["127.0.0.1".to_string()],
-        );
+        let h = hosts(&["a".into(), "b".into()], "ns", &["127.0.0.1".to_string()]);
         assert_eq!(
             h,
             [
@@ -359,7 +362,11 @@ mod tests {
         let second = write(&args(dir.path())).unwrap();
         assert!(!second.new_ca);
         assert_eq!(first.bundle, second.bundle);
-        assert_ne!(cert1, read(dir.path(), "tls.crt"), "a new serving certificate");
+        assert_ne!(
+            cert1,
+            read(dir.path(), "tls.crt"),
+            "a new serving certificate"
+        );
         assert_eq!(
             read(dir.path(), BUNDLE_PATCH_FILE),
             ca_bundle_patch(&first.bundle)
@@ -382,7 +389,10 @@ mod tests {
         assert!(second.new_ca && second.previous_ca_trusted);
         let new_ca = read(dir.path(), "ca.crt");
         assert!(second.bundle.starts_with(&new_ca));
-        assert!(second.bundle.ends_with(&first.bundle), "old CA still in the bundle");
+        assert!(
+            second.bundle.ends_with(&first.bundle),
+            "old CA still in the bundle"
+        );
 
         std::fs::remove_file(dir.path().join(PREVIOUS_CA_FILE)).unwrap();
         let third = write(&args(dir.path())).unwrap();

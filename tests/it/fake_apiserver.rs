@@ -6,7 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -15,6 +16,8 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use kube::client::Body;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
+
+use crate::rbac::{self, Rbac};
 
 pub type MockBody = BoxBody<Bytes, Infallible>;
 type Handle = tower_test::mock::Handle<Request<Body>, Response<MockBody>>;
@@ -47,10 +50,38 @@ struct State {
     leases_down: bool,
 }
 
+/// Who konsumer is to the apiserver (its ServiceAccount in the manifests).
+const KONSUMER_USER: &str = "system:serviceaccount:konsumer-system:konsumer";
+
 pub struct FakeApiServer {
     state: Mutex<State>,
     /// Lists are held until this turns true (to observe readiness before sync).
     list_open: watch::Sender<bool>,
+    /// konsumer's RBAC (`manifests/base/rbac.yaml`), enforced on every request.
+    rbac: Mutex<Rbac>,
+    /// Requests RBAC refused (`verb resource …`).
+    forbidden: Mutex<Vec<String>>,
+    /// The test provokes refusals on purpose: do not fail it for them.
+    forbidden_expected: AtomicBool,
+}
+
+/// A call konsumer made that its RBAC does not allow fails the test that made
+/// it, even when konsumer handled the 403 (a new call must come with its rule
+/// in `manifests/base/rbac.yaml` and its row in `tests/it/rbac.rs`).
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        let forbidden = self.forbidden.lock().map(|f| f.clone()).unwrap_or_default();
+        if !forbidden.is_empty()
+            && !self.forbidden_expected.load(Ordering::SeqCst)
+            && !std::thread::panicking()
+        {
+            panic!(
+                "konsumer made API calls its RBAC (manifests/base/rbac.yaml) does not allow:\n  {}\n\
+                 add the rule and its row in tests/it/rbac.rs TABLE, or call fake.expect_forbidden()",
+                forbidden.join("\n  ")
+            );
+        }
+    }
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<MockBody> {
@@ -94,9 +125,30 @@ impl FakeApiServer {
                 ..State::default()
             }),
             list_open: watch::channel(true).0,
+            rbac: Mutex::new(Rbac::base()),
+            forbidden: Mutex::new(Vec::new()),
+            forbidden_expected: AtomicBool::new(false),
         });
-        tokio::spawn(serve(handle, fake.clone()));
+        // The server task holds the fake weakly: the test's last handle dropping
+        // runs the RBAC check above.
+        tokio::spawn(serve(handle, Arc::downgrade(&fake)));
         (client, fake)
+    }
+
+    /// Grants konsumer ClusterRole `role` in `namespace`, as an operator's
+    /// RoleBinding would (e.g. `konsumer-secret-reader` for a team's namespace).
+    pub fn bind_in_namespace(&self, namespace: &str, role: &str) {
+        self.rbac.lock().unwrap().bind_in_namespace(namespace, role);
+    }
+
+    /// The test makes calls RBAC refuses on purpose.
+    pub fn expect_forbidden(&self) {
+        self.forbidden_expected.store(true, Ordering::SeqCst);
+    }
+
+    /// The requests RBAC refused so far.
+    pub fn forbidden(&self) -> Vec<String> {
+        self.forbidden.lock().unwrap().clone()
     }
 
     pub fn hold_lists(&self) {
@@ -219,9 +271,11 @@ fn broadcast(state: &mut State, kind: &str, object: &Value) {
     state.watchers.retain(|w| w.send(line.clone()).is_ok());
 }
 
-async fn serve(mut handle: Handle, fake: Arc<FakeApiServer>) {
+async fn serve(mut handle: Handle, fake: Weak<FakeApiServer>) {
     while let Some((request, respond)) = handle.next_request().await {
-        let fake = fake.clone();
+        let Some(fake) = fake.upgrade() else {
+            return;
+        };
         tokio::spawn(async move {
             let response = answer(&fake, request).await;
             respond.send_response(response);
@@ -254,6 +308,20 @@ async fn answer(fake: &FakeApiServer, request: Request<Body>) -> Response<MockBo
         .filter_map(|kv| kv.split_once('='))
         .collect();
     let param = |k: &str| params.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+
+    // The RBAC authorizer answers before anything looks for the object (403 before 404).
+    if let Some(attributes) = rbac::attributes(parts.method.as_str(), &path, &query)
+        && !fake.rbac.lock().unwrap().allows(&attributes)
+    {
+        fake.forbidden
+            .lock()
+            .unwrap()
+            .push(format!("{} {} {}", parts.method, path, query));
+        return json_response(
+            StatusCode::FORBIDDEN,
+            &rbac::forbidden(&attributes, KONSUMER_USER),
+        );
+    }
 
     if let Some(rest) = path.strip_prefix(LEASES) {
         if fake.state.lock().unwrap().leases_down {

@@ -10,6 +10,7 @@ mod fake_apiserver;
 mod kube_mode;
 mod prometheus_client;
 mod prometheus_harness;
+mod rbac;
 mod reconciler_faults;
 mod support;
 mod workload_fixtures;
