@@ -116,12 +116,13 @@ pub(crate) fn ratio(s: &str) -> Result<f64, String> {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address of the TLS webhook listener.
-    #[arg(long, env = "KONSUMER_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
-    pub webhook_addr: SocketAddr,
-    /// Address of the plain-HTTP admin listener (/livez, /readyz, /metrics).
-    #[arg(long, env = "KONSUMER_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
-    pub admin_addr: SocketAddr,
+    /// Address of the TLS webhook listener [default: 0.0.0.0:8443; 127.0.0.1:8443 with --local].
+    #[arg(long, env = "KONSUMER_WEBHOOK_ADDR")]
+    pub webhook_addr: Option<SocketAddr>,
+    /// Address of the plain-HTTP admin listener (/livez, /readyz, /metrics)
+    /// [default: 0.0.0.0:8080; 127.0.0.1:8080 with --local].
+    #[arg(long, env = "KONSUMER_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
     /// PEM serving certificate (required in kube mode; reloaded when it changes).
     #[arg(
         long,
@@ -185,9 +186,10 @@ pub struct ServeArgs {
     /// Name of the reconciler's Lease (kube mode).
     #[arg(long, env = "KONSUMER_LEASE_NAME", default_value = "konsumer-leader")]
     pub lease_name: String,
-    /// Namespace of the Lease (kube mode; in a Pod, set POD_NAMESPACE from the downward API).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-    pub lease_namespace: String,
+    /// Namespace of the Lease (kube mode) [default: the Pod's namespace (POD_NAMESPACE, or
+    /// its ServiceAccount's), else `default`].
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
     /// This replica's identity in the Lease (in a Pod, set POD_NAME from the downward API).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
@@ -215,10 +217,21 @@ impl ServeArgs {
             Mode::Local { .. } => Duration::ZERO,
             Mode::Kube { .. } => Duration::from_secs(5),
         });
+        // A laptop tool listens on loopback; a Pod must be reachable by the apiserver.
+        let host: [u8; 4] = match mode {
+            Mode::Local { .. } => [127, 0, 0, 1],
+            Mode::Kube { .. } => [0, 0, 0, 0],
+        };
+        let webhook_addr = self.webhook_addr.unwrap_or(SocketAddr::from((host, 8443)));
+        let admin_addr = self.admin_addr.unwrap_or(SocketAddr::from((host, 8080)));
+        let lease_namespace = own_namespace(
+            self.lease_namespace,
+            std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE).ok(),
+        );
         Ok(ServeConfig {
             mode,
-            webhook_addr: self.webhook_addr,
-            admin_addr: self.admin_addr,
+            webhook_addr,
+            admin_addr,
             tls,
             tls_reload_every: self.tls_reload_interval,
             admission: AdmissionConfig {
@@ -238,13 +251,30 @@ impl ServeArgs {
             }),
             lease: LeaseConfig {
                 name: self.lease_name,
-                namespace: self.lease_namespace,
+                namespace: lease_namespace,
                 identity: self.pod_name.unwrap_or_else(default_identity),
                 duration: self.lease_duration,
                 grace: (self.lease_duration / 3).max(Duration::from_secs(1)),
             },
         })
     }
+}
+
+/// Where a Pod's ServiceAccount token mount says which namespace the Pod is in.
+pub const SERVICE_ACCOUNT_NAMESPACE: &str =
+    "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// konsumer's own namespace (its Lease's): the flag or `POD_NAMESPACE`, else the
+/// namespace of the ServiceAccount mounted in the Pod, else `default` (outside a
+/// cluster). Never a shared namespace by accident when running in a Pod.
+pub fn own_namespace(flag: Option<String>, service_account: Option<String>) -> String {
+    flag.filter(|ns| !ns.trim().is_empty())
+        .or_else(|| {
+            service_account
+                .map(|ns| ns.trim().to_string())
+                .filter(|ns| !ns.is_empty())
+        })
+        .unwrap_or_else(|| "default".to_string())
 }
 
 /// The host name plus a random suffix: unique per process, readable in the Lease.
@@ -319,5 +349,34 @@ mod tests {
         }
         let ok = parse(&["serve", "--reconcile-interval=1s", "--max-connections=1"]);
         assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    fn serve_config(args: &[&str]) -> ServeConfig {
+        match parse(args).unwrap().command {
+            Command::Serve(serve) => (*serve).into_config().unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn local_mode_listens_on_loopback_and_kube_mode_on_every_interface() {
+        let local = serve_config(&["serve", "--local", "."]);
+        assert_eq!(local.webhook_addr, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(local.admin_addr, "127.0.0.1:8080".parse().unwrap());
+        let kube = serve_config(&["serve", "--tls-cert=c", "--tls-key=k"]);
+        assert_eq!(kube.webhook_addr, "0.0.0.0:8443".parse().unwrap());
+        assert_eq!(kube.admin_addr, "0.0.0.0:8080".parse().unwrap());
+        let chosen = serve_config(&["serve", "--local", ".", "--webhook-addr=0.0.0.0:9000"]);
+        assert_eq!(chosen.webhook_addr, "0.0.0.0:9000".parse().unwrap());
+    }
+
+    #[test]
+    fn the_lease_lives_in_the_pods_own_namespace_unless_told_otherwise() {
+        let sa = || Some("team-a\n".to_string());
+        assert_eq!(own_namespace(None, sa()), "team-a");
+        assert_eq!(own_namespace(Some("ops".into()), sa()), "ops");
+        assert_eq!(own_namespace(Some(" ".into()), sa()), "team-a");
+        assert_eq!(own_namespace(None, None), "default");
+        assert_eq!(own_namespace(None, Some("".into())), "default");
     }
 }

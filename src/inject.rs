@@ -70,7 +70,7 @@ fn resolve<'s>(
     let (id, source) = instance::find(hints, &settings.base_name).map_err(|e| match e {
         InstanceError::NotANumber { source, value } => Denial::new(
             format!(
-                "{source}: {value:?} is not an instance number of Consumer {key} (expected 0..{last})"
+                "{source}: {value:?} is not an instance number of Consumer {key}: set it to a number in 0..{last}"
             ),
             Some(source.field()),
         ),
@@ -97,7 +97,8 @@ fn resolve<'s>(
         Denial::new(
             format!(
                 "instance {id} (from {source}) is out of range: Consumer {key} has {} instances \
-                 (0..{last}) for {} partitions at {} per instance",
+                 (0..{last}) for {} partitions at {} per instance; use an instance in 0..{last}, \
+                 or give the Consumer more instances (numPartitions, numPartitionsPerInstance)",
                 settings.instances(),
                 settings.num_partitions(),
                 settings.num_partitions().div_ceil(settings.instances()),

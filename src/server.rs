@@ -77,20 +77,24 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops everything: readiness turns false, then (after the drain delay) the
-    /// listeners close, in-flight requests finish, background tasks end.
+    /// Stops everything: readiness turns false and the Lease is given up at once
+    /// (the next leader need not wait out the drain), then, after the drain delay,
+    /// the listeners close, in-flight requests finish, background tasks end.
     pub async fn stop(mut self) {
         self.health.begin_stop();
-        tokio::time::sleep(self.drain_delay).await;
-        self.shutdown.cancel();
-        // The lease is given up while in-flight requests finish, not after: the
-        // next leader should not wait out the listeners' grace period.
+        let leadership = self.leadership.take();
+        let grace = self.grace;
         let release = async {
-            if let Some(leadership) = self.leadership.take() {
-                leadership.stop(self.grace).await;
+            if let Some(leadership) = leadership {
+                leadership.stop(grace).await;
             }
         };
-        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        let (shutdown, drain_delay, tasks) = (&self.shutdown, self.drain_delay, &mut self.tasks);
+        let drain = async {
+            tokio::time::sleep(drain_delay).await;
+            shutdown.cancel();
+            while tasks.join_next().await.is_some() {}
+        };
         tokio::join!(release, drain);
     }
 

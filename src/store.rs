@@ -16,7 +16,7 @@ pub use index::{CachedConsumer, ConsumerIndex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("Kubernetes API: {0}")]
+    #[error("Kubernetes API: {}", kube::describe(.0))]
     Kube(#[from] ::kube::Error),
     #[error("{path}: {source}")]
     Io {
@@ -53,4 +53,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// A short name for logs and metrics: `local` or `kube`.
     fn kind(&self) -> &'static str;
+
+    /// `Err(what konsumer does watch)` when Consumers in `namespace` are not
+    /// watched (`--namespace`): a workload there is told so, not "no Consumer".
+    fn watches(&self, namespace: &str) -> Result<(), String> {
+        let _ = namespace;
+        Ok(())
+    }
 }

@@ -169,7 +169,14 @@ pub async fn answer(state: &Admission, body: &[u8], budget: Duration) -> Reply {
     .instrument(span.clone())
     .await;
 
-    let (answer, outcome) = decided;
+    let (mut answer, outcome) = decided;
+    if let Some(status) = answer.status.as_mut() {
+        sign(
+            status,
+            kind,
+            request.name.as_ref().map(|n| n.as_str()).unwrap_or(""),
+        );
+    }
     let _enter = span.enter();
     match outcome {
         Outcome::denied => tracing::info!(
@@ -183,6 +190,29 @@ pub async fn answer(state: &Admission, body: &[u8], budget: Duration) -> Reply {
         _ => tracing::debug!(warnings = answer.warnings.len(), "answered"),
     }
     reply(answer, outcome)
+}
+
+/// Through a real apiserver a 422 reaches kubectl as its causes only ("The Pod
+/// \"x\" is invalid: field: message"): the apiserver's "admission webhook … denied
+/// the request" prefix is not shown. Every workload denial says it is konsumer's.
+fn sign(status: &mut Status, kind: Kind, name: &str) {
+    let (what, group) = match kind {
+        Kind::Pod => ("Pod", None),
+        Kind::Deployment => ("Deployment", Some("apps")),
+        _ => ("object", None),
+    };
+    let prefix = format!("konsumer refused this {what}: ");
+    status.message.insert_str(0, &prefix);
+    if let Some(details) = status.details.as_mut() {
+        for cause in &mut details.causes {
+            cause.message.insert_str(0, &prefix);
+        }
+        if !name.is_empty() && details.kind.is_none() {
+            details.kind = Some(what.to_string());
+            details.name = Some(name.to_string());
+            details.group = group.map(String::from);
+        }
+    }
 }
 
 fn deny(status: Status) -> (Answer, Outcome) {
@@ -334,6 +364,17 @@ async fn lookup(
         return Ok(c);
     }
     state.metrics.consumer_cache_misses.inc();
+    if let Err(watched) = state.store.watches(namespace) {
+        return Err(invalid(
+            format!(
+                "namespace {namespace:?} is not watched: konsumer serves Consumers of {watched}; \
+                 align the webhook configuration's namespaceSelector with --namespace \
+                 (docs/operations.md), or remove the label {}",
+                keys::CONSUMER
+            ),
+            format!("metadata.labels[{}]", keys::CONSUMER),
+        ));
+    }
     let not_found = || {
         invalid(
             format!(

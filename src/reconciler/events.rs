@@ -52,7 +52,7 @@ impl TransitionSink for KubeEvents {
             .publish(&event, &consumer.object_ref(&()))
             .await
         {
-            tracing::warn!(consumer = %consumer.key(), error = %e, "cannot record a Kubernetes Event");
+            tracing::warn!(consumer = %consumer.key(), error = %crate::store::kube::describe(&e), "cannot record a Kubernetes Event");
         }
     }
 }

@@ -71,10 +71,10 @@ impl Leadership {
                     Ok(()) => return,
                     Err(e) => {
                         if tx.send_replace(false) {
-                            tracing::warn!(error = %e, lease = %config.name, identity = %config.identity,
+                            tracing::warn!(error = %describe(&e), lease = %config.name, namespace = %config.namespace, identity = %config.identity,
                                 "lease renewal failed; stopped reconciling until the lease is confirmed again");
                         } else {
-                            tracing::warn!(error = %e, lease = %config.name, "cannot reach the lease; retrying");
+                            tracing::warn!(error = %describe(&e), lease = %config.name, namespace = %config.namespace, "cannot reach the lease; retrying");
                         }
                     }
                 }
@@ -96,6 +96,14 @@ impl Leadership {
     pub async fn stop(self, grace: Duration) {
         self.stop.cancel();
         let _ = tokio::time::timeout(grace, self.task).await;
+    }
+}
+
+/// A lease error for people (the API server's answer, not a `Debug` dump).
+fn describe(e: &LeaseManagerError) -> String {
+    match e {
+        LeaseManagerError::KubeError(e) => crate::store::kube::describe(e),
+        other => other.to_string(),
     }
 }
 
@@ -135,7 +143,7 @@ async fn compete(
         match manager.release().await {
             Ok(()) => tracing::info!(lease = %config.name, "lease released"),
             Err(e) => {
-                tracing::warn!(error = %e, lease = %config.name, "lease not released cleanly; it expires by itself")
+                tracing::warn!(error = %describe(&e), lease = %config.name, "lease not released cleanly; it expires by itself")
             }
         }
     }

@@ -15,6 +15,46 @@ use tokio_util::sync::CancellationToken;
 use super::{CachedConsumer, ConsumerIndex, Store, StoreError};
 use crate::api::{Consumer, ConsumerStatus, GROUP, VERSION_V1};
 
+/// A Kubernetes API error for people: the status code, reason and message, and
+/// what a 401/403 means for konsumer — never kube-rs's `Debug` dump of the Status.
+pub fn describe(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => {
+            let hint = match status.code {
+                401 => " (konsumer's credentials were refused)",
+                403 => " (konsumer's RBAC does not allow this call: see manifests/base/rbac.yaml)",
+                _ => "",
+            };
+            let reason = if status.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", status.reason)
+            };
+            format!(
+                "the API server answered {}{reason}: {}{hint}",
+                status.code, status.message
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A watch error for people (see [`describe`]).
+pub fn describe_watch(e: &watcher::Error) -> String {
+    match e {
+        watcher::Error::InitialListFailed(e) => format!("listing failed: {}", describe(e)),
+        watcher::Error::WatchStartFailed(e) => {
+            format!("starting the watch failed: {}", describe(e))
+        }
+        watcher::Error::WatchFailed(e) => format!("the watch failed: {}", describe(e)),
+        watcher::Error::WatchError(status) => format!(
+            "the API server ended the watch: {} {}: {}",
+            status.code, status.reason, status.message
+        ),
+        other => other.to_string(),
+    }
+}
+
 /// Field manager of every write konsumer makes.
 pub const FIELD_MANAGER: &str = "konsumer";
 
@@ -96,7 +136,9 @@ impl KubeStore {
                         index.remove(&ns, &name);
                         this.forget_direct(Some((ns, name)));
                     }
-                    Some(Err(e)) => tracing::warn!(error = %e, "Consumer watch failed; retrying"),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %describe_watch(&e), "Consumer watch failed; retrying")
+                    }
                     None => break,
                 }
             }
@@ -176,5 +218,58 @@ impl Store for KubeStore {
 
     fn kind(&self) -> &'static str {
         "kube"
+    }
+
+    fn watches(&self, namespace: &str) -> Result<(), String> {
+        match &self.namespace {
+            Some(watched) if watched != namespace => {
+                Err(format!("namespace {watched:?} only (--namespace)"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16, reason: &str, message: &str) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            reason: reason.into(),
+            message: message.into(),
+            ..kube::core::Status::default()
+        }))
+    }
+
+    #[test]
+    fn api_errors_read_as_sentences_not_debug_dumps() {
+        let e = api_error(404, "NotFound", "namespaces \"konsumer-sytem\" not found");
+        let text = describe(&e);
+        assert_eq!(
+            text,
+            "the API server answered 404 NotFound: namespaces \"konsumer-sytem\" not found"
+        );
+        assert!(
+            e.to_string().contains("Status {"),
+            "kube-rs's own form dumps"
+        );
+        let store = crate::store::StoreError::from(e).to_string();
+        assert!(
+            !store.contains("Status {") && store.contains("404 NotFound"),
+            "{store}"
+        );
+        let forbidden = describe(&api_error(403, "Forbidden", "leases is forbidden"));
+        assert!(
+            forbidden.contains("manifests/base/rbac.yaml"),
+            "{forbidden}"
+        );
+        let watch = describe_watch(&watcher::Error::InitialListFailed(api_error(
+            403,
+            "Forbidden",
+            "no",
+        )));
+        assert!(!watch.contains('{'), "{watch}");
     }
 }

@@ -318,6 +318,14 @@ async fn start_reconciling(
     fake_consumers: &[Value],
     identity: &str,
 ) -> (KubeServer, Arc<FakeApiServer>) {
+    start_reconciling_with(fake_consumers, identity, |_| {}).await
+}
+
+async fn start_reconciling_with(
+    fake_consumers: &[Value],
+    identity: &str,
+    tweak: impl FnOnce(&mut ServeConfig),
+) -> (KubeServer, Arc<FakeApiServer>) {
     use konsumer::reconciler::ReconcilerConfig;
     use konsumer::reconciler::leader::LeaseConfig;
     let (client, fake) = FakeApiServer::start();
@@ -342,6 +350,7 @@ async fn start_reconciling(
         duration: Duration::from_secs(2),
         grace: Duration::from_secs(1),
     };
+    tweak(&mut config);
     let index = ConsumerIndex::new();
     let store = Arc::new(KubeStore::new(client, None, index.clone()));
     let running = server::start(config, index, Backend::kube(store))
@@ -542,6 +551,39 @@ async fn the_lease_is_released_on_shutdown() {
     assert!(
         lease["spec"].get("holderIdentity").is_none(),
         "released: {lease}"
+    );
+}
+
+#[tokio::test]
+async fn the_lease_is_given_up_when_the_stop_begins_not_after_the_drain() {
+    let (s, fake) = start_reconciling_with(&[], "replica-a", |c| {
+        c.drain_delay = Duration::from_secs(3);
+    })
+    .await;
+    let leader = leading(&s).await;
+    drop(leader);
+    let started = std::time::Instant::now();
+    let stopping = tokio::spawn(s.running.stop());
+    let released = async {
+        loop {
+            let lease = fake.lease("konsumer-leader").unwrap();
+            if lease["spec"].get("holderIdentity").is_none() {
+                return started.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let took = tokio::time::timeout(Duration::from_secs(10), released)
+        .await
+        .expect("released");
+    assert!(
+        took < Duration::from_secs(2),
+        "the lease waited {took:?} for the 3 s drain"
+    );
+    stopping.await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "the drain still runs"
     );
 }
 
