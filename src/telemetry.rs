@@ -1,6 +1,7 @@
 //! Logs (plain or JSON, by flag) and the metrics registry.
 
 pub mod metrics;
+pub mod process;
 
 use std::io::IsTerminal;
 
