@@ -14,10 +14,14 @@ use crate::validation::{self, Report};
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
-    /// Manifest files (multi-document YAML or JSON); `-` reads stdin. Documents
-    /// that are not Consumers are skipped.
-    #[arg(short = 'f', long = "filename", required = true, value_name = "FILE")]
+    /// Manifest files (multi-document YAML or JSON) or directories of them (their
+    /// .yaml, .yml and .json files); `-` reads stdin. Documents that are not
+    /// Consumers are skipped.
+    #[arg(short = 'f', long = "filename", required = true, value_name = "FILE|DIR")]
     pub files: Vec<PathBuf>,
+    /// Also the files in subdirectories of a directory given with -f.
+    #[arg(short = 'R', long, env = "KONSUMER_VALIDATE_RECURSIVE")]
+    pub recursive: bool,
     /// Output format.
     #[arg(
         short = 'o',
@@ -134,12 +138,65 @@ fn render_text(results: &[DocumentResult], problems: &[FileProblem]) -> String {
     out
 }
 
+/// The manifest files behind `paths`: a directory stands for its `.yaml`, `.yml`
+/// and `.json` files in name order (and its subdirectories' with `recursive`),
+/// hidden ones left out, as `kubectl apply -f DIR` reads them.
+pub fn expand(paths: &[PathBuf], recursive: bool) -> Result<Vec<PathBuf>, FileProblem> {
+    let mut out = Vec::new();
+    for path in paths {
+        if path.as_os_str() != "-" && path.is_dir() {
+            walk(path, recursive, &mut out)?;
+        } else {
+            out.push(path.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &std::path::Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<(), FileProblem> {
+    let problem = |e: std::io::Error| FileProblem {
+        file: dir.display().to_string(),
+        problem: e.to_string(),
+    };
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(problem)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            !p.file_name()
+                .and_then(|n| n.to_str())
+                .is_none_or(|n| n.starts_with('.'))
+        })
+        .collect();
+    entries.sort();
+    for entry in entries {
+        if entry.is_dir() {
+            if recursive {
+                walk(&entry, recursive, out)?;
+            }
+        } else if matches!(
+            entry.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        ) {
+            out.push(entry);
+        }
+    }
+    Ok(())
+}
+
 /// Exit status: 0 all valid, 1 invalid (or warnings with --warnings-as-errors,
 /// or no Consumer at all), 2 unreadable input.
 pub fn run(args: ValidateArgs) -> ExitCode {
     let mut results = Vec::new();
     let mut problems = Vec::new();
-    for path in &args.files {
+    let files = match expand(&args.files, args.recursive) {
+        Ok(files) => files,
+        Err(problem) => {
+            problems.push(problem);
+            Vec::new()
+        }
+    };
+    for path in &files {
         let name = path.display().to_string();
         match read_input(path)
             .map_err(|e| e.root_cause().to_string())
@@ -207,6 +264,30 @@ mod tests {
             text.contains("  error: spec.numPartitions: Invalid value: 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_directory_stands_for_its_manifest_files_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let orders = include_str!("../../tests/fixtures/consumer-orders.yaml");
+        std::fs::write(dir.path().join("b.yaml"), orders).unwrap();
+        std::fs::write(dir.path().join("a.json"), "{}").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a manifest").unwrap();
+        std::fs::write(dir.path().join(".hidden.yaml"), orders).unwrap();
+        std::fs::create_dir(dir.path().join("team")).unwrap();
+        std::fs::write(dir.path().join("team/c.yml"), orders).unwrap();
+        let names = |files: Vec<PathBuf>| -> Vec<String> {
+            files
+                .iter()
+                .map(|f| f.strip_prefix(dir.path()).unwrap().display().to_string())
+                .collect()
+        };
+        let flat = expand(&[dir.path().to_path_buf()], false).unwrap();
+        assert_eq!(names(flat), ["a.json", "b.yaml"]);
+        let deep = expand(&[dir.path().to_path_buf()], true).unwrap();
+        assert_eq!(names(deep), ["a.json", "b.yaml", "team/c.yml"]);
+        let stdin = expand(&[PathBuf::from("-")], false).unwrap();
+        assert_eq!(stdin, [PathBuf::from("-")]);
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod e2e_local;
 mod e2e_reconcile;
 mod fake_apiserver;
 mod fresh_machine;
+mod image;
 mod kube_mode;
 mod manifests;
 mod prometheus_client;
