@@ -17,7 +17,12 @@ pub struct ValidateArgs {
     /// Manifest files (multi-document YAML or JSON) or directories of them (their
     /// .yaml, .yml and .json files); `-` reads stdin. Documents that are not
     /// Consumers are skipped.
-    #[arg(short = 'f', long = "filename", required = true, value_name = "FILE|DIR")]
+    #[arg(
+        short = 'f',
+        long = "filename",
+        required = true,
+        value_name = "FILE|DIR"
+    )]
     pub files: Vec<PathBuf>,
     /// Also the files in subdirectories of a directory given with -f.
     #[arg(short = 'R', long, env = "KONSUMER_VALIDATE_RECURSIVE")]

@@ -119,7 +119,11 @@ fn the_build_stage_uses_the_lock_file_and_a_stripped_profile() {
 
     let toml = cargo_toml();
     let section = format!("profile.{profile}");
-    assert_eq!(toml.get(&section, "strip"), Some("true"), "[{section}] strips");
+    assert_eq!(
+        toml.get(&section, "strip"),
+        Some("true"),
+        "[{section}] strips"
+    );
     assert_eq!(toml.get(&section, "debug"), Some("false"));
     assert_eq!(toml.get(&section, "inherits"), Some("release"));
     for s in ["profile.release", section.as_str()] {
@@ -151,7 +155,10 @@ fn the_build_stage_uses_the_lock_file_and_a_stripped_profile() {
         .split('.')
         .map(|p| p.parse().unwrap())
         .collect();
-    assert!(have >= wanted, "rust:{tag} is older than rust-version {wanted:?}");
+    assert!(
+        have >= wanted,
+        "rust:{tag} is older than rust-version {wanted:?}"
+    );
 
     // The runtime stage copies the binary of exactly that profile.
     let runtime = &stages[1];
@@ -192,11 +199,20 @@ fn the_runtime_stage_is_a_minimal_non_root_base_holding_only_the_binary() {
         .expect("a USER")
         .args
         .clone();
-    let uid: u32 = user.split(':').next().unwrap().parse().expect("a numeric user");
+    let uid: u32 = user
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("a numeric user");
     assert_ne!(uid, 0);
-    let deployment: Value = serde_saphyr::from_str(&read("manifests/base/deployment.yaml")).unwrap();
+    let deployment: Value =
+        serde_saphyr::from_str(&read("manifests/base/deployment.yaml")).unwrap();
     let security = &deployment["spec"]["template"]["spec"]["securityContext"];
-    assert_eq!(security["runAsUser"], uid, "the Deployment runs as the image's user");
+    assert_eq!(
+        security["runAsUser"], uid,
+        "the Deployment runs as the image's user"
+    );
 
     let entrypoint = runtime
         .instructions
@@ -234,7 +250,9 @@ fn the_build_context_leaves_out_target_git_and_keys() {
     // What the build needs stays in.
     for needed in ["src/", "Cargo.toml", "Cargo.lock", "benches/"] {
         assert!(
-            !patterns.iter().any(|p| p.trim_end_matches('/') == needed.trim_end_matches('/')),
+            !patterns
+                .iter()
+                .any(|p| p.trim_end_matches('/') == needed.trim_end_matches('/')),
             "{needed} must not be ignored"
         );
     }
