@@ -228,6 +228,10 @@ impl Reconciler {
             }
             self.metrics.leader.set(0);
             self.forget_gauges();
+            if shutdown.is_cancelled() {
+                // Giving the lease up on the way out is not losing it.
+                return;
+            }
             tracing::warn!("lost the reconciler lease: stopped reconciling");
         }
     }

@@ -53,4 +53,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// A short name for logs and metrics: `local` or `kube`.
     fn kind(&self) -> &'static str;
+
+    /// Why status cannot be written now (the last write failed and the store has
+    /// not recovered since), for readiness and `konsumer_store_writable`.
+    fn status_write_problem(&self) -> Option<String> {
+        None
+    }
 }

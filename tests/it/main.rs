@@ -7,6 +7,7 @@ mod crd;
 mod e2e_local;
 mod e2e_reconcile;
 mod fake_apiserver;
+mod hostile;
 mod kube_mode;
 mod prometheus_client;
 mod prometheus_harness;
