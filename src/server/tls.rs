@@ -167,8 +167,8 @@ fn not_after_of_file(path: &Path) -> Option<i64> {
 /// How long before expiry a serving certificate is warned about.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 
-/// What is served now, with the bytes it was parsed from.
-#[derive(Debug)]
+/// What is served now, with the bytes it was parsed from (no `Debug`: it holds
+/// the private key).
 struct Served {
     key: Arc<CertifiedKey>,
     cert_pem: Vec<u8>,
@@ -180,13 +180,22 @@ struct Served {
 /// rewrite that keeps modification times and the atomic `..data` symlink swap of
 /// a mounted Secret are both seen; a pair that does not parse or match (half
 /// written, say) is reported once and the current one keeps serving.
-#[derive(Debug)]
 pub struct ReloadingCert {
     files: CertFiles,
     current: RwLock<Served>,
     /// The last pair refused, so that it is reported once, not every check.
     refused: Mutex<Option<(Vec<u8>, Vec<u8>)>>,
     last_expiry_warning: Mutex<Option<std::time::Instant>>,
+}
+
+impl std::fmt::Debug for ReloadingCert {
+    // The key material stays out of every log and error.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingCert")
+            .field("files", &self.files)
+            .field("not_after", &self.not_after())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ReloadingCert {
@@ -685,6 +694,19 @@ mod tests {
         std::fs::write(&files.key, &fresh.key).unwrap();
         assert!(cert.reload_if_changed().unwrap());
         assert_ne!(cert.not_after(), before);
+    }
+
+    #[test]
+    fn debug_output_holds_no_key_material() {
+        let dir = tempfile::tempdir().unwrap();
+        let (files, _) = ensure_local(dir.path()).unwrap();
+        let cert = ReloadingCert::new(files).unwrap();
+        let shown = format!("{cert:?}");
+        assert!(shown.contains("tls.crt"), "{shown}");
+        assert!(
+            !shown.contains("45, 45") && !shown.contains("PRIVATE"),
+            "{shown}"
+        );
     }
 
     #[test]

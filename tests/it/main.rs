@@ -13,4 +13,5 @@ mod prometheus_client;
 mod prometheus_harness;
 mod reconciler_faults;
 mod support;
+mod tls_rotation;
 mod workload_fixtures;
