@@ -77,14 +77,9 @@ pub enum Output {
     Json,
 }
 
-/// A manifest file, or standard input for `-`.
+/// A manifest file, or standard input for `-`, read with konsumer's size cap.
 pub(crate) fn read_input(path: &std::path::Path) -> anyhow::Result<String> {
-    if path.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading stdin")?;
-        return Ok(s);
-    }
-    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    Ok(crate::manifest::read_input(path)?)
 }
 
 /// A duration that must not be zero (intervals, timeouts).

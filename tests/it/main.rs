@@ -12,6 +12,7 @@ mod kube_mode;
 mod prometheus_client;
 mod prometheus_harness;
 mod reconciler_faults;
+mod store_faults;
 mod support;
 mod tls_rotation;
 mod workload_fixtures;
