@@ -9,6 +9,7 @@ mod e2e_reconcile;
 mod fake_apiserver;
 mod hostile;
 mod kube_mode;
+mod largest_consumer;
 mod prometheus_client;
 mod prometheus_harness;
 mod reconciler_faults;
