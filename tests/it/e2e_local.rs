@@ -88,6 +88,11 @@ impl Binary {
         self.logs.lock().unwrap().clone()
     }
 
+    /// The log lines as they come, readable after the process ended.
+    pub fn log_lines(&self) -> Arc<Mutex<Vec<Value>>> {
+        self.logs.clone()
+    }
+
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();
         Command::new("kill")
@@ -192,8 +197,25 @@ async fn local_mode_binary_answers_and_follows_edits_of_the_consumer_file() {
     }
     assert_eq!(last, "12", "the edit reached the webhook");
 
+    let logs = konsumer.log_lines();
     let status = konsumer.terminate();
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    let lost: Vec<Value> = logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("lost the reconciler lease"))
+        })
+        .cloned()
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "stopping is not losing the lease: {lost:#?}"
+    );
 }
 
 #[test]
