@@ -335,27 +335,35 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     }
 }
 
-/// SIGTERM and Ctrl-C, listened for from the start: a signal that arrives while
-/// the server is still starting is not lost (nor kills the process).
+/// SIGTERM and SIGINT (Ctrl-C), listened for from the start: a signal that
+/// arrives while the server is still starting is not lost (nor kills it).
 struct Signals {
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
     fn new() -> Signals {
-        Signals {
-            #[cfg(unix)]
-            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Signals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
+            }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
 
     async fn recv(&mut self) {
         #[cfg(unix)]
-        if let Some(term) = self.term.as_mut() {
+        if let (Some(term), Some(int)) = (self.term.as_mut(), self.int.as_mut()) {
             tokio::select! {
                 _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+                _ = int.recv() => {}
             }
             return;
         }
