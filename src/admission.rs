@@ -37,8 +37,6 @@ pub struct AdmissionConfig {
     pub max_body_bytes: usize,
     /// Requests decided at once; more wait, within their budget.
     pub max_concurrent: usize,
-    /// Open webhook connections; more wait in the listen backlog.
-    pub max_connections: usize,
 }
 
 impl Default for AdmissionConfig {
@@ -48,7 +46,6 @@ impl Default for AdmissionConfig {
             max_budget: Duration::from_secs(10),
             max_body_bytes: 5 << 20,
             max_concurrent: 256,
-            max_connections: 1024,
         }
     }
 }

@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::admission::AdmissionConfig;
 use crate::api::duration::parse_go_duration;
-use crate::config::{Mode, ServeConfig, TlsSource};
+use crate::config::{ConnectionConfig, Mode, ServeConfig, TlsSource};
 use crate::reconciler::ReconcilerConfig;
 use crate::reconciler::leader::LeaseConfig;
 use crate::server::tls::CertFiles;
@@ -78,14 +78,9 @@ pub enum Output {
     Json,
 }
 
-/// A manifest file, or standard input for `-`.
+/// A manifest file, or standard input for `-`, read with konsumer's size cap.
 pub(crate) fn read_input(path: &std::path::Path) -> anyhow::Result<String> {
-    if path.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading stdin")?;
-        return Ok(s);
-    }
-    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    Ok(crate::manifest::read_input(path)?)
 }
 
 /// A duration that must not be zero (intervals, timeouts).
@@ -156,9 +151,30 @@ pub struct ServeArgs {
     /// Admission requests decided at once; more wait their turn.
     #[arg(long, env = "KONSUMER_MAX_CONCURRENT_REQUESTS", default_value_t = 256, value_parser = positive_count)]
     pub max_concurrent_requests: usize,
-    /// Webhook connections served at once; more wait in the listen backlog.
-    #[arg(long, env = "KONSUMER_MAX_CONNECTIONS", default_value_t = 1024, value_parser = positive_count)]
-    pub max_connections: usize,
+    /// Webhook connections open at once [default: 1024, fewer when the open-file
+    /// limit is low]. When all are taken, a new connection takes the slot of one
+    /// without a request in flight (idle keep-alive, or still in its handshake).
+    #[arg(long, env = "KONSUMER_MAX_CONNECTIONS", value_parser = positive_count)]
+    pub max_connections: Option<usize>,
+    /// Webhook connections one client address may hold [default: 3/4 of --max-connections].
+    #[arg(long, env = "KONSUMER_MAX_CONNECTIONS_PER_PEER", value_parser = positive_count)]
+    pub max_connections_per_peer: Option<usize>,
+    /// Admin-port connections open at once [default: 64, fewer when the open-file limit is low].
+    #[arg(long, env = "KONSUMER_ADMIN_MAX_CONNECTIONS", value_parser = positive_count)]
+    pub admin_max_connections: Option<usize>,
+    /// Time a client gets for the TLS handshake.
+    #[arg(long, env = "KONSUMER_HANDSHAKE_TIMEOUT", default_value = "3s", value_parser = positive_duration)]
+    pub handshake_timeout: Duration,
+    /// Time a new connection gets to send its first request's headers.
+    #[arg(long, env = "KONSUMER_HEADER_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
+    pub header_timeout: Duration,
+    /// Time a keep-alive connection may wait for its next request (headers included).
+    #[arg(long, env = "KONSUMER_IDLE_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
+    pub idle_timeout: Duration,
+    /// PEM CA bundle: require a client certificate signed by it on the webhook
+    /// listener (the apiserver's, from its admission control config).
+    #[arg(long, env = "KONSUMER_CLIENT_CA", value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
     /// Longest time an admission request may take (the apiserver's ?timeout= is honoured below it).
     #[arg(long, env = "KONSUMER_MAX_REQUEST_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub max_request_timeout: Duration,
@@ -234,11 +250,19 @@ impl ServeArgs {
             admin_addr,
             tls,
             tls_reload_every: self.tls_reload_interval,
+            client_ca: self.client_ca,
+            connections: ConnectionConfig {
+                webhook_max: self.max_connections,
+                webhook_max_per_peer: self.max_connections_per_peer,
+                admin_max: self.admin_max_connections,
+                handshake_timeout: self.handshake_timeout,
+                header_timeout: self.header_timeout,
+                idle_timeout: self.idle_timeout,
+            },
             admission: AdmissionConfig {
                 gomemlimit_ratio: self.gomemlimit_ratio,
                 max_budget: self.max_request_timeout,
                 max_concurrent: self.max_concurrent_requests,
-                max_connections: self.max_connections,
                 ..AdmissionConfig::default()
             },
             drain_delay,
@@ -337,6 +361,11 @@ mod tests {
             "--prometheus-timeout=0s",
             "--lease-duration=0s",
             "--max-connections=0",
+            "--max-connections-per-peer=0",
+            "--admin-max-connections=0",
+            "--header-timeout=0s",
+            "--idle-timeout=0s",
+            "--handshake-timeout=0s",
             "--max-concurrent-requests=0",
             "--reconcile-concurrency=0",
         ] {
@@ -378,5 +407,18 @@ mod tests {
         assert_eq!(own_namespace(Some(" ".into()), sa()), "team-a");
         assert_eq!(own_namespace(None, None), "default");
         assert_eq!(own_namespace(None, Some("".into())), "default");
+    }
+
+    #[test]
+    fn certificates_that_would_be_expired_are_refused_at_the_door() {
+        for days in ["--days=0", "--days=-1", "--days=3651"] {
+            let err = parse(&["certs", days]).expect_err(days);
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{days}"
+            );
+        }
+        assert!(parse(&["certs", "--days", "1"]).is_ok());
     }
 }

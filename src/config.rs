@@ -27,6 +27,36 @@ pub enum TlsSource {
     GenerateLocal,
 }
 
+/// Connection bounds of the listeners (see `server::listener`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionConfig {
+    /// Webhook connections open at once; `None`: 1024, or fewer when the
+    /// open-file limit is low.
+    pub webhook_max: Option<usize>,
+    /// Webhook connections one peer address may hold; `None`: three quarters of
+    /// `webhook_max`.
+    pub webhook_max_per_peer: Option<usize>,
+    /// Admin connections open at once; `None`: 64, or fewer when the open-file
+    /// limit is low.
+    pub admin_max: Option<usize>,
+    pub handshake_timeout: Duration,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            webhook_max: None,
+            webhook_max_per_peer: None,
+            admin_max: None,
+            handshake_timeout: Duration::from_secs(3),
+            header_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
     pub mode: Mode,
@@ -34,6 +64,10 @@ pub struct ServeConfig {
     pub admin_addr: SocketAddr,
     pub tls: TlsSource,
     pub tls_reload_every: Duration,
+    /// CA bundle whose client certificates the webhook listener requires
+    /// (`--client-ca`); `None`: no client certificate asked for.
+    pub client_ca: Option<PathBuf>,
+    pub connections: ConnectionConfig,
     pub admission: AdmissionConfig,
     /// Time between readiness turning false and the listeners closing, so that
     /// load balancers stop sending traffic first.
@@ -55,6 +89,8 @@ impl ServeConfig {
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             tls: TlsSource::GenerateLocal,
             tls_reload_every: Duration::from_secs(30),
+            client_ca: None,
+            connections: ConnectionConfig::default(),
             admission: AdmissionConfig::default(),
             drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(5),

@@ -6,6 +6,7 @@
 //! - [`admission`]: the webhook handlers around the pure core.
 //! - [`store`]: where Consumers come from and status goes (local files or Kubernetes).
 //! - [`server`]: listeners, TLS, admin endpoints, one shutdown signal.
+//! - [`manifest`]: reading the YAML a user hands konsumer, within limits.
 //! - [`cli`]: the `konsumer` command line.
 
 pub mod admission;
@@ -13,6 +14,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod inject;
+pub mod manifest;
 pub mod reconciler;
 pub mod scaling;
 pub mod server;

@@ -228,6 +228,10 @@ impl Reconciler {
             }
             self.metrics.leader.set(0);
             self.forget_gauges();
+            if shutdown.is_cancelled() {
+                // Giving the lease up on the way out is not losing it.
+                return;
+            }
             tracing::warn!("lost the reconciler lease: stopped reconciling");
         }
     }
@@ -338,6 +342,15 @@ impl Reconciler {
             _ => None,
         };
         let cached_metrics = self.cached_metrics(&key, consumer.status.as_ref());
+        // Metrics of more partitions than lastSyncState keeps live here only.
+        let unkept = match &refresh {
+            Some(Refresh::Read { partitions, .. })
+                if partitions.len() > consumer_step::SYNC_STATE_MAX_PARTITIONS =>
+            {
+                Some(Arc::new(partitions.clone()))
+            }
+            _ => None,
+        };
         let out = consumer_step::reconcile(ConsumerInput {
             consumer,
             spec: &spec,
@@ -356,6 +369,13 @@ impl Reconciler {
             let ns = consumer.metadata.namespace.as_deref().unwrap_or("default");
             let name = consumer.metadata.name.as_deref().unwrap_or_default();
             self.store.write_status(ns, name, next).await?;
+            if let Some(partitions) = unkept {
+                let stamp = next.last_sync_time.as_ref().map(|t| t.0);
+                self.parsed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key.clone(), (stamp, partitions));
+            }
         }
         for t in &out.transitions {
             self.report(consumer, t).await;
@@ -370,9 +390,16 @@ impl Reconciler {
         status: Option<&ConsumerStatus>,
     ) -> Option<Arc<BTreeMap<u32, PartitionState>>> {
         let status = status?;
-        let state = status.last_sync_state.as_ref()?;
         let stamp = status.last_sync_time.as_ref().map(|t| t.0);
         let mut cache = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(state) = status.last_sync_state.as_ref() else {
+            // Not kept in the status (too many partitions): the copy in memory,
+            // if it is of the same read.
+            return cache
+                .get(key)
+                .filter(|(at, _)| stamp.is_some() && *at == stamp)
+                .map(|(_, parsed)| parsed.clone());
+        };
         if let Some((at, parsed)) = cache.get(key)
             && *at == stamp
             && parsed.len() == state.len()
@@ -393,9 +420,12 @@ impl Reconciler {
     ) -> Option<Refresh> {
         let key = consumer.key();
         let period = SignedDuration::try_from(spec.min_sync).unwrap_or(SignedDuration::ZERO);
+        // A sync whose metrics this replica does not hold (a new leader, metrics
+        // too many for lastSyncState) does not delay the next read.
         let last_sync = consumer
             .status
             .as_ref()
+            .filter(|s| s.last_sync_state.is_some() || self.cached_metrics(&key, Some(s)).is_some())
             .and_then(|s| s.last_sync_time.as_ref())
             .map(|t| t.0);
         let last_attempt = {

@@ -2,6 +2,7 @@
 //! reconciler to one shutdown signal.
 
 pub mod admin;
+pub mod fdlimit;
 pub mod listener;
 pub mod tls;
 
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -72,6 +74,9 @@ pub struct Running {
     grace: std::time::Duration,
     tasks: JoinSet<()>,
     leadership: Option<Leadership>,
+    /// Cancelled when a stop begins: the reconciler stops before the lease is given
+    /// up, so giving it up is not mistaken for losing it.
+    stop_reconciling: CancellationToken,
     /// Whether this replica reconciles now (the reconciler's lease).
     pub is_leader: Option<tokio::sync::watch::Receiver<bool>>,
 }
@@ -82,6 +87,7 @@ impl Running {
     /// the listeners close, in-flight requests finish, background tasks end.
     pub async fn stop(mut self) {
         self.health.begin_stop();
+        self.stop_reconciling.cancel();
         let leadership = self.leadership.take();
         let grace = self.grace;
         let release = async {
@@ -142,7 +148,7 @@ pub async fn start(
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let metrics = Arc::new(Metrics::default());
-    let health = Health::new(index.clone());
+    let health = Health::new(index.clone(), Some(backend.store()));
 
     let (cert_files, generated_ca) = match (&config.tls, &config.mode) {
         (TlsSource::Files(files), _) => (files.clone(), None),
@@ -160,8 +166,8 @@ pub async fn start(
         }
     };
     let cert = tls::ReloadingCert::new(cert_files)?;
-    cert.spawn_reloader(config.tls_reload_every, shutdown.clone());
-    let tls_config = tls::server_config(cert)?;
+    cert.spawn_reloader(config.tls_reload_every, metrics.clone(), shutdown.clone());
+    let tls_config = tls::server_config(cert, config.client_ca.as_deref())?;
 
     // Fill the cache before serving: readiness waits for it anyway.
     match &backend {
@@ -197,26 +203,51 @@ pub async fn start(
         .with_context(|| format!("--admin-addr {}", config.admin_addr))?;
     let admin_addr = admin.local_addr()?;
 
-    tasks.spawn(listener::serve_tls(
-        webhook,
-        tls_config,
-        admission::router(admission),
-        shutdown.clone(),
-        listener::Limits {
-            grace: config.shutdown_grace,
-            max_connections: config.admission.max_connections,
-        },
-    ));
-    let admin_app = admin::router(health.clone(), metrics.clone());
-    let admin_shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        let served = axum::serve(admin, admin_app)
-            .with_graceful_shutdown(admin_shutdown.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "admin listener failed");
-        }
+    let nofile = fdlimit::current();
+    let sizing = fdlimit::size(nofile, &config.connections);
+    for note in &sizing.notes {
+        tracing::warn!("{note}");
+    }
+    let timeouts = |limits: listener::Limits| listener::Limits {
+        handshake_timeout: config.connections.handshake_timeout,
+        header_timeout: config.connections.header_timeout,
+        idle_timeout: config.connections.idle_timeout,
+        grace: config.shutdown_grace,
+        ..limits
+    };
+    let webhook_limits = timeouts(listener::Limits {
+        max_per_peer: sizing.webhook_per_peer,
+        ..listener::Limits::webhook(sizing.webhook)
     });
+    let admin_limits = timeouts(listener::Limits::admin(sizing.admin));
+    tracing::debug!(?nofile, ?webhook_limits, ?admin_limits, "listener bounds");
+    let displaced = |name: &str| {
+        metrics
+            .connections_displaced
+            .get_or_create(&crate::telemetry::metrics::ListenerLabel {
+                listener: name.to_string(),
+            })
+            .clone()
+    };
+    tasks.spawn(listener::serve(
+        webhook,
+        listener::Options {
+            displaced: displaced("webhook"),
+            ..listener::Options::new("webhook", Some(tls_config), webhook_limits)
+        },
+        TowerToHyperService::new(admission::router(admission)),
+        shutdown.clone(),
+    ));
+    tasks.spawn(listener::serve(
+        admin,
+        listener::Options {
+            displaced: displaced("admin"),
+            ..listener::Options::new("admin", None, admin_limits)
+        },
+        TowerToHyperService::new(admin::router(health.clone(), metrics.clone())),
+        shutdown.clone(),
+    ));
+    let stop_reconciling = shutdown.child_token();
     let leadership = match &config.reconciler {
         None => None,
         Some(rc) => {
@@ -264,7 +295,7 @@ pub async fn start(
                 rc.clone(),
                 Arc::new(jiff::Timestamp::now),
             ));
-            tasks.spawn(reconciler.run(leadership.is_leader.clone(), shutdown.clone()));
+            tasks.spawn(reconciler.run(leadership.is_leader.clone(), stop_reconciling.clone()));
             Some(leadership)
         }
     };
@@ -282,12 +313,15 @@ pub async fn start(
         tasks,
         is_leader: leadership.as_ref().map(|l| l.is_leader.clone()),
         leadership,
+        stop_reconciling,
     })
 }
 
-/// `konsumer serve`: runs until SIGTERM or Ctrl-C.
+/// `konsumer serve`: runs until SIGTERM or Ctrl-C; a second one exits at once.
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    let mut signals = Signals::new();
     tls::provider();
+    fdlimit::raise();
     let index = ConsumerIndex::new();
     let backend = backend(&config, index.clone()).await?;
     let running = start(config, index, backend).await?;
@@ -300,23 +334,49 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             running.webhook_addr.port()
         );
     }
-    wait_for_signal().await;
-    tracing::info!("stopping");
-    running.stop().await;
-    Ok(())
+    signals.recv().await;
+    tracing::info!("stopping (a second SIGTERM or Ctrl-C stops at once)");
+    tokio::select! {
+        _ = running.stop() => Ok(()),
+        _ = signals.recv() => {
+            tracing::warn!("second signal: exiting without waiting for open requests");
+            anyhow::bail!("stopped by a second signal before open requests finished")
+        }
+    }
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT (Ctrl-C), listened for from the start: a signal that
+/// arrives while the server is still starting is not lost (nor kills it).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Signals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let (Some(term), Some(int)) = (self.term.as_mut(), self.int.as_mut()) {
             tokio::select! {
                 _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+                _ = int.recv() => {}
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -60,4 +60,10 @@ pub trait Store: Send + Sync + 'static {
         let _ = namespace;
         Ok(())
     }
+
+    /// Why status cannot be written now (the last write failed and the store has
+    /// not recovered since), for readiness and `konsumer_store_writable`.
+    fn status_write_problem(&self) -> Option<String> {
+        None
+    }
 }

@@ -72,7 +72,7 @@ pub struct CertsArgs {
     pub hosts: Vec<String>,
     /// Validity of the serving certificate, in days.
     #[arg(long, env = "KONSUMER_CERTS_DAYS", default_value_t = 365,
-          value_parser = clap::value_parser!(i64).range(1..=3650))]
+          value_parser = clap::value_parser!(i64).range(1..=crate::server::tls::MAX_VALIDITY_DAYS))]
     pub days: i64,
     /// Make a new CA even if one exists in --out; the old one stays in the bundle
     /// (ca-previous.crt) until you delete that file and run `konsumer certs` again.

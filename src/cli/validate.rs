@@ -84,8 +84,7 @@ fn key_of(doc: &Value) -> String {
 
 /// Validates every Consumer document of `text`.
 pub fn validate_text(file: &str, text: &str) -> Result<Vec<DocumentResult>, String> {
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple(text).map_err(|e| format!("not valid YAML: {e}"))?;
+    let docs: Vec<Value> = crate::manifest::documents(text)?;
     let mut out = Vec::new();
     for (i, doc) in docs.iter().enumerate() {
         if !is_consumer_document(doc) {

@@ -7,9 +7,18 @@
 
 use std::ops::Range;
 
-/// The most partitions konsumer lays out. Kafka topics stay far below it; the
-/// bound keeps a typo (`numPartitions: 2147483647`) from costing gigabytes.
-pub const MAX_PARTITIONS: u32 = 100_000;
+/// The most partitions konsumer lays out for one Consumer. Kafka topics this
+/// large are rare; the bound keeps what validation accepts affordable (a typo
+/// such as `numPartitions: 2147483647` once cost gigabytes) and the status
+/// within the 1.5 MiB Kubernetes object limit.
+pub const MAX_PARTITIONS: u32 = 10_000;
+
+/// The most instances of one Consumer: each is a workload, and an entry of the
+/// Consumer's status, which Kubernetes stores in one object of at most 1.5 MiB.
+pub const MAX_INSTANCES: u32 = 1_000;
+
+/// The most recommendations (instances × scaled containers) one status holds.
+pub const MAX_RECOMMENDATIONS: u32 = 2_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
@@ -18,15 +27,17 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// `None` when either number is zero (nothing can be assigned) or there are
-    /// more than [`MAX_PARTITIONS`] partitions.
+    /// `None` when either number is zero (nothing can be assigned), or there
+    /// would be more than [`MAX_PARTITIONS`] partitions or [`MAX_INSTANCES`]
+    /// instances.
     pub fn new(partitions: u32, per_instance: u32) -> Option<Self> {
         if partitions == 0 || per_instance == 0 || partitions > MAX_PARTITIONS {
             return None;
         }
-        Some(Layout {
+        let instances = partitions.div_ceil(per_instance);
+        (instances <= MAX_INSTANCES).then_some(Layout {
             partitions,
-            instances: partitions.div_ceil(per_instance),
+            instances,
         })
     }
 
@@ -53,6 +64,42 @@ impl Layout {
     pub fn buckets(&self) -> impl Iterator<Item = Range<u32>> + '_ {
         (0..self.instances).filter_map(|i| self.bucket(i))
     }
+}
+
+/// The layout of `spec.numPartitions` over `spec.numPartitionsPerInstance`
+/// (default 1), or which field is wrong and why: one message for the webhook,
+/// the reconciler and `konsumer plan`.
+pub fn layout_of(num_partitions: Option<i32>, per_instance: Option<i32>) -> Result<Layout, String> {
+    let n = match num_partitions {
+        None => return Err("spec.numPartitions is not set".into()),
+        Some(n) if n < 1 => return Err(format!("spec.numPartitions is {n}, must be at least 1")),
+        Some(n) if n as u32 > MAX_PARTITIONS => {
+            return Err(format!(
+                "spec.numPartitions is {n}: konsumer supports at most {MAX_PARTITIONS} partitions per Consumer"
+            ));
+        }
+        Some(n) => n as u32,
+    };
+    let per = match per_instance {
+        None => 1,
+        Some(p) if p < 1 => {
+            return Err(format!(
+                "spec.numPartitionsPerInstance is {p}, must be at least 1"
+            ));
+        }
+        Some(p) => p as u32,
+    };
+    Layout::new(n, per).ok_or_else(|| too_many_instances(n, per))
+}
+
+/// Why `n` partitions at `per` per instance are refused (too many instances).
+pub fn too_many_instances(n: u32, per: u32) -> String {
+    format!(
+        "spec.numPartitionsPerInstance is {per}: {n} partitions make {} instances; konsumer supports at most \
+         {MAX_INSTANCES} instances per Consumer (use at least {} partitions per instance)",
+        n.div_ceil(per.max(1)),
+        n.div_ceil(MAX_INSTANCES)
+    )
 }
 
 /// `0,1,2`: the value of the partition env var and annotation.
@@ -100,8 +147,27 @@ mod tests {
         );
         assert!(buckets(0, 3).is_empty());
         assert!(buckets(10, 0).is_empty());
-        assert!(Layout::new(MAX_PARTITIONS + 1, 1).is_none());
-        assert!(Layout::new(MAX_PARTITIONS, 1).is_some());
+        assert!(Layout::new(MAX_PARTITIONS + 1, 10).is_none());
+        assert!(Layout::new(MAX_PARTITIONS, 10).is_some());
+        assert!(Layout::new(MAX_INSTANCES + 1, 1).is_none());
+        assert!(Layout::new(MAX_INSTANCES, 1).is_some());
+    }
+
+    #[test]
+    fn every_door_names_the_field_and_the_limit() {
+        assert_eq!(
+            layout_of(Some(10_001), Some(100)).unwrap_err(),
+            "spec.numPartitions is 10001: konsumer supports at most 10000 partitions per Consumer"
+        );
+        let err = layout_of(Some(5000), Some(2)).unwrap_err();
+        assert!(
+            err.starts_with(
+                "spec.numPartitionsPerInstance is 2: 5000 partitions make 2500 instances"
+            ) && err.contains("use at least 5 partitions per instance"),
+            "{err}"
+        );
+        assert_eq!(layout_of(Some(10_000), Some(10)).unwrap().instances(), 1000);
+        assert!(layout_of(None, None).unwrap_err().contains("not set"));
     }
 
     #[test]
@@ -121,7 +187,7 @@ mod tests {
     proptest! {
         #[test]
         fn every_partition_in_exactly_one_bucket_and_sizes_differ_by_at_most_one(
-            n in 1u32..5000, per in 1u32..300
+            n in 1u32..5000, per in 5u32..300
         ) {
             let layout = Layout::new(n, per).unwrap();
             let buckets: Vec<Range<u32>> = layout.buckets().collect();

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use crate::api::quantity::Milli;
 use crate::api::{Consumer, ContainerResources, ResourceList, env};
 
-use super::partition::{Layout, MAX_PARTITIONS};
+use super::partition::{Layout, layout_of};
 
 /// CPU and memory of one side (requests or limits) of a container.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -148,31 +148,8 @@ impl ConsumerSettings {
             reason,
         };
         let spec = &consumer.spec;
-        let partitions = match spec.num_partitions {
-            Some(n) if n as i64 > MAX_PARTITIONS as i64 => {
-                return Err(fail(format!(
-                    "spec.numPartitions is {n}, konsumer lays out at most {MAX_PARTITIONS}"
-                )));
-            }
-            Some(n) if n >= 1 => n as u32,
-            Some(n) => {
-                return Err(fail(format!(
-                    "spec.numPartitions is {n}, must be at least 1"
-                )));
-            }
-            None => return Err(fail("spec.numPartitions is not set".into())),
-        };
-        let per_instance = match spec.num_partitions_per_instance {
-            None => 1,
-            Some(n) if n >= 1 => n as u32,
-            Some(n) => {
-                return Err(fail(format!(
-                    "spec.numPartitionsPerInstance is {n}, must be at least 1"
-                )));
-            }
-        };
-        let layout = Layout::new(partitions, per_instance)
-            .ok_or_else(|| fail("no partitions to assign".into()))?;
+        let layout =
+            layout_of(spec.num_partitions, spec.num_partitions_per_instance).map_err(fail)?;
         let partition_env_key = match spec.partition_env_key.as_deref() {
             None | Some("") => env::DEFAULT_PARTITION.to_string(),
             Some(k) => k.to_string(),
@@ -433,7 +410,7 @@ mod tests {
         assert!(ConsumerSettings::from_consumer(&c).is_err());
         c.spec.num_partitions = Some(i32::MAX);
         let err = ConsumerSettings::from_consumer(&c).unwrap_err();
-        assert!(err.reason.contains("at most 100000"), "{err}");
+        assert!(err.reason.contains("at most 10000 partitions"), "{err}");
         let mut c = orders();
         c.spec.num_partitions_per_instance = Some(-1);
         assert!(ConsumerSettings::from_consumer(&c).is_err());

@@ -56,11 +56,58 @@ fn short(text: String) -> String {
     }
 }
 
-fn sync_state(partitions: &BTreeMap<u32, PartitionState>) -> BTreeMap<String, PartitionState> {
-    partitions
-        .iter()
-        .map(|(p, s)| (p.to_string(), s.clone()))
-        .collect()
+/// The most partitions whose metrics `lastSyncState` keeps. Above it they stay
+/// in the reconciler's memory only: ~80 bytes a partition would crowd the status
+/// out of its 1.5 MiB object (a new leader reads Prometheus again at once).
+pub const SYNC_STATE_MAX_PARTITIONS: usize = 1_000;
+
+/// The largest status konsumer writes, in JSON bytes: etcd stores at most
+/// 1.5 MiB per object, and the Consumer's metadata and spec need their share.
+/// Validation's limits keep a Consumer's status well below it (instances,
+/// recommendations, `lastSyncState`), leaving room for the event journal
+/// (256 KiB); this is the last guard.
+pub const STATUS_MAX_BYTES: usize = 1_280 << 10;
+
+fn sync_state(
+    partitions: &BTreeMap<u32, PartitionState>,
+) -> Option<BTreeMap<String, PartitionState>> {
+    (partitions.len() <= SYNC_STATE_MAX_PARTITIONS).then(|| {
+        partitions
+            .iter()
+            .map(|(p, s)| (p.to_string(), s.clone()))
+            .collect()
+    })
+}
+
+/// Keeps a status within [`STATUS_MAX_BYTES`]: drops `lastSyncState`, then the
+/// recommendations (the webhook falls back to `resourcePolicy`), and says so in a
+/// condition. Validation keeps this from happening; it guards what it missed.
+fn fit(status: &mut ConsumerStatus, generation: Option<i64>, now: Timestamp) {
+    let size = |s: &ConsumerStatus| serde_json::to_vec(s).map_or(0, |b| b.len());
+    let before = size(status);
+    if before <= STATUS_MAX_BYTES {
+        return;
+    }
+    status.last_sync_state = None;
+    if size(status) <= STATUS_MAX_BYTES {
+        return;
+    }
+    status.instances = None;
+    let mut conditions = status.conditions.take().unwrap_or_default();
+    status::set_condition(
+        &mut conditions,
+        RECONCILED,
+        false,
+        "StatusTooLarge",
+        format!(
+            "the status would take {before} bytes, over konsumer's limit of {STATUS_MAX_BYTES} \
+             (Kubernetes stores at most 1.5 MiB per object): recommendations are not recorded and \
+             workloads get the resourcePolicy fallback; put more partitions on each instance"
+        ),
+        generation,
+        now,
+    );
+    status.conditions = Some(conditions);
 }
 
 /// Parses a status' `lastSyncState` (keys are partition numbers).
@@ -78,7 +125,7 @@ pub fn reconcile(input: ConsumerInput<'_>) -> ConsumerOutput {
     let empty = ConsumerStatus::default();
     let previous = consumer.status.as_ref().unwrap_or(&empty);
     let mut conditions: Vec<Condition> = previous.conditions.clone().unwrap_or_default();
-    let mut sync: Option<(BTreeMap<String, PartitionState>, Time)> = None;
+    let mut sync: Option<(Option<BTreeMap<String, PartitionState>>, Time)> = None;
     let mut instances = None;
     let mut lagging = Vec::new();
     let mut transitions = Vec::new();
@@ -152,15 +199,15 @@ pub fn reconcile(input: ConsumerInput<'_>) -> ConsumerOutput {
                     (input.cached_metrics, last_good, true)
                 }
                 Some(Refresh::Read { partitions, issues }) => {
-                    let message = if issues.is_empty() {
-                        format!("{} partitions with data", partitions.len())
-                    } else {
-                        short(format!(
-                            "{} partitions with data; {}",
-                            partitions.len(),
-                            issues.join("; ")
-                        ))
-                    };
+                    let mut message = format!("{} partitions with data", partitions.len());
+                    if partitions.len() > SYNC_STATE_MAX_PARTITIONS {
+                        message.push_str(&format!(
+                            " (lastSyncState is kept up to {SYNC_STATE_MAX_PARTITIONS} partitions)"
+                        ));
+                    }
+                    if !issues.is_empty() {
+                        message = short(format!("{message}; {}", issues.join("; ")));
+                    }
                     status::set_condition(
                         &mut conditions,
                         METRICS_AVAILABLE,
@@ -298,7 +345,7 @@ pub fn reconcile(input: ConsumerInput<'_>) -> ConsumerOutput {
         let mut next = previous.clone();
         next.observed_generation = generation;
         if let Some((state, time)) = sync {
-            next.last_sync_state = Some(state);
+            next.last_sync_state = state;
             next.last_sync_time = Some(time);
         }
         if let Some(instances) = instances {
@@ -311,6 +358,7 @@ pub fn reconcile(input: ConsumerInput<'_>) -> ConsumerOutput {
             status::apply_counters(&mut next, c);
         }
         next.conditions = Some(conditions);
+        fit(&mut next, generation, now);
         next
     });
     ConsumerOutput {
@@ -501,5 +549,104 @@ mod tests {
             .unwrap();
         assert!(s.instances.is_none(), "the webhook keeps saying 'fallback'");
         assert_eq!(condition(&s, METRICS_AVAILABLE).status, "False");
+    }
+
+    /// The largest Consumer validation accepts: 10,000 partitions over 1,000
+    /// instances, two scaled containers, every partition lagging.
+    pub(crate) fn largest() -> Consumer {
+        let mut c = orders();
+        c.spec.num_partitions = Some(10_000);
+        c.spec.num_partitions_per_instance = Some(10);
+        c
+    }
+
+    fn lagging(partitions: u32) -> Refresh {
+        Refresh::Read {
+            partitions: (0..partitions)
+                .map(|p| {
+                    (
+                        p,
+                        PartitionState {
+                            production_rate: 123_456 + i64::from(p),
+                            consumption_rate: 100_000,
+                            messages_behind: 987_654_321,
+                        },
+                    )
+                })
+                .collect(),
+            issues: vec![],
+        }
+    }
+
+    #[test]
+    fn the_largest_allowed_consumer_has_a_status_that_fits_with_room_for_the_journal() {
+        let c = largest();
+        let report = crate::validation::validate(&serde_json::to_value(&c).unwrap(), None, "v1");
+        assert!(report.is_valid(), "{:?}", report.errors);
+        let t0: Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
+        let first = run(&c, Some(lagging(10_000)), t0).status.unwrap();
+        let mut c = c;
+        c.status = Some(first);
+        // Five minutes on: every instance pending or scaled, with both lists.
+        let t1: Timestamp = "2026-11-22T12:05:01Z".parse().unwrap();
+        let second = run(&c, Some(lagging(10_000)), t1).status.unwrap();
+        let instances = second.instances.as_ref().unwrap();
+        assert_eq!(instances.len(), 1000);
+        assert!(
+            second.last_sync_state.is_none(),
+            "10,000 partitions stay out of the status"
+        );
+        assert!(second.last_sync_time.is_some());
+        let bytes = serde_json::to_vec(&second).unwrap().len();
+        eprintln!("status of the largest allowed Consumer: {bytes} bytes");
+        let journal = 256 << 10;
+        assert!(
+            bytes + journal <= STATUS_MAX_BYTES && bytes < 1 << 20,
+            "status of the largest Consumer: {bytes} bytes"
+        );
+        let m = condition(&second, METRICS_AVAILABLE);
+        assert!(
+            m.message.contains("kept up to 1000 partitions"),
+            "{}",
+            m.message
+        );
+    }
+
+    #[test]
+    fn up_to_a_thousand_partitions_keep_their_metrics_in_the_status() {
+        let mut c = orders();
+        c.spec.num_partitions = Some(1000);
+        c.spec.num_partitions_per_instance = Some(10);
+        let t0: Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
+        let s = run(&c, Some(lagging(1000)), t0).status.unwrap();
+        assert_eq!(s.last_sync_state.as_ref().map(BTreeMap::len), Some(1000));
+    }
+
+    #[test]
+    fn a_status_over_the_limit_drops_what_it_must_and_says_why() {
+        let t0: Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
+        let mut status = ConsumerStatus {
+            instances: Some(
+                (0..3000)
+                    .map(|id| crate::api::InstanceStatus {
+                        id,
+                        partitions: (0..200).collect(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..ConsumerStatus::default()
+        };
+        fit(&mut status, Some(1), t0);
+        assert!(status.instances.is_none());
+        let r = condition(&status, RECONCILED);
+        assert_eq!(
+            (r.status.as_str(), r.reason.as_str()),
+            ("False", "StatusTooLarge")
+        );
+        assert!(serde_json::to_vec(&status).unwrap().len() < STATUS_MAX_BYTES);
+        let mut small = ConsumerStatus::default();
+        fit(&mut small, Some(1), t0);
+        assert_eq!(small, ConsumerStatus::default());
     }
 }

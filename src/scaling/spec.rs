@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::api::duration::parse_go_duration;
 use crate::api::quantity::Milli;
 use crate::api::{Consumer, keys};
-use crate::inject::partition::Layout;
+use crate::inject::partition::{Layout, layout_of};
 use crate::inject::settings::{ALL_CONTAINERS, ContainerTarget, Resources, fallback_targets};
 use crate::validation::defaults;
 
@@ -87,13 +87,7 @@ impl ScalingSpec {
             .prometheus
             .as_ref()
             .ok_or("spec.autoscaler.prometheus is not set")?;
-        let partitions = spec
-            .num_partitions
-            .filter(|n| *n >= 1)
-            .ok_or("spec.numPartitions must be at least 1")?;
-        let per = spec.num_partitions_per_instance.unwrap_or(1);
-        let layout = Layout::new(partitions as u32, per.max(0) as u32)
-            .ok_or("spec.numPartitionsPerInstance must be at least 1")?;
+        let layout = layout_of(spec.num_partitions, spec.num_partitions_per_instance)?;
         let rate = prom
             .rate_per_core
             .filter(|r| *r > 0)

@@ -8,21 +8,24 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
-use crate::store::ConsumerIndex;
+use crate::store::{ConsumerIndex, Store};
 use crate::telemetry::Metrics;
 
-/// Readiness: the Consumer cache has been filled once, and no stop has begun.
+/// Readiness: the Consumer cache has been filled once, status can be written,
+/// and no stop has begun.
 pub struct Health {
     index: Arc<ConsumerIndex>,
+    store: Option<Arc<dyn Store>>,
     stopping: AtomicBool,
 }
 
 impl Health {
-    pub fn new(index: Arc<ConsumerIndex>) -> Arc<Self> {
+    pub fn new(index: Arc<ConsumerIndex>, store: Option<Arc<dyn Store>>) -> Arc<Self> {
         Arc::new(Health {
             index,
+            store,
             stopping: AtomicBool::new(false),
         })
     }
@@ -32,14 +35,23 @@ impl Health {
     }
 
     /// `Err(reason)` while not ready.
-    pub fn ready(&self) -> Result<(), &'static str> {
+    pub fn ready(&self) -> Result<(), String> {
         if self.stopping.load(Ordering::SeqCst) {
-            return Err("shutting down");
+            return Err("shutting down".into());
         }
         if !self.index.is_synced() {
-            return Err("Consumer cache not synced yet");
+            return Err("Consumer cache not synced yet".into());
+        }
+        if let Some(problem) = self.store_problem() {
+            return Err(format!(
+                "Consumer status cannot be written ({problem}); recommendations are frozen until it can"
+            ));
         }
         Ok(())
+    }
+
+    fn store_problem(&self) -> Option<String> {
+        self.store.as_ref().and_then(|s| s.status_write_problem())
     }
 }
 
@@ -54,7 +66,11 @@ pub fn router(health: Arc<Health>, metrics: Arc<Metrics>) -> Router {
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
-        .layer(TraceLayer::new_for_http())
+        // A 503 from /readyz is an answer, not a failure of konsumer's.
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
         .with_state(AdminState { health, metrics })
 }
 
@@ -70,6 +86,9 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
 
 async fn metrics_handler(State(s): State<AdminState>) -> impl IntoResponse {
     s.metrics.consumers.set(s.health.index.len() as i64);
+    s.metrics
+        .store_writable
+        .set(i64::from(s.health.store_problem().is_none()));
     (
         [(
             header::CONTENT_TYPE,

@@ -35,6 +35,8 @@ struct CachedFile {
     /// (namespace, name) of the Consumers the file defines, in order.
     keys: Vec<(String, String)>,
     problems: Vec<String>,
+    /// Not a regular file: why it was not read.
+    skipped: Option<String>,
 }
 
 /// Parsed files of the local directory: a rescan re-parses only what changed.
@@ -52,11 +54,30 @@ fn stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
 /// What a scan found: `None` when no file changed since the last one.
 pub type Scan = Option<(Vec<Consumer>, Vec<FileProblem>)>;
 
+/// What a directory entry with a manifest name is now.
+#[derive(Clone, Debug, PartialEq)]
+enum Probe {
+    /// A regular file: its modification time and size (`None` if unreadable).
+    Regular(Option<(std::time::SystemTime, u64)>),
+    /// Not read (a FIFO, a device, a symlink loop…): why.
+    Skipped(String),
+}
+
+fn probe(path: &Path) -> Probe {
+    match crate::manifest::regular_file(path) {
+        Ok(()) => Probe::Regular(stamp(path)),
+        Err(e) => Probe::Skipped(e.to_string()),
+    }
+}
+
 /// Reads every Consumer document of the `.yaml`, `.yml` and `.json` files directly
-/// in `dir`. Files whose modification time and size did not change since `cache`
-/// saw them are not parsed again: their Consumers are taken from `index`; when no
-/// file changed at all, nothing is read and `None` is returned. Documents of other
-/// kinds are skipped; unreadable ones are reported.
+/// in `dir` (each at most [`crate::manifest::MAX_BYTES`]). Files whose
+/// modification time and size did not change since `cache` saw them are not
+/// parsed again: their Consumers are taken from `index`, unless a Consumer they
+/// define was also defined by a file that changed or went away (the
+/// definition in force may have been that file's). When no file changed at all,
+/// nothing is read and `None` is returned. Documents of other kinds are skipped;
+/// unreadable ones, and entries that are not regular files, are reported.
 pub fn scan_dir(
     dir: &Path,
     cache: &mut FileCache,
@@ -72,22 +93,57 @@ pub fn scan_dir(
         .filter(|p| is_manifest(p))
         .collect();
     paths.sort();
-    let stamps: Vec<_> = paths.iter().map(|p| stamp(p)).collect();
+    let probes: Vec<Probe> = paths.iter().map(|p| probe(p)).collect();
+    let seen_before = |p: &PathBuf, now: &Probe| {
+        cache.get(p).is_some_and(|e| match now {
+            Probe::Regular(s) => s.is_some() && e.0.stamp == *s && e.0.skipped.is_none(),
+            Probe::Skipped(why) => e.0.skipped.as_deref() == Some(why.as_str()),
+        })
+    };
     let unchanged = paths.len() == cache.len()
         && paths
             .iter()
-            .zip(&stamps)
-            .all(|(p, s)| s.is_some() && cache.get(p).is_some_and(|e| e.0.stamp == *s));
+            .zip(&probes)
+            .all(|(p, now)| seen_before(p, now));
     if unchanged {
         return Ok(None);
+    }
+    // Consumers defined by files that changed or went away: whichever file
+    // defines them too must be read again, not taken from the index.
+    let mut stale: HashSet<(String, String)> = HashSet::new();
+    for (path, entry) in cache.iter() {
+        let still = paths
+            .iter()
+            .position(|p| p == path)
+            .is_some_and(|i| seen_before(path, &probes[i]));
+        if !still {
+            stale.extend(entry.0.keys.iter().cloned());
+        }
     }
     cache.retain(|p, _| paths.contains(p));
     let mut consumers = Vec::new();
     let mut problems = Vec::new();
     let mut seen = HashSet::new();
-    for (path, now) in paths.into_iter().zip(stamps) {
+    for (path, now) in paths.into_iter().zip(probes) {
+        let now = match now {
+            Probe::Skipped(why) => {
+                cache.insert(
+                    path.clone(),
+                    CachedFileEntry(CachedFile {
+                        skipped: Some(why.clone()),
+                        ..CachedFile::default()
+                    }),
+                );
+                problems.push(FileProblem { path, message: why });
+                continue;
+            }
+            Probe::Regular(now) => now,
+        };
         let entry = cache.entry(path.clone()).or_default();
-        let unchanged = now.is_some() && entry.0.stamp == now;
+        let unchanged = now.is_some()
+            && entry.0.stamp == now
+            && entry.0.skipped.is_none()
+            && !entry.0.keys.iter().any(|k| stale.contains(k));
         let reused: Option<Vec<Consumer>> = unchanged
             .then(|| {
                 entry
@@ -101,7 +157,7 @@ pub fn scan_dir(
         let found = match reused {
             Some(found) => found,
             None => {
-                let (found, bad) = match std::fs::read_to_string(&path) {
+                let (found, bad) = match crate::manifest::read_file(&path) {
                     Ok(text) => parse_consumers(&text),
                     Err(e) => (Vec::new(), vec![e.to_string()]),
                 };
@@ -126,6 +182,7 @@ pub fn scan_dir(
                         })
                         .collect(),
                     problems: bad,
+                    skipped: None,
                 };
                 found
             }
@@ -153,21 +210,24 @@ pub fn scan_dir(
     Ok(Some((consumers, problems)))
 }
 
+/// A name konsumer reads: `*.yaml`, `*.yml`, `*.json`, not hidden, not a
+/// directory. Whether it is a regular file is checked before it is read (and
+/// reported when not: a FIFO would block the read, a device never end it).
 fn is_manifest(path: &Path) -> bool {
     let hidden = path
         .file_name()
         .and_then(|n| n.to_str())
         .is_none_or(|n| n.starts_with('.'));
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    path.is_file() && !hidden && matches!(ext, "yaml" | "yml" | "json")
+    !hidden && matches!(ext, "yaml" | "yml" | "json") && !path.is_dir()
 }
 
 /// The Consumers of a (multi-document) YAML or JSON text, and a message per
 /// document that looks like a Consumer but cannot be read as one.
 pub fn parse_consumers(text: &str) -> (Vec<Consumer>, Vec<String>) {
-    let docs: Vec<serde_json::Value> = match serde_saphyr::from_multiple(text) {
+    let docs: Vec<serde_json::Value> = match crate::manifest::documents(text) {
         Ok(docs) => docs,
-        Err(e) => return (Vec::new(), vec![format!("not valid YAML: {e}")]),
+        Err(e) => return (Vec::new(), vec![e]),
     };
     let mut out = Vec::new();
     let mut problems = Vec::new();
@@ -216,11 +276,96 @@ struct ScanState {
     problems: Vec<FileProblem>,
 }
 
+/// The embedded database, reopened after an I/O error: redb refuses every later
+/// write ("Previous I/O error occurred") until it is closed and opened again, so
+/// one full disk would otherwise freeze status until a restart.
+struct Db {
+    path: PathBuf,
+    open: std::sync::Mutex<Option<Arc<Database>>>,
+}
+
+/// Why a database operation failed, and whether the handle must be reopened.
+struct DbFailure {
+    message: String,
+    reopen: bool,
+}
+
+impl<E: Into<redb::Error>> From<E> for DbFailure {
+    fn from(e: E) -> Self {
+        let e: redb::Error = e.into();
+        DbFailure {
+            reopen: matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn open_database(path: &Path) -> Result<Database, String> {
+    Database::builder()
+        .set_cache_size(DB_CACHE_BYTES)
+        .create(path)
+        .map_err(|e| match e {
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(why)) => format!(
+                "the file is damaged ({why}). It holds only konsumer's own state (statuses, \
+                 recomputed by the reconciler): stop konsumer and move it aside \
+                 (mv {0} {0}.broken) to start afresh",
+                path.display()
+            ),
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                "another konsumer process has it open: run one per directory".to_string()
+            }
+            other => format!(
+                "{other}. It holds only konsumer's own state (statuses, recomputed by the \
+                 reconciler): if it stays unreadable, stop konsumer and move it aside \
+                 (mv {0} {0}.broken)",
+                path.display()
+            ),
+        })
+}
+
+impl Db {
+    /// The open database, opening it again if an I/O error closed it.
+    fn get(&self) -> Result<Arc<Database>, String> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(db) = open.as_ref() {
+            return Ok(db.clone());
+        }
+        let db = Arc::new(open_database(&self.path)?);
+        tracing::info!(path = %self.path.display(), "embedded store reopened");
+        *open = Some(db.clone());
+        Ok(db)
+    }
+
+    /// Closes `db` (if still the open one): the next `get` reopens the file.
+    fn discard(&self, db: Arc<Database>) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.as_ref().is_some_and(|d| Arc::ptr_eq(d, &db)) {
+            *open = None;
+        }
+    }
+
+    /// Runs `f` on the database (blocking); an I/O failure closes it for reopening.
+    fn run<T>(&self, f: impl FnOnce(&Database) -> Result<T, DbFailure>) -> Result<T, String> {
+        let db = self.get()?;
+        match f(&db) {
+            Ok(v) => Ok(v),
+            Err(failure) => {
+                if failure.reopen {
+                    self.discard(db);
+                }
+                Err(failure.message)
+            }
+        }
+    }
+}
+
 /// Local directory + embedded status database.
 pub struct LocalStore {
     dir: PathBuf,
     db_path: PathBuf,
-    db: Arc<Database>,
+    db: Arc<Db>,
+    /// Why the last status write failed, until one succeeds.
+    write_problem: std::sync::Mutex<Option<String>>,
     index: Arc<ConsumerIndex>,
     scan: Mutex<ScanState>,
     rescans: std::sync::atomic::AtomicU64,
@@ -242,17 +387,18 @@ impl LocalStore {
             source,
         })?;
         let db_path = state.join("state.redb");
-        let db = Database::builder()
-            .set_cache_size(DB_CACHE_BYTES)
-            .create(&db_path)
-            .map_err(|e| StoreError::Database {
-                path: db_path.display().to_string(),
-                message: e.to_string(),
-            })?;
+        let db = open_database(&db_path).map_err(|message| StoreError::Database {
+            path: db_path.display().to_string(),
+            message,
+        })?;
         Ok(LocalStore {
             dir: dir.to_path_buf(),
-            db_path,
-            db: Arc::new(db),
+            db_path: db_path.clone(),
+            db: Arc::new(Db {
+                path: db_path.clone(),
+                open: std::sync::Mutex::new(Some(Arc::new(db))),
+            }),
+            write_problem: std::sync::Mutex::new(None),
             index,
             scan: Mutex::new(ScanState::default()),
             rescans: std::sync::atomic::AtomicU64::new(0),
@@ -328,24 +474,25 @@ impl LocalStore {
 
     async fn load_statuses(&self) -> Result<Vec<(String, ConsumerStatus)>, StoreError> {
         let db = self.db.clone();
-        let rows =
-            tokio::task::spawn_blocking(move || -> Result<Vec<(String, Vec<u8>)>, String> {
-                let txn = db.begin_read().map_err(|e| e.to_string())?;
+        let rows = tokio::task::spawn_blocking(move || {
+            db.run(|db| -> Result<Vec<(String, Vec<u8>)>, DbFailure> {
+                let txn = db.begin_read()?;
                 let table = match txn.open_table(STATUS) {
                     Ok(t) => t,
                     Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(e.into()),
                 };
                 let mut rows = Vec::new();
-                for item in table.iter().map_err(|e| e.to_string())? {
-                    let (k, v) = item.map_err(|e| e.to_string())?;
+                for item in table.iter()? {
+                    let (k, v) = item?;
                     rows.push((k.value().to_string(), v.value().to_vec()));
                 }
                 Ok(rows)
             })
-            .await
-            .map_err(|e| self.db_error(e))?
-            .map_err(|e| self.db_error(e))?;
+        })
+        .await
+        .map_err(|e| self.db_error(e))?
+        .map_err(|e| self.db_error(e))?;
         let mut out = Vec::with_capacity(rows.len());
         for (key, bytes) in rows {
             match serde_json::from_slice::<ConsumerStatus>(&bytes) {
@@ -448,25 +595,49 @@ impl Store for LocalStore {
         let bytes = serde_json::to_vec(status)?;
         let db = self.db.clone();
         let db_key = key.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let txn = db.begin_write().map_err(|e| e.to_string())?;
-            {
-                let mut table = txn.open_table(STATUS).map_err(|e| e.to_string())?;
-                table
-                    .insert(db_key.as_str(), bytes.as_slice())
-                    .map_err(|e| e.to_string())?;
-            }
-            txn.commit().map_err(|e| e.to_string())
+        let written = tokio::task::spawn_blocking(move || {
+            db.run(|db| -> Result<(), DbFailure> {
+                let txn = db.begin_write()?;
+                {
+                    let mut table = txn.open_table(STATUS)?;
+                    table.insert(db_key.as_str(), bytes.as_slice())?;
+                }
+                txn.commit()?;
+                Ok(())
+            })
         })
         .await
-        .map_err(|e| self.db_error(e))?
         .map_err(|e| self.db_error(e))?;
+        {
+            let mut problem = self.write_problem.lock().unwrap_or_else(|e| e.into_inner());
+            match &written {
+                Ok(()) => {
+                    if problem.take().is_some() {
+                        tracing::info!(path = %self.db_path.display(), "Consumer status can be written again");
+                    }
+                }
+                Err(message) => {
+                    if problem.is_none() {
+                        tracing::warn!(path = %self.db_path.display(), error = %message, "cannot write Consumer status; recommendations are frozen and /readyz fails until a write succeeds (retried every pass)");
+                    }
+                    *problem = Some(message.clone());
+                }
+            }
+        }
+        written.map_err(|e| self.db_error(e))?;
         self.index.set_status(namespace, name, status.clone());
         Ok(())
     }
 
     fn kind(&self) -> &'static str {
         "local"
+    }
+
+    fn status_write_problem(&self) -> Option<String> {
+        self.write_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -632,6 +803,106 @@ mod tests {
                 .write_status("streams", "nope", &status)
                 .await
                 .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn removing_the_file_that_won_resolves_its_consumers_from_the_other_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let orders = include_str!("../../tests/fixtures/consumer-orders.yaml");
+        std::fs::write(dir.path().join("a.yaml"), orders).unwrap();
+        std::fs::write(
+            dir.path().join("b.yaml"),
+            orders.replace("numPartitions: 10", "numPartitions: 12"),
+        )
+        .unwrap();
+        let index = ConsumerIndex::new();
+        let store = LocalStore::open(dir.path(), index.clone()).unwrap();
+        store.rescan().await.unwrap();
+        let partitions = || {
+            index
+                .get("streams", "orders")
+                .map(|c| c.consumer.spec.num_partitions)
+        };
+        assert_eq!(partitions(), Some(Some(10)), "the first file wins");
+        std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
+        store.rescan().await.unwrap();
+        assert_eq!(
+            partitions(),
+            Some(Some(12)),
+            "the other definition, at once"
+        );
+
+        // The winner edited so that it no longer defines the Consumer.
+        std::fs::write(dir.path().join("a.yaml"), orders).unwrap();
+        store.rescan().await.unwrap();
+        assert_eq!(partitions(), Some(Some(10)));
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            orders.replace("name: orders\n", "name: other\n"),
+        )
+        .unwrap();
+        store.rescan().await.unwrap();
+        assert_eq!(partitions(), Some(Some(12)));
+    }
+
+    #[tokio::test]
+    async fn fifos_and_oversized_files_are_reported_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("orders.yaml"),
+            include_str!("../../tests/fixtures/consumer-orders.yaml"),
+        )
+        .unwrap();
+        let fifo = dir.path().join("pipe.yaml");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let big = std::fs::File::create(dir.path().join("big.yaml")).unwrap();
+        big.set_len(1 << 30).unwrap();
+        let mut cache = FileCache::new();
+        let index = ConsumerIndex::new();
+        let started = std::time::Instant::now();
+        let (found, problems) = scan_dir(dir.path(), &mut cache, &index).unwrap().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(found.len(), 1);
+        let text: Vec<String> = problems
+            .iter()
+            .map(|p| format!("{}: {}", p.path.display(), p.message))
+            .collect();
+        assert!(
+            text.iter()
+                .any(|t| t.contains("pipe.yaml") && t.contains("a FIFO")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.contains("big.yaml") && t.contains("over konsumer's limit")),
+            "{text:?}"
+        );
+        assert!(
+            scan_dir(dir.path(), &mut cache, &index).unwrap().is_none(),
+            "nothing changed: nothing read"
+        );
+    }
+
+    #[test]
+    fn a_damaged_database_says_how_to_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join(STATE_DIR);
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(state.join("state.redb"), vec![7u8; 8192]).unwrap();
+        let err = LocalStore::open(dir.path(), ConsumerIndex::new())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("move it aside") && err.contains("state.redb.broken"),
+            "{err}"
         );
     }
 }

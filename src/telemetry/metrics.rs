@@ -112,6 +112,15 @@ pub struct Metrics {
     pub instances: Family<InstanceStateLabels, Gauge>,
     pub transitions: Family<EventLabel, Counter>,
     pub leader: Gauge,
+    pub tls_cert_expiry: Gauge,
+    pub store_writable: Gauge,
+    pub connections_displaced: Family<ListenerLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    /// `webhook` or `admin`.
+    pub listener: String,
 }
 
 fn latency_histogram() -> Histogram {
@@ -203,6 +212,24 @@ impl Default for Metrics {
             "1 while this replica holds the reconciler lease",
             leader.clone(),
         );
+        let tls_cert_expiry = Gauge::default();
+        registry.register(
+            "tls_cert_expiry_seconds",
+            "Seconds until the serving certificate expires (negative once expired), as of the last reload check",
+            tls_cert_expiry.clone(),
+        );
+        let store_writable = Gauge::default();
+        registry.register(
+            "store_writable",
+            "1 while Consumer status can be written (0: the last status write failed; see /readyz)",
+            store_writable.clone(),
+        );
+        let connections_displaced = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "connections_displaced",
+            "Connections without a request in flight closed to give their slot to a new connection, by listener",
+            connections_displaced.clone(),
+        );
         Metrics {
             registry: root,
             admission_requests,
@@ -216,6 +243,9 @@ impl Default for Metrics {
             instances,
             transitions,
             leader,
+            tls_cert_expiry,
+            store_writable,
+            connections_displaced,
         }
     }
 }

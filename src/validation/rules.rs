@@ -13,7 +13,9 @@ use crate::api::quantity::Milli;
 use crate::api::{
     Consumer, ContainerResourcePolicy, PrometheusAutoscalerSpec, QuerySpec, ResourceList, env,
 };
-use crate::inject::partition::{Layout, MAX_PARTITIONS};
+use crate::inject::partition::{
+    Layout, MAX_INSTANCES, MAX_PARTITIONS, MAX_RECOMMENDATIONS, too_many_instances,
+};
 
 /// The warning for `v1alpha1`, word for word the CRD's `deprecationWarning`
 /// (kubectl shows identical warnings once).
@@ -60,14 +62,14 @@ pub fn check(c: &Consumer, ctx: Context<'_>, report: &mut Report) {
             report.error(FieldError::invalid(
                 p.child("numPartitions"),
                 &json!(n),
-                format!("must be at most {MAX_PARTITIONS}"),
-            ));
-        } else if n > 10_000 {
-            report.warn(format!(
-                "spec.numPartitions is {n}: Kafka topics this large are rare; check the value"
+                format!(
+                    "must be at most {MAX_PARTITIONS} (konsumer's limit per Consumer: what it keeps per \
+                     partition must fit the Consumer's status, one Kubernetes object of at most 1.5 MiB)"
+                ),
             ));
         }
     }
+    instance_limits(c, &p, report);
     if let Some(n) = spec.num_partitions_per_instance {
         if n < 1 {
             report.error(FieldError::invalid(
@@ -229,6 +231,59 @@ pub fn check(c: &Consumer, ctx: Context<'_>, report: &mut Report) {
 
     if let Some(old) = ctx.old {
         update_rules(c, old, report);
+    }
+}
+
+/// Instances and recommendations within what one status can hold.
+fn instance_limits(c: &Consumer, p: &FieldPath, report: &mut Report) {
+    let spec = &c.spec;
+    let (Some(n), per) = (
+        spec.num_partitions,
+        spec.num_partitions_per_instance.unwrap_or(1),
+    ) else {
+        return;
+    };
+    if n < 1 || per < 1 || n as u32 > MAX_PARTITIONS {
+        return;
+    }
+    let instances = (n as u32).div_ceil(per as u32);
+    if instances > MAX_INSTANCES {
+        let detail = too_many_instances(n as u32, per as u32);
+        let detail = detail
+            .split_once(": ")
+            .map_or(detail.as_str(), |(_, rest)| rest)
+            .to_string();
+        report.error(FieldError::invalid(
+            p.child("numPartitionsPerInstance"),
+            &json!(per),
+            detail,
+        ));
+        return;
+    }
+    let autoscaled = spec.autoscaler.as_ref().and_then(|a| a.mode.as_deref()) == Some("prometheus");
+    let scaled = spec
+        .container_policies()
+        .iter()
+        .filter(|policy| !policy.is_off())
+        .filter(|policy| {
+            policy
+                .container_name
+                .as_deref()
+                .is_some_and(|n| !n.is_empty())
+        })
+        .count()
+        .max(1) as u32;
+    if autoscaled && instances * scaled > MAX_RECOMMENDATIONS {
+        report.error(FieldError::invalid(
+            p.child("resourcePolicy").child("containerPolicies"),
+            &json!(scaled),
+            format!(
+                "{instances} instances × {scaled} scaled containers make {} recommendations; the status holds at \
+                 most {MAX_RECOMMENDATIONS} (one Kubernetes object of at most 1.5 MiB): put more partitions on each \
+                 instance, or set mode: Off on containers that need no recommendation",
+                instances * scaled
+            ),
+        ));
     }
 }
 

@@ -224,10 +224,83 @@ pub fn check_consumer(object: &Value, report: &mut Report) -> Value {
             }
         }
     }
-    if !cleaned.get("metadata").is_some_and(Value::is_object) {
-        cleaned.remove("metadata");
+    match obj.get("metadata") {
+        Some(Value::Object(meta)) => {
+            let meta = check_metadata(meta, report);
+            cleaned.insert("metadata".into(), Value::Object(meta));
+        }
+        None | Some(Value::Null) => {
+            cleaned.remove("metadata");
+        }
+        Some(other) => {
+            report.error(FieldError::invalid(
+                FieldPath::root("metadata"),
+                other,
+                "must be an object",
+            ));
+            cleaned.remove("metadata");
+        }
     }
     Value::Object(cleaned)
+}
+
+/// Why a metadata value must be a string, with the YAML 1.1 trap named when the
+/// value is a boolean (`name: n` reads as `false`).
+fn must_be_string(value: &Value) -> String {
+    if value.is_boolean() {
+        "must be a string: YAML reads unquoted y, n, yes, no, on, off, true and false as \
+         booleans; quote the value"
+            .into()
+    } else {
+        "must be a string".into()
+    }
+}
+
+/// The metadata fields konsumer reads, type-checked with their own field paths
+/// (a wrong one is reported where it is, not as an unreadable `metadata`);
+/// invalid ones are removed.
+fn check_metadata(
+    meta: &serde_json::Map<String, Value>,
+    report: &mut Report,
+) -> serde_json::Map<String, Value> {
+    let mut meta = meta.clone();
+    let path = FieldPath::root("metadata");
+    for key in ["name", "namespace", "generateName"] {
+        if let Some(v) = meta.get(key).filter(|v| !v.is_string() && !v.is_null()) {
+            report.error(FieldError::invalid(path.child(key), v, must_be_string(v)));
+            meta.remove(key);
+        }
+    }
+    for map in ["labels", "annotations"] {
+        match meta.get_mut(map) {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(entries)) => {
+                let bad: Vec<String> = entries
+                    .iter()
+                    .filter(|(_, v)| !v.is_string())
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in bad {
+                    if let Some(v) = entries.remove(&k) {
+                        report.error(FieldError::invalid(
+                            path.child(map).key(&k),
+                            &v,
+                            must_be_string(&v),
+                        ));
+                    }
+                }
+            }
+            Some(other) => {
+                report.error(FieldError::invalid(
+                    path.child(map),
+                    other,
+                    "must be a map of strings",
+                ));
+                meta.remove(map);
+            }
+        }
+    }
+    meta
 }
 
 #[cfg(test)]
@@ -280,6 +353,27 @@ mod tests {
         }}));
         assert!(errors.is_empty(), "{errors:?}");
         assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn a_yaml_boolean_name_is_reported_at_metadata_name() {
+        let consumer: Value = serde_saphyr::from_str(
+            "metadata: {name: n, labels: {team: yes, app: x}}\nspec: {numPartitions: 3, name: x, namespace: y, autoscaler: {mode: ''}}\n",
+        )
+        .unwrap();
+        let (errors, _) = errors_of(consumer);
+        let joined = errors.join("\n");
+        assert!(
+            joined.contains(
+                "metadata.name: Invalid value: false: must be a string: YAML reads unquoted"
+            ),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("metadata.labels[team]: Invalid value: true"),
+            "{joined}"
+        );
+        assert!(!joined.contains("not a readable object"), "{joined}");
     }
 
     #[test]

@@ -66,9 +66,9 @@ fn boundaries() -> Vec<(&'static str, Value, &'static str, Value)> {
         ),
         (
             "/spec/numPartitions",
-            json!(100_001),
-            "spec.numPartitions: Invalid value: 100001: must be at most 100000",
-            json!(100_000),
+            json!(10_001),
+            "spec.numPartitions: Invalid value: 10001: must be at most 10000 (konsumer's limit per Consumer",
+            json!(3000),
         ),
         (
             "/spec/numPartitionsPerInstance",
@@ -614,4 +614,41 @@ fn problems_the_stored_object_already_had_do_not_block_an_update() {
     let r = validate(&worse, Some(&broken), "v1");
     assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
     assert!(r.errors[0].to_string().starts_with("spec.numPartitions"));
+}
+
+#[test]
+fn instances_and_recommendations_stay_within_what_one_status_holds() {
+    let mut o = with("/spec/numPartitions", json!(2000));
+    set(&mut o, "/spec/numPartitionsPerInstance", json!(1));
+    let errs = errors(&o);
+    assert!(
+        errs.iter().any(|e| e.starts_with(
+            "spec.numPartitionsPerInstance: Invalid value: 1: 2000 partitions make 2000 instances; \
+             konsumer supports at most 1000 instances per Consumer (use at least 2 partitions per instance)"
+        )),
+        "{errs:#?}"
+    );
+    // 1000 instances × 2 scaled containers: the most a status holds.
+    set(&mut o, "/spec/numPartitionsPerInstance", json!(2));
+    assert!(errors(&o).is_empty(), "{:#?}", errors(&o));
+    let policies = o["spec"]["resourcePolicy"]["containerPolicies"]
+        .as_array_mut()
+        .unwrap();
+    let mut third = policies[1].clone();
+    third["containerName"] = json!("metrics-agent");
+    policies.push(third);
+    if let Some(containers) = o
+        .pointer_mut("/spec/deploymentTemplate/template/spec/containers")
+        .and_then(Value::as_array_mut)
+    {
+        containers.push(json!({"name": "metrics-agent", "image": "x"}));
+    }
+    let errs = errors(&o);
+    assert!(
+        errs.iter().any(|e| e.starts_with(
+            "spec.resourcePolicy.containerPolicies: Invalid value: 3: 1000 instances × 3 scaled containers make 3000 \
+             recommendations; the status holds at most 2000"
+        )),
+        "{errs:#?}"
+    );
 }

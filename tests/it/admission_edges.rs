@@ -202,15 +202,19 @@ async fn a_cache_miss_is_bounded_by_the_apiserver_timeout() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(listener::serve_tls(
+    let limits = listener::Limits {
+        grace: Duration::from_secs(1),
+        ..listener::Limits::webhook(16)
+    };
+    let server = tokio::spawn(listener::serve(
         listener,
-        tls::server_config(cert).unwrap(),
-        admission::router(state),
+        listener::Options::new(
+            "webhook",
+            Some(tls::server_config(cert, None).unwrap()),
+            limits,
+        ),
+        hyper_util::service::TowerToHyperService::new(admission::router(state)),
         shutdown.clone(),
-        listener::Limits {
-            grace: Duration::from_secs(1),
-            max_connections: 16,
-        },
     ));
     let client = client_trusting(&std::fs::read(dir.path().join("ca.crt")).unwrap());
     let started = Instant::now();

@@ -88,6 +88,11 @@ fn scrape() -> String {
             event: "ScaledUp".into(),
         })
         .inc();
+    m.connections_displaced
+        .get_or_create(&ListenerLabel {
+            listener: "webhook".into(),
+        })
+        .inc();
     m.encode()
 }
 

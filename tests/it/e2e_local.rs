@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -17,13 +17,29 @@ pub struct Binary {
     child: Child,
     pub webhook: SocketAddr,
     pub admin: SocketAddr,
+    logs: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Binary {
     /// Starts `konsumer serve --local dir` on loopback ports chosen by the OS and
     /// waits for its "konsumer serving" log line (JSON logs).
     pub fn serve_local(dir: &Path, extra: &[&str]) -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_konsumer"))
+        Self::serve_local_under(&[], dir, extra)
+    }
+
+    /// The same, started through `prefix` (`prlimit --nofile=…`, say), which
+    /// must exec konsumer in its own process.
+    pub fn serve_local_under(prefix: &[&str], dir: &Path, extra: &[&str]) -> Binary {
+        let binary = env!("CARGO_BIN_EXE_konsumer");
+        let mut command = match prefix.split_first() {
+            None => Command::new(binary),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(binary);
+                c
+            }
+        };
+        let mut child = command
             .args(["--log-format", "json", "serve", "--local"])
             .arg(dir)
             .args([
@@ -39,12 +55,15 @@ impl Binary {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let kept = logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && v["message"] == "konsumer serving"
-                {
-                    let _ = tx.send(v);
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if v["message"] == "konsumer serving" {
+                        let _ = tx.send(v.clone());
+                    }
+                    kept.lock().unwrap().push(v);
                 }
             }
         });
@@ -56,20 +75,49 @@ impl Binary {
             webhook: addr("webhook_addr"),
             admin: addr("admin_addr"),
             child,
+            logs,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The JSON log lines so far.
+    pub fn logs(&self) -> Vec<Value> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// The log lines as they come, readable after the process ended.
+    pub fn log_lines(&self) -> Arc<Mutex<Vec<Value>>> {
+        self.logs.clone()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+    }
+
+    /// The exit status, if the process ends within `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let started = std::time::Instant::now();
+        while started.elapsed() < within {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// SIGTERM, then the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        for _ in 0..100 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("konsumer did not stop within 5s of SIGTERM");
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(5))
+            .expect("konsumer did not stop within 5s of SIGTERM")
     }
 }
 
@@ -149,8 +197,25 @@ async fn local_mode_binary_answers_and_follows_edits_of_the_consumer_file() {
     }
     assert_eq!(last, "12", "the edit reached the webhook");
 
+    let logs = konsumer.log_lines();
     let status = konsumer.terminate();
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    let lost: Vec<Value> = logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("lost the reconciler lease"))
+        })
+        .cloned()
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "stopping is not losing the lease: {lost:#?}"
+    );
 }
 
 #[test]

@@ -48,6 +48,8 @@ struct State {
     deployments: Vec<Value>,
     /// Lease requests fail (etcd unavailable behind the apiserver).
     leases_down: bool,
+    /// Status writes refused as too large.
+    too_large: usize,
 }
 
 /// Who konsumer is to the apiserver (its ServiceAccount in the manifests).
@@ -210,6 +212,11 @@ impl FakeApiServer {
             .leases
             .get(name)
             .map(|(l, _)| l.clone())
+    }
+
+    /// How many status writes were refused as too large for etcd.
+    pub fn too_large_refusals(&self) -> usize {
+        self.state.lock().unwrap().too_large
     }
 
     pub fn events(&self) -> Vec<Value> {
@@ -442,6 +449,52 @@ fn watch_response(fake: &FakeApiServer) -> Response<MockBody> {
         .unwrap()
 }
 
+/// The largest stored object the recorded apiserver + etcd accepted
+/// (`03-consumer-status-too-large.json`: etcd's 1.5 MiB request limit).
+pub const LARGEST_STORED_OBJECT: usize = 1_569_823;
+
+/// The recorded refusals of a too-large write, by size: over 3 MiB of body 413,
+/// over 2 MiB 500 (gRPC), a stored object over etcd's limit 500 (etcd). None is
+/// a 422.
+fn too_large(
+    body_bytes: usize,
+    fake: &FakeApiServer,
+    ns: &str,
+    name: &str,
+    applied: &Value,
+) -> Option<Response<MockBody>> {
+    let failure = |code: u16, message: String, reason: Option<&str>| {
+        let mut status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": message, "code": code});
+        if let Some(reason) = reason {
+            status["reason"] = json!(reason);
+        }
+        json_response(StatusCode::from_u16(code).unwrap(), &status)
+    };
+    if body_bytes > 3_145_728 {
+        return Some(failure(
+            413,
+            "Request entity too large: limit is 3145728".into(),
+            Some("RequestEntityTooLarge"),
+        ));
+    }
+    let mut candidate = fake.object(ns, name)?;
+    candidate["status"] = applied.get("status").cloned().unwrap_or(json!({}));
+    let stored = serde_json::to_vec(&candidate).map_or(0, |b| b.len());
+    if body_bytes > 2_097_152 {
+        return Some(failure(
+            500,
+            format!(
+                "rpc error: code = ResourceExhausted desc = trying to send message larger than max ({} vs. 2097152)",
+                stored + 3_000
+            ),
+            None,
+        ));
+    }
+    (stored > LARGEST_STORED_OBJECT)
+        .then(|| failure(500, "etcdserver: request is too large".into(), None))
+}
+
 /// Server-side apply on the status subresource: requires a field manager, an
 /// existing object, and `apiVersion`/`kind` in the body; replaces `.status`.
 fn apply_status(
@@ -481,6 +534,10 @@ fn apply_status(
                 name,
             ),
         );
+    }
+    if let Some(refusal) = too_large(body.len(), fake, ns, name, &applied) {
+        fake.state.lock().unwrap().too_large += 1;
+        return refusal;
     }
     let mut state = fake.state.lock().unwrap();
     state.resource_version += 1;

@@ -84,14 +84,23 @@ impl LocalServer {
         let index = ConsumerIndex::new();
         let backend = server::backend(&config, index.clone()).await.unwrap();
         let running = server::start(config, index, backend).await.unwrap();
-        let ca = std::fs::read(running.generated_ca.as_ref().unwrap()).unwrap();
+        // Tests that bring their own certificate make their own clients.
+        let client = match running.generated_ca.as_ref() {
+            Some(ca) => client_trusting(&std::fs::read(ca).unwrap()),
+            None => reqwest::Client::new(),
+        };
         LocalServer {
-            client: client_trusting(&ca),
+            client,
             base: format!("https://localhost:{}", running.webhook_addr.port()),
             admin: format!("http://{}", running.admin_addr),
             running: Some(running),
             _dir: dir,
         }
+    }
+
+    /// The local directory.
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
     }
 
     pub async fn orders() -> Self {
