@@ -4,6 +4,7 @@
 //! - [`api`]: the Consumer API (Konsumerator's, compatible) and its CRD.
 //! - [`inject`]: pure — what a labelled Pod or Deployment gets, as a JSON Patch.
 //! - [`admission`]: the webhook handlers around the pure core.
+//! - [`manage`]: pure — the Deployments konsumer manages and the writes that keep them in line.
 //! - [`store`]: where Consumers come from and status goes (local files or Kubernetes).
 //! - [`server`]: listeners, TLS, admin endpoints, one shutdown signal.
 //! - [`cli`]: the `konsumer` command line.
@@ -13,6 +14,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod inject;
+pub mod manage;
 pub mod reconciler;
 pub mod scaling;
 pub mod server;
