@@ -193,6 +193,37 @@ pub struct ServeArgs {
     /// How long the Lease lasts without renewal.
     #[arg(long, env = "KONSUMER_LEASE_DURATION", default_value = "15s", value_parser = positive_duration)]
     pub lease_duration: Duration,
+    /// Create, roll and remove one Deployment per instance of Consumers with a
+    /// deploymentTemplate, as Konsumerator did (`false`: webhooks and status only).
+    #[arg(
+        long,
+        env = "KONSUMER_MANAGE_DEPLOYMENTS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub manage_deployments: bool,
+    /// Rollouts of managed Deployments started per minute, over all Consumers.
+    #[arg(long, env = "KONSUMER_MAX_ROLLOUTS_PER_MINUTE", default_value_t = crate::reconciler::DEFAULT_ROLLOUTS_PER_MINUTE, value_parser = positive_rate)]
+    pub max_rollouts_per_minute: u32,
+    /// Guest mode (Konsumerator's): no CRD, no cluster-wide permissions. Consumers
+    /// are the ConfigMaps of --namespace annotated konsumerator.lwolf.org/managed.
+    #[arg(
+        long,
+        env = "KONSUMER_GUEST",
+        requires = "namespace",
+        conflicts_with = "local"
+    )]
+    pub guest: bool,
+}
+
+/// A per-minute rate of at least 1.
+fn positive_rate(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a positive whole number")),
+    }
 }
 
 impl ServeArgs {
@@ -234,6 +265,8 @@ impl ServeArgs {
                 query_timeout: self.prometheus_timeout,
                 concurrency: self.reconcile_concurrency,
                 gomemlimit_ratio: self.gomemlimit_ratio,
+                manage_deployments: self.manage_deployments,
+                max_rollouts_per_minute: self.max_rollouts_per_minute,
             }),
             lease: LeaseConfig {
                 name: self.lease_name,
@@ -357,6 +390,7 @@ mod tests {
             "--max-connections=0",
             "--max-concurrent-requests=0",
             "--reconcile-concurrency=0",
+            "--max-rollouts-per-minute=0",
         ] {
             let err = parse(&["serve", flag]).expect_err(flag);
             assert_eq!(

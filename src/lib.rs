@@ -5,6 +5,7 @@
 //! - [`inject`]: pure — what a labelled Pod or Deployment gets, as a JSON Patch.
 //! - [`admission`]: the webhook handlers around the pure core.
 //! - [`manage`]: pure — the Deployments konsumer manages and the writes that keep them in line.
+//! - [`notice`]: pure — the Kubernetes Events konsumer records, written for people.
 //! - [`store`]: where Consumers come from and status goes (local files or Kubernetes).
 //! - [`server`]: listeners, TLS, admin endpoints, one shutdown signal.
 //! - [`cli`]: the `konsumer` command line.
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod inject;
 pub mod manage;
+pub mod notice;
 pub mod reconciler;
 pub mod scaling;
 pub mod server;

@@ -15,6 +15,7 @@ pub mod live;
 pub mod pace;
 pub mod policy;
 pub mod seed;
+pub mod status;
 
 pub use decide::{Change, Decision, InFlight, Kept, Removal, Write, decide};
 pub use desired::{Owner, Recipe};

@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admission::{self, Admission};
 use crate::config::{Mode, ServeConfig, TlsSource};
-use crate::reconciler::events::KubeEvents;
+use crate::reconciler::deployments::{DeploymentApi, KubeDeployments, LocalDeployments};
+use crate::reconciler::events::{KubeEvents, Regarding};
 use crate::reconciler::leader::Leadership;
 use crate::reconciler::prometheus::PromClient;
 use crate::reconciler::workloads::{KubeWorkloads, LocalWorkloads, WorkloadSource};
@@ -57,6 +58,14 @@ impl Backend {
         }
     }
 }
+
+/// What the reconciler is wired to: workloads, Events, leadership, Deployments.
+type Parts = (
+    Arc<dyn WorkloadSource>,
+    Option<Arc<dyn TransitionSink>>,
+    Leadership,
+    Arc<dyn DeploymentApi>,
+);
 
 /// A started server.
 pub struct Running {
@@ -217,17 +226,16 @@ pub async fn start(
         None => None,
         Some(rc) => {
             let prom = PromClient::new(rc.query_timeout, metrics.clone())?;
-            let (workloads, sink, leadership): (
-                Arc<dyn WorkloadSource>,
-                Option<Arc<dyn TransitionSink>>,
-                Leadership,
-            ) = match &backend {
+            let (workloads, sink, leadership, deployments): Parts = match &backend {
                 Backend::Local(store) => (
                     Arc::new(LocalWorkloads {
                         dir: store.dir().to_path_buf(),
                     }),
                     None,
                     Leadership::always(),
+                    Arc::new(LocalDeployments {
+                        root: store.dir().join(STATE_DIR).join("deployments"),
+                    }),
                 ),
                 Backend::Kube {
                     store,
@@ -240,26 +248,34 @@ pub async fn start(
                     (
                         Arc::new(KubeWorkloads {
                             client: store.client().clone(),
-                            namespace,
+                            namespace: namespace.clone(),
                         }),
                         Some(Arc::new(KubeEvents::new(
                             store.client().clone(),
                             Some(config.lease.identity.clone()),
                         ))),
                         Leadership::lease(lease_client.clone(), config.lease.clone()),
+                        Arc::new(KubeDeployments {
+                            client: store.client().clone(),
+                            namespace,
+                            owners: Regarding::Consumer,
+                        }),
                     )
                 }
             };
-            let reconciler = Arc::new(Reconciler::new(
-                index.clone(),
-                backend.store(),
-                workloads,
-                prom,
-                sink,
-                metrics.clone(),
-                rc.clone(),
-                Arc::new(jiff::Timestamp::now),
-            ));
+            let reconciler = Arc::new(
+                Reconciler::new(
+                    index.clone(),
+                    backend.store(),
+                    workloads,
+                    prom,
+                    sink,
+                    metrics.clone(),
+                    rc.clone(),
+                    Arc::new(jiff::Timestamp::now),
+                )
+                .with_deployments(deployments),
+            );
             tasks.spawn(reconciler.run(leadership.is_leader.clone(), shutdown.clone()));
             Some(leadership)
         }

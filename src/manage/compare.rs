@@ -131,7 +131,7 @@ fn walk(
                         scratch.is_empty()
                     })
             });
-            if !same && !(want.is_empty() && have.is_none()) {
+            if !(same || (want.is_empty() && have.is_none())) {
                 push(out, path, desired, max);
             }
         }

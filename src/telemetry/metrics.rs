@@ -98,6 +98,14 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    /// `create`, `rollout`, `metadata` or `delete`.
+    pub change: String,
+    /// `ok` or `error`.
+    pub outcome: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub admission_requests: Family<AdmissionLabels, Counter>,
@@ -111,6 +119,8 @@ pub struct Metrics {
     pub instances: Family<InstanceStateLabels, Gauge>,
     pub transitions: Family<EventLabel, Counter>,
     pub leader: Gauge,
+    pub deployment_writes: Family<WriteLabels, Counter>,
+    pub rollouts_deferred: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -187,6 +197,18 @@ impl Default for Metrics {
             "1 while this replica holds the reconciler lease",
             leader.clone(),
         );
+        let deployment_writes = Family::<WriteLabels, Counter>::default();
+        registry.register(
+            "deployment_writes",
+            "Writes to managed Deployments, by change (create, rollout, metadata, delete) and outcome",
+            deployment_writes.clone(),
+        );
+        let rollouts_deferred = Counter::default();
+        registry.register(
+            "rollouts_deferred",
+            "Rollouts that waited for a free slot of --max-rollouts-per-minute",
+            rollouts_deferred.clone(),
+        );
         Metrics {
             registry,
             admission_requests,
@@ -200,6 +222,8 @@ impl Default for Metrics {
             instances,
             transitions,
             leader,
+            deployment_writes,
+            rollouts_deferred,
         }
     }
 }
@@ -251,6 +275,15 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    pub fn count_deployment_write(&self, change: &str, ok: bool) {
+        self.deployment_writes
+            .get_or_create(&WriteLabels {
+                change: change.to_string(),
+                outcome: if ok { "ok" } else { "error" }.to_string(),
+            })
+            .inc();
     }
 
     /// The registry in the Prometheus text format.

@@ -131,6 +131,7 @@ async fn prometheus_lag_scales_an_instance_up_and_new_pods_get_it() {
                 query_timeout: Duration::from_secs(2),
                 concurrency: 4,
                 gomemlimit_ratio: 0.8,
+                ..ReconcilerConfig::default()
             });
         },
     )

@@ -334,6 +334,7 @@ async fn start_reconciling(
         query_timeout: Duration::from_secs(1),
         concurrency: 4,
         gomemlimit_ratio: 0.8,
+        ..ReconcilerConfig::default()
     });
     config.lease = LeaseConfig {
         name: "konsumer-leader".into(),
@@ -431,8 +432,10 @@ async fn the_lease_holder_writes_status_and_stops_at_once_when_the_lease_is_lost
         assert!(
             l.query.contains("resourceVersion=0")
                 && l.query.contains("resourceVersionMatch=NotOlderThan")
-                && l.query
-                    .contains("labelSelector=konsumerator.lwolf.org%2Fconsumer"),
+                && (l
+                    .query
+                    .contains("labelSelector=konsumerator.lwolf.org%2Fconsumer")
+                    || l.query.contains("labelSelector=controller")),
             "served from the watch cache, label-selected: {}?{}",
             l.path,
             l.query
@@ -577,10 +580,9 @@ async fn transitions_become_kubernetes_events_on_the_consumer() {
     assert_eq!(e["reportingController"], "konsumer");
     assert_eq!(e["regarding"]["kind"], "Consumer");
     assert_eq!(e["regarding"]["name"], "orders");
-    assert!(
-        e["note"]
-            .as_str()
-            .unwrap()
-            .contains("instance 1 (partitions 3,4,5): PENDING_SCALE_UP -> RUNNING")
+    assert_eq!(
+        e["note"], "instance 1 (partitions 3,4,5) scaled up: lagging for 5m0s",
+        "a sentence, not a state pair"
     );
+    assert_eq!(e["regarding"]["fieldPath"], "status.instances{1}");
 }

@@ -8,6 +8,7 @@ mod e2e_local;
 mod e2e_reconcile;
 mod fake_apiserver;
 mod kube_mode;
+mod managed_kube;
 mod prometheus_client;
 mod prometheus_harness;
 mod reconciler_faults;
