@@ -9,6 +9,7 @@ mod e2e_reconcile;
 mod fake_apiserver;
 mod kube_mode;
 mod managed_kube;
+mod managed_local;
 mod prometheus_client;
 mod prometheus_harness;
 mod reconciler_faults;
