@@ -4,6 +4,7 @@
 pub mod consumer;
 pub mod crd;
 pub mod duration;
+pub mod guest;
 pub mod quantity;
 mod schema;
 pub mod status;

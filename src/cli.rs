@@ -137,7 +137,8 @@ pub struct ServeArgs {
         requires = "tls_cert"
     )]
     pub tls_key: Option<PathBuf>,
-    /// Watch Consumers in this namespace only (default: all namespaces).
+    /// Watch Consumers in this namespace only (default: all namespaces); with
+    /// --guest, the one namespace konsumer works in.
     #[arg(long, env = "KONSUMER_NAMESPACE")]
     pub namespace: Option<String>,
     /// Local mode: Consumers from the YAML files in DIR, state under DIR/.konsumer, no cluster.
@@ -228,6 +229,7 @@ fn positive_rate(s: &str) -> Result<u32, String> {
 
 impl ServeArgs {
     pub fn into_config(self) -> anyhow::Result<ServeConfig> {
+        let guest_namespace = self.namespace.clone();
         let mode = match self.local {
             Some(dir) => Mode::Local { dir },
             None => Mode::Kube {
@@ -270,11 +272,16 @@ impl ServeArgs {
             }),
             lease: LeaseConfig {
                 name: self.lease_name,
-                namespace: self.lease_namespace,
+                // Guest mode has permissions in its namespace only: the Lease is there.
+                namespace: match (self.guest, &guest_namespace) {
+                    (true, Some(ns)) => ns.clone(),
+                    _ => self.lease_namespace,
+                },
                 identity: self.pod_name.unwrap_or_else(default_identity),
                 duration: self.lease_duration,
                 grace: (self.lease_duration / 3).max(Duration::from_secs(1)),
             },
+            guest: self.guest,
         })
     }
 }
@@ -401,5 +408,58 @@ mod tests {
         }
         let ok = parse(&["serve", "--reconcile-interval=1s", "--max-connections=1"]);
         assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn guest_mode_needs_its_namespace_and_keeps_its_lease_there() {
+        let err = parse(&["serve", "--guest"]).expect_err("no namespace");
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert!(parse(&["serve", "--guest", "--namespace", "ns", "--local", "d"]).is_err());
+        let Command::Serve(args) = parse(&[
+            "serve",
+            "--guest",
+            "--namespace",
+            "apps",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("serve")
+        };
+        let config = args.into_config().unwrap();
+        assert!(config.guest);
+        assert_eq!(config.lease.namespace, "apps");
+        assert_eq!(
+            config.mode,
+            Mode::Kube {
+                namespace: Some("apps".into())
+            }
+        );
+    }
+
+    #[test]
+    fn deployments_are_managed_unless_switched_off() {
+        let tls = ["--tls-cert", "c", "--tls-key", "k"];
+        let Command::Serve(args) = parse(&[&["serve"][..], &tls].concat()).unwrap().command else {
+            panic!("serve")
+        };
+        let rc = args.into_config().unwrap().reconciler.unwrap();
+        assert!(rc.manage_deployments);
+        assert_eq!(rc.max_rollouts_per_minute, 30);
+        let flags = [
+            "serve",
+            "--manage-deployments=false",
+            "--max-rollouts-per-minute=5",
+        ];
+        let Command::Serve(args) = parse(&[&flags[..], &tls].concat()).unwrap().command else {
+            panic!("serve")
+        };
+        let rc = args.into_config().unwrap().reconciler.unwrap();
+        assert!(!rc.manage_deployments);
+        assert_eq!(rc.max_rollouts_per_minute, 5);
     }
 }

@@ -22,6 +22,7 @@ use crate::reconciler::leader::Leadership;
 use crate::reconciler::prometheus::PromClient;
 use crate::reconciler::workloads::{KubeWorkloads, LocalWorkloads, WorkloadSource};
 use crate::reconciler::{Reconciler, TransitionSink};
+use crate::store::guest::GuestStore;
 use crate::store::kube::KubeStore;
 use crate::store::local::{LocalStore, STATE_DIR};
 use crate::store::{ConsumerIndex, Store};
@@ -39,6 +40,11 @@ pub enum Backend {
         /// the lease could expire.
         lease_client: kube::Client,
     },
+    /// Guest mode: ConfigMaps of one namespace.
+    Guest {
+        store: Arc<GuestStore>,
+        lease_client: kube::Client,
+    },
 }
 
 impl Backend {
@@ -51,10 +57,20 @@ impl Backend {
         }
     }
 
+    /// A guest-mode backend whose lease shares the store's client (tests).
+    pub fn guest(store: Arc<GuestStore>) -> Self {
+        let lease_client = store.client().clone();
+        Backend::Guest {
+            store,
+            lease_client,
+        }
+    }
+
     fn store(&self) -> Arc<dyn Store> {
         match self {
             Backend::Local(s) => s.clone(),
             Backend::Kube { store, .. } => store.clone(),
+            Backend::Guest { store, .. } => store.clone(),
         }
     }
 }
@@ -130,6 +146,15 @@ pub async fn backend(config: &ServeConfig, index: Arc<ConsumerIndex>) -> anyhow:
             lease_config.write_timeout = budget;
             let lease_client = kube::Client::try_from(lease_config)
                 .context("building the Kubernetes client for the lease")?;
+            if config.guest {
+                let namespace = namespace
+                    .clone()
+                    .context("--guest needs --namespace: the one namespace konsumer works in")?;
+                return Ok(Backend::Guest {
+                    store: Arc::new(GuestStore::new(client, namespace, index)),
+                    lease_client,
+                });
+            }
             Ok(Backend::Kube {
                 store: Arc::new(KubeStore::new(client, namespace.clone(), index)),
                 lease_client,
@@ -180,6 +205,12 @@ pub async fn start(
             });
         }
         Backend::Kube { store, .. } => {
+            let watch = store.spawn_watch(shutdown.clone());
+            tasks.spawn(async move {
+                let _ = watch.await;
+            });
+        }
+        Backend::Guest { store, .. } => {
             let watch = store.spawn_watch(shutdown.clone());
             tasks.spawn(async move {
                 let _ = watch.await;
@@ -259,6 +290,40 @@ pub async fn start(
                             client: store.client().clone(),
                             namespace,
                             owners: Regarding::Consumer,
+                        }),
+                    )
+                }
+                Backend::Guest {
+                    store,
+                    lease_client,
+                } => {
+                    let namespace = Some(store.namespace().to_string());
+                    let events: Arc<dyn TransitionSink> = Arc::new(KubeEvents::regarding(
+                        store.client().clone(),
+                        Some(config.lease.identity.clone()),
+                        Regarding::ConfigMap,
+                    ));
+                    let leadership = Leadership::lease(lease_client.clone(), config.lease.clone());
+                    let reporter = store.spawn_reporter(
+                        leadership.is_leader.clone(),
+                        Some(events.clone()),
+                        rc.interval,
+                        shutdown.clone(),
+                    );
+                    tasks.spawn(async move {
+                        let _ = reporter.await;
+                    });
+                    (
+                        Arc::new(KubeWorkloads {
+                            client: store.client().clone(),
+                            namespace: namespace.clone(),
+                        }),
+                        Some(events),
+                        leadership,
+                        Arc::new(KubeDeployments {
+                            client: store.client().clone(),
+                            namespace,
+                            owners: Regarding::ConfigMap,
                         }),
                     )
                 }

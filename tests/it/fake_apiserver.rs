@@ -49,6 +49,9 @@ struct State {
     deployments: BTreeMap<(String, String), Value>,
     /// Lease requests fail (etcd unavailable behind the apiserver).
     leases_down: bool,
+    /// (namespace, name) -> ConfigMap (guest mode).
+    configmaps: BTreeMap<(String, String), Value>,
+    configmap_watchers: Vec<mpsc::UnboundedSender<Bytes>>,
 }
 
 pub struct FakeApiServer {
@@ -168,6 +171,68 @@ impl FakeApiServer {
         object["metadata"]["resourceVersion"] = json!(rv);
         let object = object.clone();
         broadcast(&mut state, "MODIFIED", &object);
+    }
+
+    /// Stores a ConfigMap (as `kubectl apply` would) and tells the watchers.
+    pub fn apply_configmap(&self, mut cm: Value) {
+        let mut state = self.state.lock().unwrap();
+        state.resource_version += 1;
+        let rv = state.resource_version.to_string();
+        let ns = cm["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string();
+        let name = cm["metadata"]["name"].as_str().unwrap().to_string();
+        let existed = state.configmaps.get(&(ns.clone(), name.clone())).cloned();
+        cm["metadata"]["namespace"] = json!(ns);
+        cm["metadata"]["resourceVersion"] = json!(rv);
+        cm["metadata"]["uid"] = json!(format!("uid-cm-{name}"));
+        cm["metadata"]["creationTimestamp"] = json!("2026-11-30T04:32:10Z");
+        // kubectl apply keeps annotations it does not know about (konsumer's).
+        if let Some(old) = &existed
+            && let Some(kept) = old["metadata"]["annotations"].as_object()
+        {
+            for (k, v) in kept {
+                if cm["metadata"]["annotations"].get(k).is_none()
+                    && !k.starts_with("konsumerator.lwolf.org/managed")
+                {
+                    if !cm["metadata"]["annotations"].is_object() {
+                        cm["metadata"]["annotations"] = json!({});
+                    }
+                    cm["metadata"]["annotations"][k] = v.clone();
+                }
+            }
+        }
+        let kind = if existed.is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        state.configmaps.insert((ns, name), cm.clone());
+        broadcast_to(&mut state.configmap_watchers, kind, &cm);
+    }
+
+    pub fn configmap(&self, namespace: &str, name: &str) -> Option<Value> {
+        let state = self.state.lock().unwrap();
+        state
+            .configmaps
+            .get(&(namespace.into(), name.into()))
+            .cloned()
+    }
+
+    /// Deletes a ConfigMap; the garbage collector deletes what it owned.
+    pub fn delete_configmap(&self, namespace: &str, name: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.resource_version += 1;
+        if let Some(gone) = state.configmaps.remove(&(namespace.into(), name.into())) {
+            let uid = gone["metadata"]["uid"].clone();
+            broadcast_to(&mut state.configmap_watchers, "DELETED", &gone);
+            state.deployments.retain(|_, d| {
+                !d["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+            });
+        }
     }
 
     pub fn lease(&self, name: &str) -> Option<Value> {
@@ -338,8 +403,12 @@ impl FakeApiServer {
 }
 
 fn broadcast(state: &mut State, kind: &str, object: &Value) {
+    broadcast_to(&mut state.watchers, kind, object);
+}
+
+fn broadcast_to(watchers: &mut Vec<mpsc::UnboundedSender<Bytes>>, kind: &str, object: &Value) {
     let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": object})));
-    state.watchers.retain(|w| w.send(line.clone()).is_ok());
+    watchers.retain(|w| w.send(line.clone()).is_ok());
 }
 
 async fn serve(mut handle: Handle, fake: Arc<FakeApiServer>) {
@@ -428,6 +497,15 @@ async fn answer(fake: &FakeApiServer, request: Request<Body>) -> Response<MockBo
             ),
         );
     }
+    if path.starts_with("/api/v1/namespaces/") && path.contains("/configmaps") {
+        return configmaps_answer(
+            fake,
+            &parts.method,
+            &path,
+            &body,
+            param("watch") == Some("true"),
+        );
+    }
     if let Some(rest) = path.strip_prefix("/apis/apps/v1/") {
         return deployments_answer(
             fake,
@@ -510,6 +588,10 @@ fn list_response(fake: &FakeApiServer, namespace: Option<&str>) -> Response<Mock
 fn watch_response(fake: &FakeApiServer) -> Response<MockBody> {
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
     fake.state.lock().unwrap().watchers.push(tx);
+    stream_response(rx)
+}
+
+fn stream_response(rx: mpsc::UnboundedReceiver<Bytes>) -> Response<MockBody> {
     let frames = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await
@@ -875,6 +957,95 @@ fn deployments_answer(
             405,
             "MethodNotAllowed",
             format!("{method} {rest} is not supported here"),
+            "",
+        ),
+    }
+}
+
+/// Core ConfigMaps of a namespace (guest mode): list (items without
+/// apiVersion/kind), watch, get, JSON merge patch (a `null` removes a key), as
+/// in tests/fixtures/apiserver/11-configmaps.json.
+fn configmaps_answer(
+    fake: &FakeApiServer,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+    watch: bool,
+) -> Response<MockBody> {
+    let segments: Vec<&str> = path
+        .trim_start_matches("/api/v1/namespaces/")
+        .split('/')
+        .collect();
+    let error = |code: u16, reason: &str, message: String, name: &str| {
+        let mut status = status_error(code, reason, message, name);
+        status["details"] = json!({"name": name, "kind": "configmaps"});
+        json_response(StatusCode::from_u16(code).unwrap(), &status)
+    };
+    match (method.clone(), segments.as_slice()) {
+        (Method::GET, [ns, "configmaps"]) => {
+            if watch {
+                let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+                fake.state.lock().unwrap().configmap_watchers.push(tx);
+                return stream_response(rx);
+            }
+            let state = fake.state.lock().unwrap();
+            let items: Vec<Value> = state
+                .configmaps
+                .iter()
+                .filter(|((n, _), _)| n == ns)
+                .map(|(_, cm)| {
+                    let mut cm = cm.clone();
+                    if let Some(m) = cm.as_object_mut() {
+                        m.remove("apiVersion");
+                        m.remove("kind");
+                    }
+                    cm
+                })
+                .collect();
+            json_response(
+                StatusCode::OK,
+                &json!({"kind": "ConfigMapList", "apiVersion": "v1",
+                        "metadata": {"resourceVersion": state.resource_version.to_string()}, "items": items}),
+            )
+        }
+        (Method::GET, [ns, "configmaps", name]) => match fake.configmap(ns, name) {
+            Some(cm) => json_response(StatusCode::OK, &cm),
+            None => error(
+                404,
+                "NotFound",
+                format!("configmaps {name:?} not found"),
+                name,
+            ),
+        },
+        (Method::PATCH, [ns, "configmaps", name]) => {
+            let patch: Value = match serde_json::from_slice(body) {
+                Ok(p) => p,
+                Err(e) => return error(400, "BadRequest", e.to_string(), name),
+            };
+            let mut state = fake.state.lock().unwrap();
+            state.resource_version += 1;
+            let rv = state.resource_version.to_string();
+            let Some(cm) = state
+                .configmaps
+                .get_mut(&(ns.to_string(), name.to_string()))
+            else {
+                return error(
+                    404,
+                    "NotFound",
+                    format!("configmaps {name:?} not found"),
+                    name,
+                );
+            };
+            json_patch::merge(cm, &patch);
+            cm["metadata"]["resourceVersion"] = json!(rv);
+            let cm = cm.clone();
+            broadcast_to(&mut state.configmap_watchers, "MODIFIED", &cm);
+            json_response(StatusCode::OK, &cm)
+        }
+        _ => error(
+            405,
+            "MethodNotAllowed",
+            format!("{method} {path} is not supported here"),
             "",
         ),
     }

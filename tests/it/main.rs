@@ -7,6 +7,7 @@ mod crd;
 mod e2e_local;
 mod e2e_reconcile;
 mod fake_apiserver;
+mod guest_mode;
 mod kube_mode;
 mod managed_kube;
 mod managed_local;
