@@ -235,3 +235,64 @@ async fn the_seed_readme_consumer_yields_the_deployments_konsumerator_would_have
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn plan_compares_the_consumer_with_the_deployments_of_a_directory() {
+    // What local mode wrote for the example, then the template changes.
+    let dir = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/local/orders.yaml");
+    std::fs::copy(&example, dir.path().join("orders.yaml")).unwrap();
+    let konsumer = Binary::serve_local(dir.path(), &["--reconcile-interval", "200ms"]);
+    let out = manifests(dir.path(), "streams");
+    wait_for("four manifests", || names(&out).len() == 4).await;
+    assert!(konsumer.terminate().success());
+    let newer = dir.path().join("newer.yaml");
+    std::fs::write(
+        &newer,
+        std::fs::read_to_string(&example)
+            .unwrap()
+            .replace("orders-consumer:1.4.2", "orders-consumer:1.5.0")
+            .replace("numPartitions: 10", "numPartitions: 7"),
+    )
+    .unwrap();
+    let plans = konsumer_json(&[
+        "plan".as_ref(),
+        "--offline".as_ref(),
+        "-o".as_ref(),
+        "json".as_ref(),
+        "--deployments".as_ref(),
+        dir.path().join(".konsumer/deployments").as_os_str(),
+        "-f".as_ref(),
+        newer.as_os_str(),
+    ]);
+    let actions: Vec<String> = plans[0]["deployments"]["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {}",
+                a["action"].as_str().unwrap(),
+                a["deployment"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "rollout orders-0",
+            "rollout orders-1",
+            "rollout orders-2",
+            "delete orders-3"
+        ]
+    );
+    assert!(
+        plans[0]["deployments"]["actions"][0]["detail"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d == "spec.template.spec.containers[consumer].image=registry.example.com/orders-consumer:1.5.0"),
+        "{}",
+        plans[0]["deployments"]
+    );
+}
