@@ -12,6 +12,7 @@ pub mod compare;
 pub mod decide;
 pub mod desired;
 pub mod live;
+pub mod memo;
 pub mod pace;
 pub mod policy;
 pub mod seed;

@@ -469,7 +469,7 @@ impl Reconciler {
         let mut decision = None;
         if let Some(view) = &view {
             if managed {
-                decision = self.decide_deployments(consumer, next.as_ref(), settings, view, &key);
+                decision = self.decide_deployments(cached, next.as_ref(), settings, view, &key);
             }
             let counted_outdated =
                 objects.map(|_| next.as_ref().unwrap_or(previous).outdated.unwrap_or(0));
@@ -508,17 +508,27 @@ impl Reconciler {
     /// status about to be written (its recommendations).
     fn decide_deployments(
         &self,
-        consumer: &Consumer,
+        cached: &CachedConsumer,
         next: Option<&ConsumerStatus>,
         settings: Option<&ConsumerSettings>,
         view: &View,
         key: &str,
     ) -> Option<Decision> {
+        let manager = self.deployments.as_ref()?;
+        let consumer = &cached.consumer;
+        let in_flight = manager.in_flight(key);
+        let fingerprint = manage::memo::fingerprint(&view.candidates, in_flight.as_ref());
+        // The recommendations are the cached status' unless this pass changed them.
+        if next.is_none()
+            && let Some(d) = manager.reuse(key, consumer, fingerprint)
+        {
+            return Some(d);
+        }
         let template = consumer.spec.deployment_template.as_ref()?;
         let fresh;
         let settings = match next {
             Some(status) => {
-                let mut c = consumer.clone();
+                let mut c = (**consumer).clone();
                 c.status = Some(status.clone());
                 fresh = ConsumerSettings::from_consumer(&c).ok()?;
                 &fresh
@@ -532,9 +542,13 @@ impl Reconciler {
             self.config.gomemlimit_ratio,
         );
         let candidates: Vec<&Value> = view.candidates.iter().collect();
-        let in_flight = self.deployments.as_ref().and_then(|m| m.in_flight(key));
         match manage::decide(&recipe, &candidates, in_flight.as_ref()) {
-            Ok(d) => Some(d),
+            Ok(d) => {
+                if next.is_none() {
+                    manager.remember(key, consumer.clone(), fingerprint, &d);
+                }
+                Some(d)
+            }
             Err(e) => {
                 tracing::warn!(consumer = %key, error = %e, "cannot decide the managed Deployments");
                 None

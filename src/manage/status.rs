@@ -11,6 +11,9 @@ use crate::scaling::status::set_condition;
 
 pub const DEPLOYMENTS_MANAGED: &str = "DeploymentsManaged";
 
+/// How many Deployments left alone the condition names.
+const SHOWN_KEPT: usize = 5;
+
 /// The condition's (status, reason, message).
 pub fn condition(management: &Management, decision: Option<&Decision>) -> (bool, String, String) {
     match management {
@@ -20,7 +23,12 @@ pub fn condition(management: &Management, decision: Option<&Decision>) -> (bool,
             if let Some(d) = decision {
                 let mut kept: Vec<String> = d.kept.iter().map(|k| k.describe()).collect();
                 kept.sort();
-                parts.extend(kept);
+                // Bounded: the condition is for people, and the status for etcd.
+                let more = kept.len().saturating_sub(SHOWN_KEPT);
+                parts.extend(kept.into_iter().take(SHOWN_KEPT));
+                if more > 0 {
+                    parts.push(format!("and {more} more left alone"));
+                }
                 if !d.rollouts.is_empty() {
                     parts.push(format!("{} to roll out, one at a time", d.rollouts.len()));
                 }

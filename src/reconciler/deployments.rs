@@ -22,6 +22,7 @@ use super::events::Regarding;
 use crate::api::{Consumer, GROUP, VERSION_V1, keys};
 use crate::inject::ConsumerSettings;
 use crate::manage::decide::FIELD_MANAGER;
+use crate::manage::memo::Memo;
 use crate::manage::{
     self, Applied, Change, Decision, InFlight, Kept, Management, Owner, Pace, Recipe, Write, live,
 };
@@ -334,6 +335,8 @@ pub struct DeploymentManager {
     in_flight: Mutex<HashMap<String, InFlight>>,
     /// Per Consumer, what was already recorded as Events: each is said once.
     said: Mutex<HashMap<String, Said>>,
+    /// Per Consumer, the last decision, reused while nothing it depends on changed.
+    memos: Mutex<HashMap<String, Memo>>,
     metrics: Arc<Metrics>,
 }
 
@@ -350,6 +353,7 @@ impl DeploymentManager {
             pace: Mutex::new(Pace::new(per_minute)),
             in_flight: Mutex::new(HashMap::new()),
             said: Mutex::new(HashMap::new()),
+            memos: Mutex::new(HashMap::new()),
             metrics,
         }
     }
@@ -372,6 +376,29 @@ impl DeploymentManager {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
+        self.memos
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    /// The last decision for `key`, if nothing it depends on changed since.
+    pub fn reuse(&self, key: &str, consumer: &Arc<Consumer>, fingerprint: u64) -> Option<Decision> {
+        let memos = self.memos.lock().unwrap_or_else(|e| e.into_inner());
+        memos.get(key)?.reuse(consumer, fingerprint).cloned()
+    }
+
+    pub fn remember(
+        &self,
+        key: &str,
+        consumer: Arc<Consumer>,
+        fingerprint: u64,
+        decision: &Decision,
+    ) {
+        self.memos.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            key.to_string(),
+            Memo::new(consumer, fingerprint, decision.clone()),
+        );
     }
 
     /// The Consumer's Deployments and whether konsumer manages them.

@@ -16,7 +16,7 @@ use kube::client::Body;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
-mod ssa;
+pub mod ssa;
 
 pub type MockBody = BoxBody<Bytes, Infallible>;
 type Handle = tower_test::mock::Handle<Request<Body>, Response<MockBody>>;

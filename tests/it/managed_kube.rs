@@ -683,3 +683,69 @@ async fn metrics_going_away_is_one_warning_event_and_a_column() {
     );
     m.running.stop().await;
 }
+
+fn recording(name: &str) -> Value {
+    let path = fixtures_dir().join("apiserver").join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn the_mocked_api_server_answers_server_side_apply_as_recorded() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::api::{Api, DeleteParams, Patch, PatchParams};
+    let (client, fake) = FakeApiServer::start();
+    let create = recording("09-deployments-create-owned.json");
+    let ssa = recording("09-deployments-ssa-resources.json");
+    // The recorded create was a POST by `konsumer`: an Update entry.
+    let mut created = create["exchanges"][0]["request"]["body"].clone();
+    created["metadata"]["namespace"] = json!("streams");
+    fake.create_deployment_as(created, "konsumer");
+    let api: Api<Deployment> = Api::namespaced(client, "streams");
+    let body = ssa["exchanges"][0]["request"]["body"].clone();
+    let recorded = &ssa["exchanges"][0]["response"]["body"];
+    let Err(kube::Error::Api(e)) = api
+        .patch(
+            "orders-0",
+            &PatchParams::apply("konsumer"),
+            &Patch::Apply(&body),
+        )
+        .await
+    else {
+        panic!("an apply without force against konsumer's Update must conflict");
+    };
+    assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"));
+    assert_eq!(recorded["code"], 409);
+    // What the fake answered, field for field as recorded.
+    let existing = fake.deployment("streams", "orders-0").unwrap();
+    let Err(conflicts) =
+        crate::fake_apiserver::ssa::apply(Some(&existing), &body, "konsumer", false)
+    else {
+        panic!("no conflict")
+    };
+    let answered = crate::fake_apiserver::ssa::conflict_status(&conflicts);
+    assert_eq!(answered["details"]["causes"], recorded["details"]["causes"]);
+    assert_eq!(answered["message"], recorded["message"]);
+    let d = api
+        .patch(
+            "orders-0",
+            &PatchParams::apply("konsumer").force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .unwrap();
+    let recorded = &ssa["exchanges"][1]["response"]["body"];
+    assert_eq!(d.metadata.generation, Some(2));
+    assert_eq!(
+        serde_json::to_value(&d.spec.unwrap().template.spec.unwrap().containers[0].resources)
+            .unwrap(),
+        recorded["spec"]["template"]["spec"]["containers"][0]["resources"]
+    );
+    // Delete answers a Status (kube-rs reads it as such), then 404.
+    let gone = api
+        .delete("orders-0", &DeleteParams::background())
+        .await
+        .unwrap();
+    assert!(gone.is_right(), "a Status, not the object");
+    let again = api.delete("orders-0", &DeleteParams::background()).await;
+    assert!(matches!(again, Err(kube::Error::Api(e)) if e.code == 404));
+}

@@ -462,20 +462,30 @@ pub fn apply(
     Ok(object)
 }
 
-/// The 409 the API server answers with.
+/// The 409 the API server answers with (conflicts grouped by manager).
 pub fn conflict_status(conflicts: &[Conflict]) -> Value {
-    let lines: Vec<String> = conflicts
+    let mut managers: Vec<&str> = Vec::new();
+    for c in conflicts {
+        if !managers.contains(&c.manager.as_str()) {
+            managers.push(&c.manager);
+        }
+    }
+    let groups: Vec<String> = managers
         .iter()
-        .map(|c| {
-            format!(
-                "conflicts with {:?} using apps/v1:\n- {}",
-                c.manager, c.path
-            )
+        .map(|m| {
+            let paths: Vec<String> = conflicts
+                .iter()
+                .filter(|c| c.manager == *m)
+                .map(|c| format!("- {}", c.path))
+                .collect();
+            format!("conflicts with {m:?} using apps/v1:\n{}", paths.join("\n"))
         })
         .collect();
+    let n = conflicts.len();
+    let noun = if n == 1 { "conflict" } else { "conflicts" };
     json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": format!("Apply failed with {} conflicts: {}", conflicts.len(), lines.join("\n")),
+        "message": format!("Apply failed with {n} {noun}: {}", groups.join("\n")),
         "reason": "Conflict",
         "details": {"causes": conflicts.iter().map(|c| json!({
             "reason": "FieldManagerConflict",
