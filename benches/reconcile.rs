@@ -233,11 +233,17 @@ fn main() {
                 owner: &owner,
                 gomemlimit_ratio: 0.8,
             };
+            // As listed from the API server: each with its resourceVersion.
             let live = manage::decide(&recipe, &[], None)
                 .ok()?
                 .writes
                 .into_iter()
-                .map(|w| w.body)
+                .enumerate()
+                .map(|(i, mut w)| {
+                    w.body["metadata"]["resourceVersion"] =
+                        serde_json::json!(format!("{}", 1000 + i));
+                    w.body
+                })
                 .collect();
             Some((settings, template, owner, live))
         })

@@ -518,8 +518,12 @@ impl Reconciler {
         let consumer = &cached.consumer;
         let in_flight = manager.in_flight(key);
         let fingerprint = manage::memo::fingerprint(&view.candidates, in_flight.as_ref());
-        // The recommendations are the cached status' unless this pass changed them.
-        if next.is_none()
+        // The recommendations are the cached status' unless this pass changed them
+        // (new metrics alone, a new lastSyncTime, change nothing here).
+        let same_recommendations = next.is_none_or(|n| {
+            n.instances.as_ref() == consumer.status.as_ref().and_then(|s| s.instances.as_ref())
+        });
+        if same_recommendations
             && let Some(d) = manager.reuse(key, consumer, fingerprint)
         {
             return Some(d);
@@ -544,7 +548,7 @@ impl Reconciler {
         let candidates: Vec<&Value> = view.candidates.iter().collect();
         match manage::decide(&recipe, &candidates, in_flight.as_ref()) {
             Ok(d) => {
-                if next.is_none() {
+                if same_recommendations {
                     manager.remember(key, consumer.clone(), fingerprint, &d);
                 }
                 Some(d)

@@ -181,7 +181,20 @@ impl DeploymentApi for LocalDeployments {
                         continue;
                     }
                     match Self::read(&file) {
-                        Ok(Some(d)) => out.push(d),
+                        Ok(Some(mut d)) => {
+                            // The file's stamp stands for the API server's
+                            // resourceVersion: an edit by hand changes it too.
+                            if let Ok(meta) = std::fs::metadata(&file) {
+                                let modified = meta
+                                    .modified()
+                                    .ok()
+                                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                                    .map_or(0, |d| d.as_nanos());
+                                d["metadata"]["resourceVersion"] =
+                                    Value::from(format!("{modified}-{}", meta.len()));
+                            }
+                            out.push(d)
+                        }
                         Ok(None) => {}
                         Err(e) => {
                             tracing::warn!(error = %e, "skipping a managed Deployment manifest")
