@@ -523,9 +523,7 @@ impl Reconciler {
         let same_recommendations = next.is_none_or(|n| {
             n.instances.as_ref() == consumer.status.as_ref().and_then(|s| s.instances.as_ref())
         });
-        if same_recommendations
-            && let Some(d) = manager.reuse(key, consumer, fingerprint)
-        {
+        if same_recommendations && let Some(d) = manager.reuse(key, consumer, fingerprint) {
             return Some(d);
         }
         let template = consumer.spec.deployment_template.as_ref()?;
