@@ -4,10 +4,10 @@
 //! Deployment spec, as Konsumerator did: the same Consumer gives the same
 //! Deployments. Two things keep that default from doubling anyone's consumers:
 //! a Consumer annotated `konsumer.dev/manage-deployments: "false"` is left alone,
-//! and a Consumer whose instances already run as workloads konsumer did not
-//! make (Deployments, StatefulSet or Job Pods labelled for it) is not taken over
-//! unless annotated `"true"`. The whole installation can opt out with
-//! `--manage-deployments=false`.
+//! and a Consumer whose instances run as workloads konsumer did not make
+//! (Deployments, StatefulSet or Job Pods labelled for it) gets no Deployment
+//! written while they do, unless annotated `"true"`. The whole installation can
+//! opt out with `--manage-deployments=false`.
 
 use serde_json::Value;
 
@@ -94,17 +94,25 @@ pub fn management(
             message: format!("{problem}: konsumer cannot create Deployments from it"),
         };
     }
-    if !forced && !manages_some && !own_workloads.is_empty() {
+    if !forced && !own_workloads.is_empty() {
         let mut shown: Vec<&str> = own_workloads.iter().take(3).map(String::as_str).collect();
         if own_workloads.len() > 3 {
             shown.push("...");
         }
+        let own = if manages_some {
+            // Applied together, konsumer may have been first: it writes no more.
+            " and leaves the Deployments it made as they are (delete them, or the other \
+             workloads)"
+        } else {
+            ""
+        };
         return Management::Off {
             reason: "OwnWorkloads",
             message: format!(
-                "the instances already run as workloads konsumer did not create ({}): konsumer \
-                 does not create Deployments beside them; annotate the Consumer {}: \"true\" to have \
-                 konsumer create and manage them anyway, or \"false\" to say it should not",
+                "the instances run as workloads konsumer did not create ({}): konsumer \
+                 creates and changes no Deployment beside them{own}; annotate the Consumer {}: \
+                 \"true\" to have konsumer manage its Deployments anyway, or \"false\" to say it \
+                 should not",
                 shown.join(", "),
                 keys::MANAGE_DEPLOYMENTS
             ),
@@ -162,7 +170,7 @@ mod tests {
     }
 
     #[test]
-    fn workloads_konsumer_did_not_make_keep_it_from_starting_unless_asked() {
+    fn workloads_konsumer_did_not_make_stop_it_unless_asked() {
         let labelled = vec![
             json!({"kind": "Deployment", "metadata": {"name": "orders-0"}}),
             json!({"kind": "Deployment", "metadata": {"name": "orders-1", "ownerReferences": [{"kind": "Consumer", "controller": true, "uid": "u"}]}}),
@@ -181,11 +189,19 @@ mod tests {
             }
             m => panic!("{m:?}"),
         }
-        assert_eq!(
-            management(true, &annotated(None), true, &own),
-            Management::Managed,
-            "already managing: goes on"
-        );
+        match management(true, &annotated(None), true, &own) {
+            Management::Off { reason, message } => {
+                assert_eq!(
+                    reason, "OwnWorkloads",
+                    "applied together: konsumer writes no more"
+                );
+                assert!(
+                    message.contains("leaves the Deployments it made as they are"),
+                    "{message}"
+                );
+            }
+            m => panic!("{m:?}"),
+        }
         assert_eq!(
             management(true, &annotated(Some("true")), false, &own),
             Management::Managed

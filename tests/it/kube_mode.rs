@@ -385,11 +385,11 @@ fn status_patches(fake: &FakeApiServer) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lease_holder_writes_status_and_stops_at_once_when_the_lease_is_lost() {
-    let (s, fake) = start_reconciling(
-        &[unreachable_prometheus(consumer_json("orders", 10))],
-        "replica-a",
-    )
-    .await;
+    // This test is about the lease and the status: the Consumer's Deployments
+    // are not konsumer's to manage (orders-0 below is added once it runs).
+    let mut orders = unreachable_prometheus(consumer_json("orders", 10));
+    orders["metadata"]["annotations"] = json!({"konsumer.dev/manage-deployments": "false"});
+    let (s, fake) = start_reconciling(&[orders], "replica-a").await;
     fake.add_deployment(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "orders-0", "namespace": "streams", "resourceVersion": "5",
