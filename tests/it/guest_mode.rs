@@ -62,7 +62,7 @@ async fn start(namespace: &str, configmaps: &[Value]) -> Guest {
 }
 
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..300 {
+    for _ in 0..400 {
         if check() {
             return;
         }
@@ -117,6 +117,30 @@ async fn the_seed_readme_guest_example_runs_with_namespaced_requests_only() {
             })
     })
     .await;
+    // The status settles: no write while nothing changes.
+    let status_writes = || {
+        fake.seen()
+            .iter()
+            .filter(|r| {
+                r.method == http::Method::PATCH && r.path.ends_with("/configmaps/consumer-sample")
+            })
+            .count()
+    };
+    let mut settled = status_writes();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = status_writes();
+        if now == settled {
+            break;
+        }
+        settled = now;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        status_writes(),
+        settled,
+        "the status round-trips through the annotations unchanged"
+    );
     let cm = fake.configmap("default", "consumer-sample").unwrap();
     for key in ["running", "paused", "lagging", "outdated"] {
         assert!(

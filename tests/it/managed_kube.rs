@@ -80,7 +80,7 @@ async fn start_with(
 }
 
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..200 {
+    for _ in 0..400 {
         if check() {
             return;
         }
@@ -457,6 +457,19 @@ async fn konsumerators_deployments_are_adopted_without_a_write_and_keep_what_the
             .iter()
             .map(|r| (&r.method, &r.path))
             .collect::<Vec<_>>()
+    );
+    let status_writes = || {
+        fake.seen()
+            .iter()
+            .filter(|r| r.method == Method::PATCH && r.path.ends_with("/status"))
+            .count()
+    };
+    let settled = status_writes();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        status_writes(),
+        settled,
+        "a quiet fleet writes no status either"
     );
     let st = status(&fake);
     assert_eq!(
