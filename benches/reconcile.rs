@@ -6,7 +6,11 @@
 //!    reconcile`, the reconciler's own pure core. Also a pass where every Consumer
 //!    got fresh metrics. Baseline in the same run: serializing the statuses (what
 //!    writing them costs at the least).
-//! 2. Parsing a 100,000-series Prometheus answer into values per partition.
+//! 2. The managed Deployments of the same 1,000 Consumers (10 instances each),
+//!    in the steady state (every Deployment as konsumer would apply it):
+//!    `manage::decide`, what the Deployment manager decides per pass. Baseline in
+//!    the same run: the pass of 1.
+//! 3. Parsing a 100,000-series Prometheus answer into values per partition.
 //!    Baseline in the same run: `serde_json::from_slice::<Value>` of the same body.
 //!
 //! Times are this thread's CPU time (`/proc/thread-self/schedstat`), best and
@@ -20,6 +24,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use konsumer::api::{Consumer, ConsumerStatus, PartitionState};
 use konsumer::inject::ConsumerSettings;
+use konsumer::manage::{self, Owner, Recipe};
 use konsumer::reconciler::prometheus::parse_response;
 use konsumer::scaling::ScalingSpec;
 use konsumer::scaling::consumer::{ConsumerInput, Refresh, parse_sync_state, reconcile};
@@ -203,6 +208,111 @@ fn main() {
         "| baseline: serializing the 1,000 statuses (the least a write costs) | {} | {} | |",
         ms(b_best),
         ms(b_median)
+    );
+
+    // Managed Deployments: what exists is what konsumer would apply.
+    let managed: Vec<(
+        ConsumerSettings,
+        serde_json::Value,
+        Owner,
+        Vec<serde_json::Value>,
+    )> = warm
+        .iter()
+        .filter_map(|c| {
+            let settings = ConsumerSettings::from_consumer(&c.consumer).ok()?;
+            let template = c.consumer.spec.deployment_template.clone()?;
+            let owner = Owner {
+                api_version: "konsumerator.lwolf.org/v1".into(),
+                kind: "Consumer".into(),
+                name: c.consumer.metadata.name.clone()?,
+                uid: format!("uid-{}", c.consumer.metadata.name.clone()?),
+            };
+            let recipe = Recipe {
+                settings: &settings,
+                template: &template,
+                owner: &owner,
+                gomemlimit_ratio: 0.8,
+            };
+            // As listed from the API server: each with its resourceVersion.
+            let live = manage::decide(&recipe, &[], None)
+                .ok()?
+                .writes
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut w)| {
+                    w.body["metadata"]["resourceVersion"] =
+                        serde_json::json!(format!("{}", 1000 + i));
+                    w.body
+                })
+                .collect();
+            Some((settings, template, owner, live))
+        })
+        .collect();
+    let decide_all = || {
+        managed
+            .iter()
+            .map(|(settings, template, owner, live)| {
+                let recipe = Recipe {
+                    settings,
+                    template,
+                    owner,
+                    gomemlimit_ratio: 0.8,
+                };
+                let live: Vec<&serde_json::Value> = live.iter().collect();
+                manage::decide(&recipe, &live, None)
+                    .map(|d| d.writes.len() + d.rollouts.len())
+                    .unwrap_or(usize::MAX)
+            })
+            .sum::<usize>()
+    };
+    assert_eq!(decide_all(), 0, "the steady state writes nothing");
+    let (m_best, m_median, m_wall) = measure(10, decide_all);
+    // What the Deployment manager does instead while nothing changed: the
+    // fingerprint of the listed Deployments, and the last decision reused.
+    let memos: Vec<(std::sync::Arc<Consumer>, manage::memo::Memo)> = managed
+        .iter()
+        .zip(&warm)
+        .map(|((_, _, _, live), c)| {
+            let consumer = std::sync::Arc::new(c.consumer.clone());
+            let f = manage::memo::fingerprint(live, None);
+            let memo = manage::memo::Memo::new(consumer.clone(), f, manage::Decision::default());
+            (consumer, memo)
+        })
+        .collect();
+    let reuse_all = || {
+        managed
+            .iter()
+            .zip(&memos)
+            .filter(|((_, _, _, live), (consumer, memo))| {
+                memo.reuse(consumer, manage::memo::fingerprint(live, None))
+                    .is_some()
+            })
+            .count()
+    };
+    assert_eq!(reuse_all(), managed.len(), "every decision reused");
+    let (u_best, u_median, u_wall) = measure(10, reuse_all);
+    let (mb_best, mb_median, _) = measure(10, || pass(&warm, false, now));
+    println!();
+    println!(
+        "| managed Deployments, 1,000 Consumers × 10 instances, steady state | best CPU | median CPU | best wall |"
+    );
+    println!("|---|---|---|---|");
+    println!(
+        "| `manage::decide` for every Consumer (build, compare, order) | {} | {} | {} |",
+        ms(m_best),
+        ms(m_median),
+        ms(m_wall)
+    );
+    println!(
+        "| unchanged since the last pass: fingerprint and reuse (what a steady pass costs) | {} | {} | {} |",
+        ms(u_best),
+        ms(u_median),
+        ms(u_wall)
+    );
+    println!(
+        "| baseline: the cached reconcile pass above, in the same run | {} | {} | |",
+        ms(mb_best),
+        ms(mb_median)
     );
 
     let body = prometheus_body(100_000);

@@ -4,6 +4,7 @@
 pub mod consumer;
 pub mod crd;
 pub mod duration;
+pub mod guest;
 pub mod quantity;
 mod schema;
 pub mod status;
@@ -40,8 +41,19 @@ pub mod keys {
     pub const CONSUMER_ID: &str = "konsumerator.lwolf.org/consumer-id";
     /// Konsumerator's partition list annotation (`0,1,2`); written by konsumer.
     pub const PARTITION: &str = "konsumerator.lwolf.org/partition";
-    /// On a Consumer: freeze its recommendations.
+    /// On a Consumer: freeze its recommendations. On a managed Deployment: leave it
+    /// alone (it counts as paused).
     pub const DISABLE_AUTOSCALER: &str = "konsumerator.lwolf.org/disable-autoscaler";
+    /// Guest mode: marks a ConfigMap whose single data entry is a ConsumerSpec.
+    pub const MANAGED: &str = "konsumerator.lwolf.org/managed";
+    /// On a Consumer (or guest ConfigMap): `"false"` opts it out of managed
+    /// Deployments, `"true"` opts it in even beside workloads konsumer did not make.
+    pub const MANAGE_DEPLOYMENTS: &str = "konsumer.dev/manage-deployments";
+    /// Konsumerator's labels on a managed Deployment: `spec.name`, the Consumer's
+    /// `metadata.name`, and the partitions as a range (`0-2`).
+    pub const APP_LABEL: &str = "app";
+    pub const CONTROLLER_LABEL: &str = "controller";
+    pub const PARTITIONS_LABEL: &str = "partitions";
     /// StatefulSet pod ordinal (Kubernetes 1.28+).
     pub const POD_INDEX: &str = "apps.kubernetes.io/pod-index";
     /// Indexed Job completion index.

@@ -134,7 +134,8 @@ pub struct ServeArgs {
         requires = "tls_cert"
     )]
     pub tls_key: Option<PathBuf>,
-    /// Watch Consumers in this namespace only (default: all namespaces).
+    /// Watch Consumers in this namespace only (default: all namespaces); with
+    /// --guest, the one namespace konsumer works in.
     #[arg(long, env = "KONSUMER_NAMESPACE")]
     pub namespace: Option<String>,
     /// Local mode: Consumers from the YAML files in DIR, state under DIR/.konsumer, no cluster.
@@ -212,10 +213,42 @@ pub struct ServeArgs {
     /// How long the Lease lasts without renewal.
     #[arg(long, env = "KONSUMER_LEASE_DURATION", default_value = "15s", value_parser = positive_duration)]
     pub lease_duration: Duration,
+    /// Create, roll and remove one Deployment per instance of Consumers with a
+    /// deploymentTemplate, as Konsumerator did (`false`: webhooks and status only).
+    #[arg(
+        long,
+        env = "KONSUMER_MANAGE_DEPLOYMENTS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub manage_deployments: bool,
+    /// Rollouts of managed Deployments started per minute, over all Consumers.
+    #[arg(long, env = "KONSUMER_MAX_ROLLOUTS_PER_MINUTE", default_value_t = crate::reconciler::DEFAULT_ROLLOUTS_PER_MINUTE, value_parser = positive_rate)]
+    pub max_rollouts_per_minute: u32,
+    /// Guest mode (Konsumerator's): no CRD, no cluster-wide permissions. Consumers
+    /// are the ConfigMaps of --namespace annotated konsumerator.lwolf.org/managed.
+    #[arg(
+        long,
+        env = "KONSUMER_GUEST",
+        requires = "namespace",
+        conflicts_with = "local"
+    )]
+    pub guest: bool,
+}
+
+/// A per-minute rate of at least 1.
+fn positive_rate(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a positive whole number")),
+    }
 }
 
 impl ServeArgs {
     pub fn into_config(self) -> anyhow::Result<ServeConfig> {
+        let guest_namespace = self.namespace.clone();
         let mode = match self.local {
             Some(dir) => Mode::Local { dir },
             None => Mode::Kube {
@@ -272,14 +305,21 @@ impl ServeArgs {
                 query_timeout: self.prometheus_timeout,
                 concurrency: self.reconcile_concurrency,
                 gomemlimit_ratio: self.gomemlimit_ratio,
+                manage_deployments: self.manage_deployments,
+                max_rollouts_per_minute: self.max_rollouts_per_minute,
             }),
             lease: LeaseConfig {
                 name: self.lease_name,
-                namespace: lease_namespace,
+                // Guest mode has permissions in its namespace only: the Lease is there.
+                namespace: match (self.guest, &guest_namespace) {
+                    (true, Some(ns)) => ns.clone(),
+                    _ => lease_namespace,
+                },
                 identity: self.pod_name.unwrap_or_else(default_identity),
                 duration: self.lease_duration,
                 grace: (self.lease_duration / 3).max(Duration::from_secs(1)),
             },
+            guest: self.guest,
         })
     }
 }
@@ -368,6 +408,7 @@ mod tests {
             "--handshake-timeout=0s",
             "--max-concurrent-requests=0",
             "--reconcile-concurrency=0",
+            "--max-rollouts-per-minute=0",
         ] {
             let err = parse(&["serve", flag]).expect_err(flag);
             assert_eq!(
@@ -420,5 +461,58 @@ mod tests {
             );
         }
         assert!(parse(&["certs", "--days", "1"]).is_ok());
+    }
+
+    #[test]
+    fn guest_mode_needs_its_namespace_and_keeps_its_lease_there() {
+        let err = parse(&["serve", "--guest"]).expect_err("no namespace");
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert!(parse(&["serve", "--guest", "--namespace", "ns", "--local", "d"]).is_err());
+        let Command::Serve(args) = parse(&[
+            "serve",
+            "--guest",
+            "--namespace",
+            "apps",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("serve")
+        };
+        let config = args.into_config().unwrap();
+        assert!(config.guest);
+        assert_eq!(config.lease.namespace, "apps");
+        assert_eq!(
+            config.mode,
+            Mode::Kube {
+                namespace: Some("apps".into())
+            }
+        );
+    }
+
+    #[test]
+    fn deployments_are_managed_unless_switched_off() {
+        let tls = ["--tls-cert", "c", "--tls-key", "k"];
+        let Command::Serve(args) = parse(&[&["serve"][..], &tls].concat()).unwrap().command else {
+            panic!("serve")
+        };
+        let rc = args.into_config().unwrap().reconciler.unwrap();
+        assert!(rc.manage_deployments);
+        assert_eq!(rc.max_rollouts_per_minute, 30);
+        let flags = [
+            "serve",
+            "--manage-deployments=false",
+            "--max-rollouts-per-minute=5",
+        ];
+        let Command::Serve(args) = parse(&[&flags[..], &tls].concat()).unwrap().command else {
+            panic!("serve")
+        };
+        let rc = args.into_config().unwrap().reconciler.unwrap();
+        assert!(!rc.manage_deployments);
+        assert_eq!(rc.max_rollouts_per_minute, 5);
     }
 }

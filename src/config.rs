@@ -78,6 +78,9 @@ pub struct ServeConfig {
     pub reconciler: Option<ReconcilerConfig>,
     /// Leader election (kube mode).
     pub lease: LeaseConfig,
+    /// Guest mode: Consumers are the annotated ConfigMaps of the one namespace
+    /// of `Mode::Kube` (no CRD, namespaced permissions only).
+    pub guest: bool,
 }
 
 impl ServeConfig {
@@ -102,6 +105,7 @@ impl ServeConfig {
                 duration: Duration::from_secs(15),
                 grace: Duration::from_secs(5),
             },
+            guest: false,
         }
     }
 }

@@ -4,6 +4,8 @@
 //! - [`api`]: the Consumer API (Konsumerator's, compatible) and its CRD.
 //! - [`inject`]: pure — what a labelled Pod or Deployment gets, as a JSON Patch.
 //! - [`admission`]: the webhook handlers around the pure core.
+//! - [`manage`]: pure — the Deployments konsumer manages and the writes that keep them in line.
+//! - [`notice`]: pure — the Kubernetes Events konsumer records, written for people.
 //! - [`store`]: where Consumers come from and status goes (local files or Kubernetes).
 //! - [`server`]: listeners, TLS, admin endpoints, one shutdown signal.
 //! - [`manifest`]: reading the YAML a user hands konsumer, within limits.
@@ -14,7 +16,9 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod inject;
+pub mod manage;
 pub mod manifest;
+pub mod notice;
 pub mod reconciler;
 pub mod scaling;
 pub mod server;

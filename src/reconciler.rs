@@ -4,6 +4,7 @@
 //! workloads, and record the result in its status, which every replica's
 //! webhook injects. Transitions go to logs, metrics and (kube mode) Events.
 
+pub mod deployments;
 pub mod events;
 pub mod leader;
 pub mod prometheus;
@@ -21,6 +22,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{Consumer, ConsumerStatus, PartitionState, QuerySpec};
+use crate::inject::ConsumerSettings;
+use crate::manage::{self, Decision, Management};
+use crate::notice;
 use crate::scaling::consumer::{self as consumer_step, ConsumerInput, Refresh};
 use crate::scaling::status::METRICS_AVAILABLE;
 use crate::scaling::{ScalingSpec, Transition};
@@ -28,6 +32,7 @@ use crate::store::{CachedConsumer, ConsumerIndex, Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{EventLabel, ReasonLabel};
 
+use deployments::{DeploymentApi, DeploymentIndex, DeploymentManager, View};
 use prometheus::{PromClient, PromError};
 use workloads::WorkloadSource;
 
@@ -41,6 +46,10 @@ pub struct ReconcilerConfig {
     /// Consumers reconciled at once.
     pub concurrency: usize,
     pub gomemlimit_ratio: f64,
+    /// Manage the Deployments of Consumers with a `deploymentTemplate`.
+    pub manage_deployments: bool,
+    /// Rollouts of managed Deployments started per minute, over all Consumers.
+    pub max_rollouts_per_minute: u32,
 }
 
 impl Default for ReconcilerConfig {
@@ -50,9 +59,14 @@ impl Default for ReconcilerConfig {
             query_timeout: Duration::from_secs(10),
             concurrency: 16,
             gomemlimit_ratio: 0.8,
+            manage_deployments: true,
+            max_rollouts_per_minute: DEFAULT_ROLLOUTS_PER_MINUTE,
         }
     }
 }
+
+/// Default of `--max-rollouts-per-minute`.
+pub const DEFAULT_ROLLOUTS_PER_MINUTE: u32 = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -64,6 +78,10 @@ pub enum ReconcileError {
 #[async_trait::async_trait]
 pub trait TransitionSink: Send + Sync {
     async fn publish(&self, consumer: &Consumer, transition: &Transition);
+
+    /// Anything else people should read about a Consumer (metrics gone, a
+    /// Deployment created or rolled).
+    async fn notify(&self, _consumer: &Consumer, _notice: &crate::notice::Notice) {}
 }
 
 /// The current time; tests inject a fake clock.
@@ -78,6 +96,8 @@ pub struct Reconciler {
     pub metrics: Arc<Metrics>,
     pub config: ReconcilerConfig,
     pub clock: Clock,
+    /// The Deployment manager (`None`: konsumer writes no Deployment).
+    pub deployments: Option<Arc<DeploymentManager>>,
     known: Mutex<HashSet<String>>,
     /// Last Prometheus attempt per Consumer: failures are retried at most once per
     /// `minSyncPeriod` too.
@@ -189,10 +209,22 @@ impl Reconciler {
             metrics,
             config,
             clock,
+            deployments: None,
             known: Mutex::new(HashSet::new()),
             attempts: Mutex::new(HashMap::new()),
             parsed: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Manages Deployments through `api` (as `config.manage_deployments` says).
+    pub fn with_deployments(mut self, api: Arc<dyn DeploymentApi>) -> Self {
+        self.deployments = Some(Arc::new(DeploymentManager::new(
+            api,
+            self.config.manage_deployments,
+            self.config.max_rollouts_per_minute,
+            self.metrics.clone(),
+        )));
+        self
     }
 
     /// Reconciles while `leader` says so, until `shutdown`. Losing the lease stops
@@ -269,6 +301,22 @@ impl Reconciler {
                 None
             }
         };
+        let deployments = match &self.deployments {
+            None => None,
+            Some(manager) => match manager.index().await {
+                Ok(index) => Some(index),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list the managed Deployments; none is written this pass");
+                    self.metrics
+                        .reconcile_errors
+                        .get_or_create(&ReasonLabel {
+                            reason: "deployments".into(),
+                        })
+                        .inc();
+                    None
+                }
+            },
+        };
         let consumers = self.index.all();
         let keys: HashSet<String> = consumers.iter().map(|c| c.consumer.key()).collect();
         {
@@ -281,11 +329,15 @@ impl Reconciler {
                     self.metrics.set_instances(key, None);
                     attempts.remove(key);
                     parsed.remove(key);
+                    if let Some(manager) = &self.deployments {
+                        manager.forget(key);
+                    }
                 }
             }
             *known = keys;
         }
         let workloads = workloads.as_ref();
+        let deployments = deployments.as_ref();
         futures::stream::iter(consumers)
             .for_each_concurrent(self.config.concurrency.max(1), |cached| async move {
                 let key = cached.consumer.key();
@@ -297,7 +349,7 @@ impl Reconciler {
                 let started = Instant::now();
                 // A bug hit by one Consumer must not stop the others (nor every
                 // later pass): the panic is contained, counted and retried.
-                let result = AssertUnwindSafe(self.reconcile(&cached, objects, now))
+                let result = AssertUnwindSafe(self.reconcile_with(&cached, objects, deployments, now))
                     .catch_unwind()
                     .await;
                 self.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
@@ -334,14 +386,70 @@ impl Reconciler {
         objects: Option<&[Value]>,
         now: Timestamp,
     ) -> Result<(), ReconcileError> {
+        self.reconcile_with(cached, objects, None, now).await
+    }
+
+    /// [`Reconciler::reconcile`], with the Deployments listed this pass
+    /// (`None`: no Deployment is written).
+    async fn reconcile_with(
+        &self,
+        cached: &CachedConsumer,
+        objects: Option<&[Value]>,
+        deployments: Option<&DeploymentIndex>,
+        now: Timestamp,
+    ) -> Result<(), ReconcileError> {
         let consumer = &cached.consumer;
         let key = consumer.key();
         let spec = ScalingSpec::from_consumer(consumer);
+        let settings = cached.settings.as_ref().ok();
+        // What the Deployment manager sees, before anything is decided.
+        let manager = self.deployments.as_deref();
+        let view = manager
+            .zip(deployments)
+            .and_then(|(m, index)| m.view(consumer, settings, index, objects));
+        let managed = view
+            .as_ref()
+            .is_some_and(|v| v.management == Management::Managed);
+        // Adopted Deployments seed the recommendation with what they run with.
+        let seeded: Option<Consumer> = match (&spec, &view) {
+            (Ok(Some(spec)), Some(view)) if managed => {
+                let previous = consumer
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.instances.as_deref())
+                    .unwrap_or_default();
+                let ours: Vec<&Value> = view.ours.iter().collect();
+                manage::seed::seed(spec, previous, &ours, now).map(|instances| {
+                    let mut c = (**consumer).clone();
+                    c.status.get_or_insert_with(Default::default).instances = Some(instances);
+                    c
+                })
+            }
+            _ => None,
+        };
+        let stepped = seeded.as_ref().unwrap_or(consumer);
+        // The counters see the managed Deployments too (adopted ones may lack
+        // the consumer label).
+        let counted: Option<Vec<Value>> = match (&view, objects) {
+            (Some(view), Some(objects)) if !view.ours.is_empty() => {
+                let mut all = objects.to_vec();
+                for d in &view.ours {
+                    if !all.iter().any(|o| {
+                        o.get("kind").and_then(Value::as_str) == Some("Deployment")
+                            && manage::live::name(o) == manage::live::name(d)
+                    }) {
+                        all.push(d.clone());
+                    }
+                }
+                Some(all)
+            }
+            _ => None,
+        };
         let refresh = match &spec {
             Ok(Some(spec)) => self.refresh(consumer, spec, now).await,
             _ => None,
         };
-        let cached_metrics = self.cached_metrics(&key, consumer.status.as_ref());
+        let cached_metrics = self.cached_metrics(&key, stepped.status.as_ref());
         // Metrics of more partitions than lastSyncState keeps live here only.
         let unkept = match &refresh {
             Some(Refresh::Read { partitions, .. })
@@ -352,12 +460,12 @@ impl Reconciler {
             _ => None,
         };
         let out = consumer_step::reconcile(ConsumerInput {
-            consumer,
+            consumer: stepped,
             spec: &spec,
-            settings: cached.settings.as_ref().ok(),
+            settings,
             cached_metrics: cached_metrics.as_deref(),
             refresh,
-            workloads: objects,
+            workloads: counted.as_deref().or(objects),
             gomemlimit_ratio: self.config.gomemlimit_ratio,
             now,
         });
@@ -365,7 +473,30 @@ impl Reconciler {
             self.metrics
                 .set_instances(&key, Some(states.map(|(s, n)| (s.as_str(), n))));
         }
-        if let Some(next) = &out.status {
+        let empty = ConsumerStatus::default();
+        let previous = consumer.status.as_ref().unwrap_or(&empty);
+        let mut next = out
+            .status
+            .or_else(|| seeded.as_ref().and_then(|c| c.status.clone()));
+        // The Deployments decided from the recommendation just made.
+        let mut decision = None;
+        if let Some(view) = &view {
+            if managed {
+                decision = self.decide_deployments(cached, next.as_ref(), settings, view, &key);
+            }
+            let counted_outdated =
+                objects.map(|_| next.as_ref().unwrap_or(previous).outdated.unwrap_or(0));
+            next = manage::status::fold(
+                previous,
+                next,
+                &view.management,
+                decision.as_ref(),
+                counted_outdated,
+                consumer.metadata.generation,
+                now,
+            );
+        }
+        if let Some(next) = &next {
             let ns = consumer.metadata.namespace.as_deref().unwrap_or("default");
             let name = consumer.metadata.name.as_deref().unwrap_or_default();
             self.store.write_status(ns, name, next).await?;
@@ -377,10 +508,74 @@ impl Reconciler {
                     .insert(key.clone(), (stamp, partitions));
             }
         }
+        if let Some(n) = notice::metrics_change(consumer.status.as_ref(), next.as_ref())
+            && let Some(sink) = &self.sink
+        {
+            sink.notify(consumer, &n).await;
+        }
         for t in &out.transitions {
             self.report(consumer, t).await;
         }
+        if let (Some(manager), Some(decision)) = (manager, &decision) {
+            manager
+                .execute(consumer, decision, self.sink.as_deref(), now)
+                .await;
+        }
         Ok(())
+    }
+
+    /// The Deployment manager's decision for a managed Consumer, from the
+    /// status about to be written (its recommendations).
+    fn decide_deployments(
+        &self,
+        cached: &CachedConsumer,
+        next: Option<&ConsumerStatus>,
+        settings: Option<&ConsumerSettings>,
+        view: &View,
+        key: &str,
+    ) -> Option<Decision> {
+        let manager = self.deployments.as_ref()?;
+        let consumer = &cached.consumer;
+        let in_flight = manager.in_flight(key);
+        let fingerprint = manage::memo::fingerprint(&view.candidates, in_flight.as_ref());
+        // The recommendations are the cached status' unless this pass changed them
+        // (new metrics alone, a new lastSyncTime, change nothing here).
+        let same_recommendations = next.is_none_or(|n| {
+            n.instances.as_ref() == consumer.status.as_ref().and_then(|s| s.instances.as_ref())
+        });
+        if same_recommendations && let Some(d) = manager.reuse(key, consumer, fingerprint) {
+            return Some(d);
+        }
+        let template = consumer.spec.deployment_template.as_ref()?;
+        let fresh;
+        let settings = match next {
+            Some(status) => {
+                let mut c = (**consumer).clone();
+                c.status = Some(status.clone());
+                fresh = ConsumerSettings::from_consumer(&c).ok()?;
+                &fresh
+            }
+            None => settings?,
+        };
+        let recipe = DeploymentManager::recipe(
+            settings,
+            template,
+            &view.owner,
+            self.config.gomemlimit_ratio,
+        );
+        let candidates: Vec<&Value> = view.candidates.iter().collect();
+        match manage::decide(&recipe, &candidates, in_flight.as_ref()) {
+            Ok(d) => {
+                if same_recommendations {
+                    manager.remember(key, consumer.clone(), fingerprint, &d);
+                }
+                Some(d)
+            }
+            Err(e) => {
+                tracing::warn!(consumer = %key, error = %e, "cannot decide the managed Deployments");
+                None
+            }
+        }
     }
 
     /// The status' `lastSyncState`, parsed once per sync.

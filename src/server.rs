@@ -18,11 +18,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admission::{self, Admission};
 use crate::config::{Mode, ServeConfig, TlsSource};
-use crate::reconciler::events::KubeEvents;
+use crate::reconciler::deployments::{DeploymentApi, KubeDeployments, LocalDeployments};
+use crate::reconciler::events::{KubeEvents, Regarding};
 use crate::reconciler::leader::Leadership;
 use crate::reconciler::prometheus::PromClient;
 use crate::reconciler::workloads::{KubeWorkloads, LocalWorkloads, WorkloadSource};
 use crate::reconciler::{Reconciler, TransitionSink};
+use crate::store::guest::GuestStore;
 use crate::store::kube::KubeStore;
 use crate::store::local::{LocalStore, STATE_DIR};
 use crate::store::{ConsumerIndex, Store};
@@ -40,6 +42,11 @@ pub enum Backend {
         /// the lease could expire.
         lease_client: kube::Client,
     },
+    /// Guest mode: ConfigMaps of one namespace.
+    Guest {
+        store: Arc<GuestStore>,
+        lease_client: kube::Client,
+    },
 }
 
 impl Backend {
@@ -52,13 +59,31 @@ impl Backend {
         }
     }
 
+    /// A guest-mode backend whose lease shares the store's client (tests).
+    pub fn guest(store: Arc<GuestStore>) -> Self {
+        let lease_client = store.client().clone();
+        Backend::Guest {
+            store,
+            lease_client,
+        }
+    }
+
     fn store(&self) -> Arc<dyn Store> {
         match self {
             Backend::Local(s) => s.clone(),
             Backend::Kube { store, .. } => store.clone(),
+            Backend::Guest { store, .. } => store.clone(),
         }
     }
 }
+
+/// What the reconciler is wired to: workloads, Events, leadership, Deployments.
+type Parts = (
+    Arc<dyn WorkloadSource>,
+    Option<Arc<dyn TransitionSink>>,
+    Leadership,
+    Arc<dyn DeploymentApi>,
+);
 
 /// A started server.
 pub struct Running {
@@ -131,6 +156,15 @@ pub async fn backend(config: &ServeConfig, index: Arc<ConsumerIndex>) -> anyhow:
             lease_config.write_timeout = budget;
             let lease_client = kube::Client::try_from(lease_config)
                 .context("building the Kubernetes client for the lease")?;
+            if config.guest {
+                let namespace = namespace
+                    .clone()
+                    .context("--guest needs --namespace: the one namespace konsumer works in")?;
+                return Ok(Backend::Guest {
+                    store: Arc::new(GuestStore::new(client, namespace, index)),
+                    lease_client,
+                });
+            }
             Ok(Backend::Kube {
                 store: Arc::new(KubeStore::new(client, namespace.clone(), index)),
                 lease_client,
@@ -181,6 +215,12 @@ pub async fn start(
             });
         }
         Backend::Kube { store, .. } => {
+            let watch = store.spawn_watch(shutdown.clone());
+            tasks.spawn(async move {
+                let _ = watch.await;
+            });
+        }
+        Backend::Guest { store, .. } => {
             let watch = store.spawn_watch(shutdown.clone());
             tasks.spawn(async move {
                 let _ = watch.await;
@@ -252,17 +292,16 @@ pub async fn start(
         None => None,
         Some(rc) => {
             let prom = PromClient::new(rc.query_timeout, metrics.clone())?;
-            let (workloads, sink, leadership): (
-                Arc<dyn WorkloadSource>,
-                Option<Arc<dyn TransitionSink>>,
-                Leadership,
-            ) = match &backend {
+            let (workloads, sink, leadership, deployments): Parts = match &backend {
                 Backend::Local(store) => (
                     Arc::new(LocalWorkloads {
                         dir: store.dir().to_path_buf(),
                     }),
                     None,
                     Leadership::always(),
+                    Arc::new(LocalDeployments {
+                        root: store.dir().join(STATE_DIR).join("deployments"),
+                    }),
                 ),
                 Backend::Kube {
                     store,
@@ -275,26 +314,68 @@ pub async fn start(
                     (
                         Arc::new(KubeWorkloads {
                             client: store.client().clone(),
-                            namespace,
+                            namespace: namespace.clone(),
                         }),
                         Some(Arc::new(KubeEvents::new(
                             store.client().clone(),
                             Some(config.lease.identity.clone()),
                         ))),
                         Leadership::lease(lease_client.clone(), config.lease.clone()),
+                        Arc::new(KubeDeployments {
+                            client: store.client().clone(),
+                            namespace,
+                            owners: Regarding::Consumer,
+                        }),
+                    )
+                }
+                Backend::Guest {
+                    store,
+                    lease_client,
+                } => {
+                    let namespace = Some(store.namespace().to_string());
+                    let events: Arc<dyn TransitionSink> = Arc::new(KubeEvents::regarding(
+                        store.client().clone(),
+                        Some(config.lease.identity.clone()),
+                        Regarding::ConfigMap,
+                    ));
+                    let leadership = Leadership::lease(lease_client.clone(), config.lease.clone());
+                    let reporter = store.spawn_reporter(
+                        leadership.is_leader.clone(),
+                        Some(events.clone()),
+                        rc.interval,
+                        shutdown.clone(),
+                    );
+                    tasks.spawn(async move {
+                        let _ = reporter.await;
+                    });
+                    (
+                        Arc::new(KubeWorkloads {
+                            client: store.client().clone(),
+                            namespace: namespace.clone(),
+                        }),
+                        Some(events),
+                        leadership,
+                        Arc::new(KubeDeployments {
+                            client: store.client().clone(),
+                            namespace,
+                            owners: Regarding::ConfigMap,
+                        }),
                     )
                 }
             };
-            let reconciler = Arc::new(Reconciler::new(
-                index.clone(),
-                backend.store(),
-                workloads,
-                prom,
-                sink,
-                metrics.clone(),
-                rc.clone(),
-                Arc::new(jiff::Timestamp::now),
-            ));
+            let reconciler = Arc::new(
+                Reconciler::new(
+                    index.clone(),
+                    backend.store(),
+                    workloads,
+                    prom,
+                    sink,
+                    metrics.clone(),
+                    rc.clone(),
+                    Arc::new(jiff::Timestamp::now),
+                )
+                .with_deployments(deployments),
+            );
             tasks.spawn(reconciler.run(leadership.is_leader.clone(), stop_reconciling.clone()));
             Some(leadership)
         }

@@ -1,7 +1,9 @@
 //! Where Consumers come from and where their status goes: one interface with a
-//! local side (YAML files + an embedded database) and a Kubernetes side (watch +
-//! status subresource). Both fill the same in-memory index the webhooks read.
+//! local side (YAML files + an embedded database), a Kubernetes side (watch +
+//! status subresource) and guest mode's (ConfigMaps of one namespace, status in
+//! their annotations). All fill the same in-memory index the webhooks read.
 
+pub mod guest;
 pub mod index;
 pub mod kube;
 pub mod local;

@@ -36,6 +36,8 @@ pub type ResourceList = BTreeMap<String, Quantity>;
     printcolumn = r#"{"name":"Missing","type":"integer","jsonPath":".status.missing"}"#,
     printcolumn = r#"{"name":"Lagging","type":"integer","jsonPath":".status.lagging"}"#,
     printcolumn = r#"{"name":"Outdated","type":"integer","jsonPath":".status.outdated"}"#,
+    printcolumn = r#"{"name":"Unavailable","type":"integer","jsonPath":".status.unavailable","priority":1,"description":"Instances with a workload that is neither paused nor available"}"#,
+    printcolumn = r#"{"name":"Metrics","type":"string","jsonPath":".status.conditions[?(@.type==\"MetricsAvailable\")].status","description":"Whether konsumer reads this Consumer's metrics (the MetricsAvailable condition)"}"#,
     printcolumn = r#"{"name":"Autoscaler","type":"string","jsonPath":".spec.autoscaler.mode","description":"Autoscaler in use"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]

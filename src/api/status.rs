@@ -19,16 +19,30 @@ pub struct ConsumerStatus {
     /// Number of instances the spec asks for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected: Option<i32>,
+    /// Instances with an available replica (a Pod running, a Deployment with
+    /// `availableReplicas` ≥ 1) that are not paused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running: Option<i32>,
+    /// Instances whose workloads are all paused: annotated
+    /// `konsumerator.lwolf.org/disable-autoscaler`, or scaled to 0 replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<i32>,
+    /// Instances whose largest partition lag reached `tolerableLag`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lagging: Option<i32>,
+    /// Instances without any workload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing: Option<i32>,
+    /// Instances with a workload that is neither paused nor available (Pods
+    /// Pending or crash-looping, a Recreate rollout in progress).
+    /// `expected = running + paused + missing + unavailable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<i32>,
+    /// Managed Deployments konsumer would roll now; other Deployments the webhook
+    /// would change now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outdated: Option<i32>,
+    /// Workloads that name no valid instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redundant: Option<i32>,
     /// When the metrics in `lastSyncState` were read.

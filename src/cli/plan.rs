@@ -14,10 +14,12 @@ use serde_json::{Value, json};
 
 use std::sync::Arc;
 
-use crate::api::{Consumer, ContainerResources, ScalingState, env, keys};
+use crate::api::{Consumer, ContainerResources, GROUP, ScalingState, VERSION_V1, env, keys};
 use crate::cli::{Output, read_input};
 use crate::inject::workload::Workload;
 use crate::inject::{self, ConsumerSettings};
+use crate::manage::{self, Change, Kept, Management, Owner, Recipe, live, policy, seed};
+use crate::notice;
 use crate::reconciler::prometheus::PromClient;
 use crate::reconciler::read_metrics;
 use crate::scaling::spec::autoscaler_disabled;
@@ -48,6 +50,12 @@ pub struct PlanArgs {
     /// Budget of one Prometheus query.
     #[arg(long, env = "KONSUMER_PROMETHEUS_TIMEOUT", default_value = "5s", value_parser = crate::cli::positive_duration)]
     pub prometheus_timeout: std::time::Duration,
+    /// The Deployments that exist now (`kubectl get deployments -o yaml` output,
+    /// manifests, or a directory of them such as DIR/.konsumer/deployments):
+    /// the plan says which konsumer would create, roll, update or delete.
+    /// Without it every instance's Deployment is new.
+    #[arg(long, env = "KONSUMER_PLAN_DEPLOYMENTS", value_name = "FILE|DIR")]
+    pub deployments: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -59,6 +67,32 @@ pub struct ConsumerPlan {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
     pub instances: Vec<InstanceView>,
+    /// What konsumer would do to the Consumer's managed Deployments.
+    pub deployments: DeploymentsPlan,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentsPlan {
+    /// Whether konsumer manages this Consumer's Deployments.
+    pub managed: bool,
+    /// Why not, when it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// One line per Deployment, rollouts in the order they would go (one at a time).
+    pub actions: Vec<DeploymentAction>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentAction {
+    pub deployment: String,
+    /// `create`, `rollout`, `update` (metadata only), `delete`, `unchanged`,
+    /// `paused`, `notOwned` or `stalled`.
+    pub action: &'static str,
+    /// What changes, or why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub detail: Vec<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -117,6 +151,144 @@ fn pod_template(consumer: &Consumer) -> Value {
 
 /// What every instance of `consumer` gets now.
 pub fn plan(consumer: &Consumer, gomemlimit_ratio: f64) -> anyhow::Result<ConsumerPlan> {
+    plan_with(consumer, gomemlimit_ratio, &[])
+}
+
+/// The owner of the Consumer's Deployments: its uid, or (a manifest has none)
+/// the uid its existing Deployments name for it.
+fn owner_for(consumer: &Consumer, existing: &[Value]) -> Owner {
+    let name = consumer.metadata.name.clone().unwrap_or_default();
+    let uid = consumer.metadata.uid.clone().or_else(|| {
+        existing.iter().find_map(|d| match live::controller(d) {
+            Some(("Consumer", n, uid)) if n == name => Some(uid.to_string()),
+            _ => None,
+        })
+    });
+    Owner {
+        api_version: format!("{GROUP}/{VERSION_V1}"),
+        kind: "Consumer".into(),
+        uid: uid.unwrap_or_else(|| format!("new-{name}")),
+        name,
+    }
+}
+
+/// What the Deployment manager would do now, given the Deployments in
+/// `existing`: the same decision the reconciler makes.
+pub fn deployments_plan(
+    consumer: &Consumer,
+    existing: &[Value],
+    gomemlimit_ratio: f64,
+) -> anyhow::Result<DeploymentsPlan> {
+    let owner = owner_for(consumer, existing);
+    let namespace = consumer.metadata.namespace.clone().unwrap_or_default();
+    let in_namespace: Vec<&Value> = existing
+        .iter()
+        .filter(|d| live::namespace(d).is_empty() || live::namespace(d) == namespace)
+        .collect();
+    let ours: Vec<&Value> = in_namespace
+        .iter()
+        .copied()
+        .filter(|d| live::controller(d).is_some_and(|(_, _, u)| u == owner.uid))
+        .collect();
+    if let Management::Off { reason, message } =
+        policy::management(true, consumer, !ours.is_empty(), &[])
+    {
+        return Ok(DeploymentsPlan {
+            managed: false,
+            reason: Some(format!("{reason}: {message}")),
+            actions: Vec::new(),
+        });
+    }
+    let mut consumer = consumer.clone();
+    if let Ok(Some(spec)) = ScalingSpec::from_consumer(&consumer) {
+        let previous = consumer
+            .status
+            .as_ref()
+            .and_then(|s| s.instances.clone())
+            .unwrap_or_default();
+        if let Some(seeded) = seed::seed(&spec, &previous, &ours, jiff::Timestamp::now()) {
+            consumer
+                .status
+                .get_or_insert_with(Default::default)
+                .instances = Some(seeded);
+        }
+    }
+    let settings = ConsumerSettings::from_consumer(&consumer)?;
+    let template = consumer
+        .spec
+        .deployment_template
+        .clone()
+        .unwrap_or_default();
+    let recipe = Recipe {
+        settings: &settings,
+        template: &template,
+        owner: &owner,
+        gomemlimit_ratio,
+    };
+    let decision = manage::decide(&recipe, &in_namespace, None).map_err(anyhow::Error::msg)?;
+    let mut actions = Vec::new();
+    let mut touched = std::collections::HashSet::new();
+    for w in decision.writes.iter().chain(&decision.rollouts) {
+        touched.insert(w.name.clone());
+        let mut detail = w.changes.clone();
+        if w.change == Change::Rollout && w.from != w.to {
+            detail.insert(0, notice::resource_change(&w.from, &w.to));
+        }
+        actions.push(DeploymentAction {
+            deployment: w.name.clone(),
+            action: match w.change {
+                Change::Create => "create",
+                Change::Rollout => "rollout",
+                Change::Metadata => "update",
+            },
+            detail,
+        });
+    }
+    for r in &decision.removals {
+        touched.insert(r.name.clone());
+        actions.push(DeploymentAction {
+            deployment: r.name.clone(),
+            action: "delete",
+            detail: vec![r.why.clone()],
+        });
+    }
+    for k in &decision.kept {
+        let (name, action) = match k {
+            Kept::Paused { name, .. } => (name, "paused"),
+            Kept::Foreign { name, .. } => (name, "notOwned"),
+            Kept::Stalled { name, .. } => (name, "stalled"),
+        };
+        if touched.insert(name.clone()) {
+            actions.push(DeploymentAction {
+                deployment: name.clone(),
+                action,
+                detail: vec![k.describe()],
+            });
+        }
+    }
+    for id in 0..settings.instances() {
+        let name = recipe.name(id);
+        if !touched.contains(&name) {
+            actions.push(DeploymentAction {
+                deployment: name,
+                action: "unchanged",
+                detail: Vec::new(),
+            });
+        }
+    }
+    Ok(DeploymentsPlan {
+        managed: true,
+        reason: None,
+        actions,
+    })
+}
+
+/// [`plan`], with the Deployments that exist now.
+pub fn plan_with(
+    consumer: &Consumer,
+    gomemlimit_ratio: f64,
+    existing: &[Value],
+) -> anyhow::Result<ConsumerPlan> {
     let settings = ConsumerSettings::from_consumer(consumer)?;
     let template = pod_template(consumer);
     let injected = [
@@ -215,12 +387,26 @@ pub fn plan(consumer: &Consumer, gomemlimit_ratio: f64) -> anyhow::Result<Consum
         num_partitions: settings.num_partitions(),
         metrics: None,
         instances,
+        deployments: deployments_plan(consumer, existing, gomemlimit_ratio)?,
     })
 }
 
 /// The plan with the live metrics: Prometheus is read now and the predictor and
 /// state machine run from the status in the file, as the reconciler would.
 pub async fn live_plan(consumer: &Consumer, args: &PlanArgs) -> anyhow::Result<ConsumerPlan> {
+    let existing = match &args.deployments {
+        Some(path) => read_deployments(path)?,
+        None => Vec::new(),
+    };
+    live_plan_with(consumer, args, &existing).await
+}
+
+async fn live_plan_with(
+    consumer: &Consumer,
+    args: &PlanArgs,
+    existing: &[Value],
+) -> anyhow::Result<ConsumerPlan> {
+    let plan = |c: &Consumer, ratio: f64| plan_with(c, ratio, existing);
     let spec = match ScalingSpec::from_consumer(consumer) {
         Ok(Some(spec)) if !args.offline => spec,
         Ok(Some(_)) => return plan(consumer, args.gomemlimit_ratio),
@@ -293,6 +479,53 @@ pub async fn live_plan(consumer: &Consumer, args: &PlanArgs) -> anyhow::Result<C
     Ok(p)
 }
 
+/// The Deployments in a file (a `List`, `DeploymentList` or YAML documents) or
+/// in the files under a directory.
+pub fn read_deployments(path: &std::path::Path) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    if path.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| !n.starts_with('.'))
+            })
+            .collect();
+        entries.sort();
+        for p in entries {
+            let is_manifest = matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            );
+            if p.is_dir() || is_manifest {
+                out.extend(read_deployments(&p)?);
+            }
+        }
+        return Ok(out);
+    }
+    let text = read_input(path)?;
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
+        .map_err(|e| anyhow::anyhow!("{}: not valid YAML: {e}", path.display()))?;
+    for doc in docs {
+        match doc.get("kind").and_then(Value::as_str) {
+            Some("Deployment") => out.push(doc),
+            Some("List" | "DeploymentList") => out.extend(
+                doc.get("items")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|i| i.get("kind").is_none_or(|k| k == "Deployment"))
+                    .cloned(),
+            ),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
 fn render_text(plan: &ConsumerPlan) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -346,6 +579,25 @@ fn render_text(plan: &ConsumerPlan) -> String {
                 let _ = writeln!(out, "    limits:   {}", list(&c.limits));
             }
             let _ = writeln!(out, "    env:      {}", list(&c.env));
+        }
+    }
+    let d = &plan.deployments;
+    match &d.reason {
+        Some(reason) => {
+            let _ = writeln!(out, "\ndeployments: not managed ({reason})");
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "\ndeployments (managed by konsumer; rollouts one at a time, in this order):"
+            );
+            for a in &d.actions {
+                let _ = write!(out, "  {:<9} {}", a.action, a.deployment);
+                if !a.detail.is_empty() {
+                    let _ = write!(out, ": {}", a.detail.join("; "));
+                }
+                let _ = writeln!(out);
+            }
         }
     }
     out
@@ -420,6 +672,105 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_plan_says_which_deployments_konsumer_would_create_roll_update_or_delete() {
+        let (cs, _) = parse_consumers(include_str!("../../tests/fixtures/consumer-orders.yaml"));
+        let c = &cs[0];
+        let fresh = plan(c, 0.8).unwrap();
+        assert!(fresh.deployments.managed);
+        let actions: Vec<(&str, &str)> = fresh
+            .deployments
+            .actions
+            .iter()
+            .map(|a| (a.action, a.deployment.as_str()))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("create", "orders-0"),
+                ("create", "orders-1"),
+                ("create", "orders-2"),
+                ("create", "orders-3")
+            ]
+        );
+
+        // What exists: as konsumer made them (uid u-1), then changed by hand.
+        let owner = Owner {
+            api_version: "konsumerator.lwolf.org/v1".into(),
+            kind: "Consumer".into(),
+            name: "orders".into(),
+            uid: "u-1".into(),
+        };
+        let settings = ConsumerSettings::from_consumer(c).unwrap();
+        let template = c.spec.deployment_template.clone().unwrap();
+        let recipe = Recipe {
+            settings: &settings,
+            template: &template,
+            owner: &owner,
+            gomemlimit_ratio: 0.8,
+        };
+        let mut existing: Vec<Value> = manage::decide(&recipe, &[], None)
+            .unwrap()
+            .writes
+            .into_iter()
+            .map(|w| w.body)
+            .collect();
+        existing[1]["spec"]["template"]["spec"]["containers"][0]["image"] = json!("old:1");
+        existing[2]["metadata"]["annotations"]["konsumerator.lwolf.org/disable-autoscaler"] =
+            json!("");
+        existing[3]["metadata"]["labels"]
+            .as_object_mut()
+            .unwrap()
+            .remove("partitions");
+        let mut extra = existing[0].clone();
+        extra["metadata"]["name"] = json!("orders-7");
+        extra["metadata"]["annotations"]["konsumerator.lwolf.org/consumer-id"] = json!("7");
+        existing.push(extra);
+        let p = plan_with(c, 0.8, &existing).unwrap();
+        let actions: Vec<(&str, &str)> = p
+            .deployments
+            .actions
+            .iter()
+            .map(|a| (a.action, a.deployment.as_str()))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("update", "orders-3"),
+                ("rollout", "orders-1"),
+                ("delete", "orders-7"),
+                ("paused", "orders-2"),
+                ("unchanged", "orders-0")
+            ]
+        );
+        let rollout = &p.deployments.actions[1];
+        assert_eq!(
+            rollout.detail,
+            [
+                "spec.template.spec.containers[consumer].image=registry.example.com/orders-consumer:1.4.2"
+            ]
+        );
+        let text = render_text(&p);
+        assert!(
+            text.contains("  rollout   orders-1: spec.template.spec.containers[consumer].image="),
+            "{text}"
+        );
+
+        let mut opted_out = c.clone();
+        opted_out
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(keys::MANAGE_DEPLOYMENTS.into(), "false".into());
+        let p = plan(&opted_out, 0.8).unwrap();
+        assert!(!p.deployments.managed);
+        assert!(
+            render_text(&p).contains("deployments: not managed (OptedOut: "),
+            "{}",
+            render_text(&p)
+        );
+    }
+
     #[tokio::test]
     async fn no_recommendation_when_metrics_were_never_read() {
         let (cs, _) = parse_consumers(include_str!("../../tests/fixtures/consumer-orders.yaml"));
@@ -438,6 +789,7 @@ mod tests {
             gomemlimit_ratio: 0.8,
             offline: false,
             prometheus_timeout: std::time::Duration::from_secs(1),
+            deployments: None,
         };
         let p = live_plan(&c, &args).await.unwrap();
         assert!(

@@ -37,10 +37,10 @@ fn group(map: &mut WorkloadMap, object: Value, default_namespace: &str) {
     map.entry((ns, consumer)).or_default().push(object);
 }
 
-/// Kube mode: two label-selected lists per pass (Deployments whole, Pods by
-/// metadata only), in all namespaces or one, served from the apiserver's watch
-/// cache (`resourceVersion=0`) rather than a quorum read from etcd every pass:
-/// the counters tolerate a slightly old view.
+/// Kube mode: label-selected lists per pass (Deployments whole, Pods by
+/// metadata only, plus the Pods that do not run), in all namespaces or one,
+/// served from the apiserver's watch cache (`resourceVersion=0`) rather than a
+/// quorum read from etcd every pass: the counters tolerate a slightly old view.
 pub struct KubeWorkloads {
     pub client: kube::Client,
     pub namespace: Option<String>,
@@ -63,11 +63,26 @@ impl WorkloadSource for KubeWorkloads {
             v["kind"] = Value::from("Deployment");
             group(&mut map, v, "default");
         }
-        let pods: kube::core::ObjectList<PartialObjectMeta<Pod>> =
+        let all: kube::core::ObjectList<PartialObjectMeta<Pod>> =
             pods.list_metadata(&params).await?;
-        for p in pods {
+        // Which of them do not run (Pending, Failed, Succeeded): a second,
+        // normally tiny, list; the metadata alone cannot tell.
+        let not_running: std::collections::HashSet<(Option<String>, Option<String>)> = pods
+            .list_metadata(&params.clone().fields("status.phase!=Running"))
+            .await?
+            .into_iter()
+            .map(|p| (p.metadata.namespace, p.metadata.name))
+            .collect();
+        for p in all {
+            let runs =
+                !not_running.contains(&(p.metadata.namespace.clone(), p.metadata.name.clone()));
             let mut v = serde_json::json!({ "metadata": serde_json::to_value(&p.metadata)? });
             v["kind"] = Value::from("Pod");
+            v["status"] = if runs {
+                serde_json::json!({ "phase": "Running" })
+            } else {
+                serde_json::json!({})
+            };
             group(&mut map, v, "default");
         }
         Ok(map)

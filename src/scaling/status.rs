@@ -12,19 +12,26 @@ use crate::inject::{self, ConsumerSettings};
 pub const METRICS_AVAILABLE: &str = "MetricsAvailable";
 pub const RECONCILED: &str = "Reconciled";
 
-/// Konsumerator's counters.
+/// Konsumerator's counters, with konsumer's definitions (README, "Status"):
+/// every instance is exactly one of running, paused, missing or unavailable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
+    /// Instances the spec asks for.
     pub expected: i32,
-    /// Instances with a workload (not paused).
+    /// Instances with an available replica that are not paused.
     pub running: i32,
-    /// Instances whose workloads all carry `disable-autoscaler`.
+    /// Instances whose workloads are all paused (`disable-autoscaler`, or
+    /// scaled to 0 replicas).
     pub paused: i32,
     /// Instances without any workload.
     pub missing: i32,
+    /// Instances with a workload that is neither paused nor available: Pods
+    /// Pending or not running, a Deployment without an available replica.
+    pub unavailable: i32,
     /// Instances whose largest lag reached `tolerableLag`.
     pub lagging: i32,
-    /// Workloads the webhook would change now (new partitions, env or resources).
+    /// Deployments the webhook would change now (for managed Deployments the
+    /// Deployment manager counts those it would roll).
     pub outdated: i32,
     /// Workloads that name no valid instance.
     pub redundant: i32,
@@ -40,8 +47,48 @@ fn owned_by_replicaset(object: &Value) -> bool {
         })
 }
 
-/// Counts the labelled Deployments and Pods (`objects`, as JSON) of a Consumer.
-/// Pods of ReplicaSets are their Deployment's; StatefulSet and Job Pods count.
+fn has_controller(object: &Value) -> bool {
+    object
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .is_some_and(|refs| {
+            refs.iter()
+                .any(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
+        })
+}
+
+/// Whether a workload has a replica that runs. Objects nothing reports on (no
+/// `status`: the manifests of local mode) count as running.
+fn available(kind: &str, object: &Value) -> bool {
+    let Some(status) = object.get("status").filter(|s| s.is_object()) else {
+        return true;
+    };
+    match kind {
+        "Deployment" => {
+            status
+                .get("availableReplicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                > 0
+        }
+        _ => status.get("phase").and_then(Value::as_str) == Some("Running"),
+    }
+}
+
+/// Paused: Konsumerator's annotation, or a Deployment scaled to 0 replicas.
+fn paused(kind: &str, object: &Value) -> bool {
+    let annotated = object
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(keys::DISABLE_AUTOSCALER))
+        .is_some();
+    annotated
+        || (kind == "Deployment"
+            && object.pointer("/spec/replicas").and_then(Value::as_i64) == Some(0))
+}
+
+/// Counts the labelled Deployments and Pods (`objects`, as JSON) of a Consumer,
+/// and its managed Deployments. Pods of ReplicaSets are their Deployment's;
+/// StatefulSet and Job Pods count.
 pub fn count(
     settings: &ConsumerSettings,
     objects: &[Value],
@@ -50,7 +97,8 @@ pub fn count(
 ) -> Counters {
     let instances = settings.instances() as usize;
     let mut covered = vec![false; instances];
-    let mut active = vec![false; instances];
+    let mut runs = vec![false; instances];
+    let mut all_paused = vec![true; instances];
     let mut counters = Counters {
         expected: instances as i32,
         lagging: lagging.iter().filter(|l| **l).count() as i32,
@@ -75,24 +123,25 @@ pub fn count(
             continue;
         };
         let id = decision.instance as usize;
-        let paused = view
-            .metadata
-            .as_ref()
-            .and_then(|m| m.annotation(keys::DISABLE_AUTOSCALER))
-            .is_some();
+        let is_paused = paused(kind, object);
         covered[id] = true;
-        active[id] |= !paused;
+        all_paused[id] &= is_paused;
+        runs[id] |= !is_paused && available(kind, object);
         // Pods are listed by metadata only; a Deployment is outdated when the webhook
-        // would change it now.
-        if kind == "Deployment" && !decision.mutation.ops.is_empty() {
+        // would change it now. A controlled one (managed) is judged by its manager.
+        if kind == "Deployment" && !has_controller(object) && !decision.mutation.ops.is_empty() {
             counters.outdated += 1;
         }
     }
     for id in 0..instances {
-        match (covered[id], active[id]) {
-            (false, _) => counters.missing += 1,
-            (true, true) => counters.running += 1,
-            (true, false) => counters.paused += 1,
+        if !covered[id] {
+            counters.missing += 1;
+        } else if runs[id] {
+            counters.running += 1;
+        } else if all_paused[id] {
+            counters.paused += 1;
+        } else {
+            counters.unavailable += 1;
         }
     }
     counters
@@ -134,6 +183,7 @@ pub fn apply_counters(status: &mut ConsumerStatus, c: Counters) {
     status.running = Some(c.running);
     status.paused = Some(c.paused);
     status.missing = Some(c.missing);
+    status.unavailable = Some(c.unavailable);
     status.lagging = Some(c.lagging);
     status.outdated = Some(c.outdated);
     status.redundant = Some(c.redundant);
@@ -180,11 +230,66 @@ mod tests {
                 running: 1,
                 paused: 2,
                 missing: 1,
+                unavailable: 0,
                 lagging: 2,
                 outdated: 3,
                 redundant: 1
             }
         );
+    }
+
+    #[test]
+    fn a_pending_pod_or_a_deployment_without_available_replicas_is_not_running() {
+        let s = orders();
+        let mut d0 = deployment("orders-0", json!({}));
+        d0["status"] = json!({"replicas": 1, "availableReplicas": 0, "unavailableReplicas": 1});
+        let mut d1 = deployment("orders-1", json!({}));
+        d1["status"] = json!({"replicas": 1, "availableReplicas": 1});
+        let pending = json!({"kind": "Pod", "metadata": {"name": "orders-2", "labels": {"konsumerator.lwolf.org/consumer": "orders",
+            "apps.kubernetes.io/pod-index": "2"}, "ownerReferences": [{"kind": "StatefulSet", "name": "orders"}]},
+            "status": {"phase": "Pending"}});
+        let mut running = pending.clone();
+        running["metadata"]["labels"]["apps.kubernetes.io/pod-index"] = json!("3");
+        running["status"]["phase"] = json!("Running");
+        let c = count(&s, &[d0, d1, pending, running], &[], 0.8);
+        assert_eq!(
+            (c.running, c.unavailable, c.paused, c.missing),
+            (2, 2, 0, 0)
+        );
+    }
+
+    #[test]
+    fn a_deployment_scaled_to_zero_is_paused() {
+        let s = orders();
+        let mut d = deployment("orders-0", json!({}));
+        d["spec"]["replicas"] = json!(0);
+        d["status"] = json!({"replicas": 0});
+        let c = count(&s, &[d], &[], 0.8);
+        assert_eq!((c.running, c.paused, c.missing), (0, 1, 3));
+    }
+
+    #[test]
+    fn every_instance_is_exactly_one_of_running_paused_missing_or_unavailable() {
+        use proptest::prelude::*;
+        let s = orders();
+        proptest!(|(states in proptest::collection::vec((0u32..6, 0u8..5), 0..12))| {
+            let objects: Vec<Value> = states
+                .iter()
+                .map(|(id, state)| {
+                    let mut d = deployment(&format!("orders-{id}"), json!({}));
+                    match state {
+                        0 => {}
+                        1 => d["status"] = json!({"availableReplicas": 0}),
+                        2 => d["status"] = json!({"availableReplicas": 1}),
+                        3 => d["spec"]["replicas"] = json!(0),
+                        _ => d["metadata"]["annotations"] = json!({"konsumerator.lwolf.org/disable-autoscaler": "x"}),
+                    }
+                    d
+                })
+                .collect();
+            let c = count(&s, &objects, &[], 0.8);
+            prop_assert_eq!(c.running + c.paused + c.missing + c.unavailable, c.expected);
+        });
     }
 
     #[test]

@@ -99,6 +99,14 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    /// `create`, `rollout`, `metadata` or `delete`.
+    pub change: String,
+    /// `ok` or `error`.
+    pub outcome: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub admission_requests: Family<AdmissionLabels, Counter>,
@@ -112,6 +120,8 @@ pub struct Metrics {
     pub instances: Family<InstanceStateLabels, Gauge>,
     pub transitions: Family<EventLabel, Counter>,
     pub leader: Gauge,
+    pub deployment_writes: Family<WriteLabels, Counter>,
+    pub rollouts_deferred: Counter,
     pub tls_cert_expiry: Gauge,
     pub store_writable: Gauge,
     pub connections_displaced: Family<ListenerLabel, Counter>,
@@ -230,6 +240,18 @@ impl Default for Metrics {
             "Connections without a request in flight closed to give their slot to a new connection, by listener",
             connections_displaced.clone(),
         );
+        let deployment_writes = Family::<WriteLabels, Counter>::default();
+        registry.register(
+            "deployment_writes",
+            "Writes to managed Deployments, by change (create, rollout, metadata, delete) and outcome",
+            deployment_writes.clone(),
+        );
+        let rollouts_deferred = Counter::default();
+        registry.register(
+            "rollouts_deferred",
+            "Rollouts that waited for a free slot of --max-rollouts-per-minute",
+            rollouts_deferred.clone(),
+        );
         Metrics {
             registry: root,
             admission_requests,
@@ -246,6 +268,8 @@ impl Default for Metrics {
             tls_cert_expiry,
             store_writable,
             connections_displaced,
+            deployment_writes,
+            rollouts_deferred,
         }
     }
 }
@@ -297,6 +321,15 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    pub fn count_deployment_write(&self, change: &str, ok: bool) {
+        self.deployment_writes
+            .get_or_create(&WriteLabels {
+                change: change.to_string(),
+                outcome: if ok { "ok" } else { "error" }.to_string(),
+            })
+            .inc();
     }
 
     /// The registry in the Prometheus text format.

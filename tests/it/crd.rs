@@ -88,10 +88,26 @@ fn crd_serves_v1_and_deprecated_v1alpha1_with_one_structural_schema() {
             "Missing",
             "Lagging",
             "Outdated",
+            "Unavailable",
+            "Metrics",
             "Autoscaler",
             "Age"
         ]
     );
+    let column = |name: &str| {
+        v1["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        column("Metrics")["jsonPath"],
+        r#".status.conditions[?(@.type=="MetricsAvailable")].status"#
+    );
+    assert_eq!(column("Unavailable")["priority"], 1, "with -o wide only");
 
     let schema = &v1["schema"]["openAPIV3Schema"];
     assert_structural(schema, "");

@@ -93,6 +93,12 @@ fn scrape() -> String {
             listener: "webhook".into(),
         })
         .inc();
+    m.deployment_writes
+        .get_or_create(&WriteLabels {
+            change: "rollout".into(),
+            outcome: "ok".into(),
+        })
+        .inc();
     m.encode()
 }
 

@@ -123,14 +123,27 @@ async fn prometheus_lag_scales_an_instance_up_and_new_pods_get_it() {
     .await
     .unwrap();
 
+    // The same Consumer once more, with a complete template: konsumer manages
+    // its Deployments and rolls them to what the scale-up recommends.
+    let managed = consumer_yaml(&prometheus.url)
+        .replace("name: orders, namespace", "name: orders-managed, namespace")
+        .replace("  name: orders\n", "  name: orders-managed\n")
+        .replace(
+            "template: {spec: {containers: [{name: consumer}, {name: log-shipper}]}}",
+            "selector: {matchLabels: {app: orders}}\n    template: {metadata: {labels: {app: orders}}, spec: {containers: [{name: consumer, image: c:1}, {name: log-shipper, image: l:1}]}}",
+        );
     let s = LocalServer::start_with(
-        &[("orders.yaml", &consumer_yaml(&prometheus.url))],
+        &[
+            ("orders.yaml", &consumer_yaml(&prometheus.url)),
+            ("managed.yaml", &managed),
+        ],
         |config| {
             config.reconciler = Some(ReconcilerConfig {
                 interval: Duration::from_millis(200),
                 query_timeout: Duration::from_secs(2),
                 concurrency: 4,
                 gomemlimit_ratio: 0.8,
+                ..ReconcilerConfig::default()
             });
         },
     )
@@ -196,6 +209,45 @@ async fn prometheus_lag_scales_an_instance_up_and_new_pods_get_it() {
     assert_eq!(consumer.limits["cpu"].0, "3");
     assert_eq!(consumer.limits["memory"].0, "768Mi");
     assert_eq!(scaled.lagging, Some(2));
+
+    // The managed twin's Deployment of instance 0 was rolled to it.
+    let root = s.running.as_ref().unwrap().generated_ca.clone().unwrap();
+    let manifest = root
+        .ancestors()
+        .nth(3)
+        .unwrap()
+        .join(".konsumer/deployments/streams/orders-managed-0.yaml");
+    let rolled = {
+        let started = Instant::now();
+        loop {
+            let d: Value = std::fs::read_to_string(&manifest)
+                .ok()
+                .and_then(|t| serde_saphyr::from_str(&t).ok())
+                .unwrap_or(Value::Null);
+            let cpu = d
+                .pointer("/spec/template/spec/containers/0/resources/requests/cpu")
+                .cloned();
+            if cpu == Some(json!("2300m")) {
+                break d;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "not rolled: {d}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    assert_eq!(
+        rolled["metadata"]["generation"], 2,
+        "created, then rolled once"
+    );
+    assert_eq!(
+        env_value(
+            &rolled["spec"]["template"]["spec"]["containers"][0],
+            "GOMAXPROCS"
+        ),
+        "3"
+    );
 
     // A Pod of instance 0 created now gets the recommendation and its hints.
     let (code, review) = s.post("/mutate/workloads", pod_review()).await;

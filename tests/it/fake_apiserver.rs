@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
 use crate::rbac::{self, Rbac};
+pub mod ssa;
 
 pub type MockBody = BoxBody<Bytes, Infallible>;
 type Handle = tower_test::mock::Handle<Request<Body>, Response<MockBody>>;
@@ -45,11 +46,16 @@ struct State {
     /// name -> (Lease, field manager of spec.holderIdentity)
     leases: BTreeMap<String, (Value, Option<String>)>,
     events: Vec<Value>,
-    deployments: Vec<Value>,
+    /// (namespace, name) -> Deployment, `metadata.managedFields` kept as the
+    /// API server keeps them.
+    deployments: BTreeMap<(String, String), Value>,
     /// Lease requests fail (etcd unavailable behind the apiserver).
     leases_down: bool,
     /// Status writes refused as too large.
     too_large: usize,
+    /// (namespace, name) -> ConfigMap (guest mode).
+    configmaps: BTreeMap<(String, String), Value>,
+    configmap_watchers: Vec<mpsc::UnboundedSender<Bytes>>,
 }
 
 /// Who konsumer is to the apiserver (its ServiceAccount in the manifests).
@@ -143,6 +149,11 @@ impl FakeApiServer {
         self.rbac.lock().unwrap().bind_in_namespace(namespace, role);
     }
 
+    /// Enforces `rbac` instead of the base manifests' (guest mode's Role, say).
+    pub fn enforce(&self, rbac: Rbac) {
+        *self.rbac.lock().unwrap() = rbac;
+    }
+
     /// The test makes calls RBAC refuses on purpose.
     pub fn expect_forbidden(&self) {
         self.forbidden_expected.store(true, Ordering::SeqCst);
@@ -205,6 +216,83 @@ impl FakeApiServer {
         broadcast(&mut state, kind, &consumer);
     }
 
+    /// Replaces a Consumer's status (as another replica's write would) and tells
+    /// the watchers.
+    pub fn set_status(&self, namespace: &str, name: &str, status: Value) {
+        let mut state = self.state.lock().unwrap();
+        state.resource_version += 1;
+        let rv = state.resource_version.to_string();
+        let Some(object) = state.consumers.get_mut(&(namespace.into(), name.into())) else {
+            return;
+        };
+        object["status"] = status;
+        object["metadata"]["resourceVersion"] = json!(rv);
+        let object = object.clone();
+        broadcast(&mut state, "MODIFIED", &object);
+    }
+
+    /// Stores a ConfigMap (as `kubectl apply` would) and tells the watchers.
+    pub fn apply_configmap(&self, mut cm: Value) {
+        let mut state = self.state.lock().unwrap();
+        state.resource_version += 1;
+        let rv = state.resource_version.to_string();
+        let ns = cm["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string();
+        let name = cm["metadata"]["name"].as_str().unwrap().to_string();
+        let existed = state.configmaps.get(&(ns.clone(), name.clone())).cloned();
+        cm["metadata"]["namespace"] = json!(ns);
+        cm["metadata"]["resourceVersion"] = json!(rv);
+        cm["metadata"]["uid"] = json!(format!("uid-cm-{name}"));
+        cm["metadata"]["creationTimestamp"] = json!("2026-11-30T04:32:10Z");
+        // kubectl apply keeps annotations it does not know about (konsumer's).
+        if let Some(old) = &existed
+            && let Some(kept) = old["metadata"]["annotations"].as_object()
+        {
+            for (k, v) in kept {
+                if cm["metadata"]["annotations"].get(k).is_none()
+                    && !k.starts_with("konsumerator.lwolf.org/managed")
+                {
+                    if !cm["metadata"]["annotations"].is_object() {
+                        cm["metadata"]["annotations"] = json!({});
+                    }
+                    cm["metadata"]["annotations"][k] = v.clone();
+                }
+            }
+        }
+        let kind = if existed.is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        state.configmaps.insert((ns, name), cm.clone());
+        broadcast_to(&mut state.configmap_watchers, kind, &cm);
+    }
+
+    pub fn configmap(&self, namespace: &str, name: &str) -> Option<Value> {
+        let state = self.state.lock().unwrap();
+        state
+            .configmaps
+            .get(&(namespace.into(), name.into()))
+            .cloned()
+    }
+
+    /// Deletes a ConfigMap; the garbage collector deletes what it owned.
+    pub fn delete_configmap(&self, namespace: &str, name: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.resource_version += 1;
+        if let Some(gone) = state.configmaps.remove(&(namespace.into(), name.into())) {
+            let uid = gone["metadata"]["uid"].clone();
+            broadcast_to(&mut state.configmap_watchers, "DELETED", &gone);
+            state.deployments.retain(|_, d| {
+                !d["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+            });
+        }
+    }
+
     pub fn lease(&self, name: &str) -> Option<Value> {
         self.state
             .lock()
@@ -223,8 +311,105 @@ impl FakeApiServer {
         self.state.lock().unwrap().events.clone()
     }
 
+    /// Stores a Deployment as it is (a user's, made before konsumer ran).
     pub fn add_deployment(&self, deployment: Value) {
-        self.state.lock().unwrap().deployments.push(deployment);
+        let key = (
+            deployment["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string(),
+            deployment["metadata"]["name"].as_str().unwrap().to_string(),
+        );
+        self.state
+            .lock()
+            .unwrap()
+            .deployments
+            .insert(key, deployment);
+    }
+
+    /// Stores a Deployment as `manager` would have created it with a POST
+    /// (Konsumerator's client, say): every field owned by an Update of `manager`.
+    pub fn create_deployment_as(&self, mut deployment: Value, manager: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.resource_version += 1;
+        let ns = deployment["metadata"]["namespace"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let name = deployment["metadata"]["name"].as_str().unwrap().to_string();
+        ssa::canonical_quantities(&mut deployment);
+        ssa::default_deployment(&mut deployment);
+        ssa::own_all_by_update(&mut deployment, manager);
+        deployment["metadata"]["uid"] = json!(format!("uid-deployment-{name}"));
+        deployment["metadata"]["resourceVersion"] = json!(state.resource_version.to_string());
+        deployment["metadata"]["generation"] = json!(1);
+        deployment["status"] = json!({});
+        state.deployments.insert((ns, name), deployment);
+    }
+
+    pub fn deployment(&self, namespace: &str, name: &str) -> Option<Value> {
+        let state = self.state.lock().unwrap();
+        state
+            .deployments
+            .get(&(namespace.into(), name.into()))
+            .cloned()
+    }
+
+    pub fn deployment_names(&self) -> Vec<String> {
+        let state = self.state.lock().unwrap();
+        state.deployments.keys().map(|(_, n)| n.clone()).collect()
+    }
+
+    /// What the Deployment controller reports once a rollout is complete.
+    pub fn roll_out(&self, namespace: &str, name: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.resource_version += 1;
+        let rv = state.resource_version.to_string();
+        if let Some(d) = state.deployments.get_mut(&(namespace.into(), name.into())) {
+            let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1);
+            d["status"] = json!({
+                "observedGeneration": d["metadata"]["generation"], "replicas": replicas,
+                "updatedReplicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas,
+                "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}]
+            });
+            d["metadata"]["resourceVersion"] = json!(rv);
+        }
+    }
+
+    /// `kubectl scale --replicas=N`: the scale subresource, manager `kubectl`.
+    pub fn scale(&self, namespace: &str, name: &str, replicas: i64) {
+        let mut state = self.state.lock().unwrap();
+        state.resource_version += 1;
+        let rv = state.resource_version.to_string();
+        if let Some(d) = state.deployments.get_mut(&(namespace.into(), name.into())) {
+            d["spec"]["replicas"] = json!(replicas);
+            let g = d["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+            d["metadata"]["generation"] = json!(g);
+            d["metadata"]["resourceVersion"] = json!(rv);
+            let path = vec!["f:spec".to_string(), "f:replicas".to_string()];
+            let mut entries = ssa::entries(d);
+            for e in &mut entries {
+                e.paths.remove(&path);
+            }
+            entries.push(ssa::Entry {
+                manager: "kubectl".into(),
+                operation: "Update".into(),
+                subresource: Some("scale".into()),
+                paths: [path].into(),
+            });
+            ssa::write_entries(d, &entries);
+        }
+    }
+
+    /// Edits a Deployment as a user would (`kubectl annotate`, `kubectl label`).
+    pub fn edit_deployment(&self, namespace: &str, name: &str, edit: impl FnOnce(&mut Value)) {
+        let mut state = self.state.lock().unwrap();
+        state.resource_version += 1;
+        let rv = state.resource_version.to_string();
+        if let Some(d) = state.deployments.get_mut(&(namespace.into(), name.into())) {
+            edit(d);
+            d["metadata"]["resourceVersion"] = json!(rv);
+        }
     }
 
     /// Lease requests fail with 503 until called again with `false`.
@@ -256,6 +441,13 @@ impl FakeApiServer {
         if let Some(mut gone) = state.consumers.remove(&(namespace.into(), name.into())) {
             gone["metadata"]["resourceVersion"] = json!(rv);
             broadcast(&mut state, "DELETED", &gone);
+            // The garbage collector deletes what the Consumer owned.
+            let uid = gone["metadata"]["uid"].clone();
+            state.deployments.retain(|_, d| {
+                !d["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+            });
         }
     }
 
@@ -274,8 +466,12 @@ impl FakeApiServer {
 }
 
 fn broadcast(state: &mut State, kind: &str, object: &Value) {
+    broadcast_to(&mut state.watchers, kind, object);
+}
+
+fn broadcast_to(watchers: &mut Vec<mpsc::UnboundedSender<Bytes>>, kind: &str, object: &Value) {
     let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": object})));
-    state.watchers.retain(|w| w.send(line.clone()).is_ok());
+    watchers.retain(|w| w.send(line.clone()).is_ok());
 }
 
 async fn serve(mut handle: Handle, fake: Weak<FakeApiServer>) {
@@ -356,23 +552,57 @@ async fn answer(fake: &FakeApiServer, request: Request<Body>) -> Response<MockBo
         fake.state.lock().unwrap().events.push(event.clone());
         return json_response(StatusCode::CREATED, &event);
     }
-    if parts.method == Method::GET
-        && (path == "/apis/apps/v1/deployments" || path == "/api/v1/pods")
-    {
-        let (api_version, kind) = if path.contains("deployments") {
-            ("apps/v1", "DeploymentList")
-        } else {
-            // konsumer lists Pods as metadata only (PartialObjectMetadataList).
-            ("meta.k8s.io/v1", "PartialObjectMetadataList")
-        };
-        let items = if path.contains("deployments") {
-            fake.state.lock().unwrap().deployments.clone()
-        } else {
-            Vec::new()
-        };
+    if path.starts_with("/apis/events.k8s.io/v1/") && parts.method == Method::PATCH {
+        let patch: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+        let mut state = fake.state.lock().unwrap();
+        let name = path.rsplit('/').next().unwrap_or_default().to_string();
+        if let Some(e) = state
+            .events
+            .iter_mut()
+            .rev()
+            .find(|e| e["metadata"]["name"] == name.as_str())
+        {
+            ssa::merge(e, &patch);
+            let e = e.clone();
+            return json_response(StatusCode::OK, &e);
+        }
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &status_error(
+                404,
+                "NotFound",
+                format!("events.events.k8s.io {name:?} not found"),
+                &name,
+            ),
+        );
+    }
+    if path.starts_with("/api/v1/namespaces/") && path.contains("/configmaps") {
+        return configmaps_answer(
+            fake,
+            &parts.method,
+            &path,
+            &body,
+            param("watch") == Some("true"),
+        );
+    }
+    if let Some(rest) = path.strip_prefix("/apis/apps/v1/") {
+        return deployments_answer(
+            fake,
+            &parts.method,
+            rest,
+            &body,
+            parts.headers.get("content-type"),
+            param("fieldManager"),
+            param("force") == Some("true"),
+            param("labelSelector"),
+        );
+    }
+    if parts.method == Method::GET && (path == "/api/v1/pods" || path.ends_with("/pods")) {
+        // konsumer lists Pods as metadata only (PartialObjectMetadataList); no
+        // Pod exists here (no Deployment controller, no scheduler).
         return json_response(
             StatusCode::OK,
-            &json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": "1"}, "items": items}),
+            &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {"resourceVersion": "1"}, "items": []}),
         );
     }
     let Some(rest) = path.strip_prefix(CONSUMERS) else {
@@ -437,6 +667,10 @@ fn list_response(fake: &FakeApiServer, namespace: Option<&str>) -> Response<Mock
 fn watch_response(fake: &FakeApiServer) -> Response<MockBody> {
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
     fake.state.lock().unwrap().watchers.push(tx);
+    stream_response(rx)
+}
+
+fn stream_response(rx: mpsc::UnboundedReceiver<Bytes>) -> Response<MockBody> {
     let frames = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await
@@ -672,6 +906,275 @@ fn lease_answer(
             405,
             "MethodNotAllowed",
             format!("{method} {rest} is not supported here"),
+            "",
+        ),
+    }
+}
+
+/// Whether `labels` match a selector of `key` / `key=value` terms (comma: and).
+fn selects(selector: Option<&str>, labels: &Value) -> bool {
+    let Some(selector) = selector.filter(|s| !s.is_empty()) else {
+        return true;
+    };
+    let decoded = selector
+        .replace("%2F", "/")
+        .replace("%3D", "=")
+        .replace("%2C", ",");
+    decoded.split(',').all(|term| match term.split_once('=') {
+        Some((k, v)) => labels.get(k).and_then(Value::as_str) == Some(v.trim_start_matches('=')),
+        None => labels.get(term).is_some(),
+    })
+}
+
+fn deployment_error(code: u16, reason: &str, message: String, name: &str) -> Response<MockBody> {
+    let mut status = status_error(code, reason, message, name);
+    status["details"]["group"] = json!("apps");
+    status["details"]["kind"] = json!("deployments");
+    json_response(StatusCode::from_u16(code).unwrap(), &status)
+}
+
+/// `apps/v1` Deployments: list (label-selected; items without apiVersion/kind,
+/// as built-in lists have), get, server-side apply, delete (a `Status` back).
+#[allow(clippy::too_many_arguments)]
+fn deployments_answer(
+    fake: &FakeApiServer,
+    method: &Method,
+    rest: &str,
+    body: &[u8],
+    content_type: Option<&http::HeaderValue>,
+    field_manager: Option<&str>,
+    force: bool,
+    label_selector: Option<&str>,
+) -> Response<MockBody> {
+    let segments: Vec<&str> = rest.split('/').collect();
+    let mut state = fake.state.lock().unwrap();
+    match (method.clone(), segments.as_slice()) {
+        (Method::GET, ["deployments"]) | (Method::GET, ["namespaces", _, "deployments"]) => {
+            let namespace = match segments.as_slice() {
+                ["namespaces", ns, _] => Some(*ns),
+                _ => None,
+            };
+            let items: Vec<Value> = state
+                .deployments
+                .iter()
+                .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
+                .filter(|(_, d)| selects(label_selector, &d["metadata"]["labels"]))
+                .map(|(_, d)| {
+                    let mut d = d.clone();
+                    if let Some(m) = d.as_object_mut() {
+                        m.remove("apiVersion");
+                        m.remove("kind");
+                    }
+                    d
+                })
+                .collect();
+            json_response(
+                StatusCode::OK,
+                &json!({"kind": "DeploymentList", "apiVersion": "apps/v1",
+                        "metadata": {"resourceVersion": state.resource_version.to_string()}, "items": items}),
+            )
+        }
+        (Method::GET, ["namespaces", ns, "deployments", name]) => {
+            match state.deployments.get(&(ns.to_string(), name.to_string())) {
+                Some(d) => json_response(StatusCode::OK, d),
+                None => deployment_error(
+                    404,
+                    "NotFound",
+                    format!("deployments.apps {name:?} not found"),
+                    name,
+                ),
+            }
+        }
+        (Method::PATCH, ["namespaces", ns, "deployments", name]) => {
+            let is_apply = content_type
+                .and_then(|c| c.to_str().ok())
+                .is_some_and(|c| c.starts_with("application/apply-patch"));
+            if !is_apply {
+                return deployment_error(
+                    415,
+                    "UnsupportedMediaType",
+                    "only apply patches here".into(),
+                    name,
+                );
+            }
+            let Some(manager) = field_manager else {
+                return deployment_error(
+                    422,
+                    "Invalid",
+                    "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into(),
+                    name,
+                );
+            };
+            let applied: Value = match serde_json::from_slice(body) {
+                Ok(v) => v,
+                Err(e) => return deployment_error(400, "BadRequest", e.to_string(), name),
+            };
+            if applied.get("apiVersion").is_none() || applied.get("kind").is_none() {
+                return deployment_error(
+                    400,
+                    "BadRequest",
+                    "apiVersion and kind must be set".into(),
+                    name,
+                );
+            }
+            let key = (ns.to_string(), name.to_string());
+            let existing = state.deployments.get(&key).cloned();
+            let mut object = match ssa::apply(existing.as_ref(), &applied, manager, force) {
+                Ok(o) => o,
+                Err(conflicts) => {
+                    return json_response(StatusCode::CONFLICT, &ssa::conflict_status(&conflicts));
+                }
+            };
+            object["metadata"]["name"] = json!(name);
+            object["metadata"]["namespace"] = json!(ns);
+            let created = existing.is_none();
+            match &existing {
+                None => {
+                    state.resource_version += 1;
+                    object["metadata"]["uid"] = json!(format!("uid-deployment-{name}"));
+                    object["metadata"]["generation"] = json!(1);
+                    object["metadata"]["creationTimestamp"] = json!("2026-11-30T04:33:35Z");
+                    object["metadata"]["resourceVersion"] =
+                        json!(state.resource_version.to_string());
+                    object["status"] = json!({});
+                }
+                Some(old) => {
+                    let mut bump = old.clone();
+                    let mut now = object.clone();
+                    for v in [&mut bump, &mut now] {
+                        v["metadata"]["managedFields"] = Value::Null;
+                    }
+                    if bump != now {
+                        // A no-op apply changes nothing, not even the resourceVersion.
+                        state.resource_version += 1;
+                        object["metadata"]["resourceVersion"] =
+                            json!(state.resource_version.to_string());
+                    }
+                    if old["spec"] != object["spec"] {
+                        let g = old["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+                        object["metadata"]["generation"] = json!(g);
+                    }
+                }
+            }
+            state.deployments.insert(key, object.clone());
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            json_response(code, &object)
+        }
+        (Method::DELETE, ["namespaces", ns, "deployments", name]) => {
+            match state
+                .deployments
+                .remove(&(ns.to_string(), name.to_string()))
+            {
+                Some(gone) => json_response(
+                    StatusCode::OK,
+                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                            "details": {"name": name, "group": "apps", "kind": "deployments", "uid": gone["metadata"]["uid"]}}),
+                ),
+                None => deployment_error(
+                    404,
+                    "NotFound",
+                    format!("deployments.apps {name:?} not found"),
+                    name,
+                ),
+            }
+        }
+        _ => deployment_error(
+            405,
+            "MethodNotAllowed",
+            format!("{method} {rest} is not supported here"),
+            "",
+        ),
+    }
+}
+
+/// Core ConfigMaps of a namespace (guest mode): list (items without
+/// apiVersion/kind), watch, get, JSON merge patch (a `null` removes a key), as
+/// in tests/fixtures/apiserver/11-configmaps.json.
+fn configmaps_answer(
+    fake: &FakeApiServer,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+    watch: bool,
+) -> Response<MockBody> {
+    let segments: Vec<&str> = path
+        .trim_start_matches("/api/v1/namespaces/")
+        .split('/')
+        .collect();
+    let error = |code: u16, reason: &str, message: String, name: &str| {
+        let mut status = status_error(code, reason, message, name);
+        status["details"] = json!({"name": name, "kind": "configmaps"});
+        json_response(StatusCode::from_u16(code).unwrap(), &status)
+    };
+    match (method.clone(), segments.as_slice()) {
+        (Method::GET, [ns, "configmaps"]) => {
+            if watch {
+                let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+                fake.state.lock().unwrap().configmap_watchers.push(tx);
+                return stream_response(rx);
+            }
+            let state = fake.state.lock().unwrap();
+            let items: Vec<Value> = state
+                .configmaps
+                .iter()
+                .filter(|((n, _), _)| n == ns)
+                .map(|(_, cm)| {
+                    let mut cm = cm.clone();
+                    if let Some(m) = cm.as_object_mut() {
+                        m.remove("apiVersion");
+                        m.remove("kind");
+                    }
+                    cm
+                })
+                .collect();
+            json_response(
+                StatusCode::OK,
+                &json!({"kind": "ConfigMapList", "apiVersion": "v1",
+                        "metadata": {"resourceVersion": state.resource_version.to_string()}, "items": items}),
+            )
+        }
+        (Method::GET, [ns, "configmaps", name]) => match fake.configmap(ns, name) {
+            Some(cm) => json_response(StatusCode::OK, &cm),
+            None => error(
+                404,
+                "NotFound",
+                format!("configmaps {name:?} not found"),
+                name,
+            ),
+        },
+        (Method::PATCH, [ns, "configmaps", name]) => {
+            let patch: Value = match serde_json::from_slice(body) {
+                Ok(p) => p,
+                Err(e) => return error(400, "BadRequest", e.to_string(), name),
+            };
+            let mut state = fake.state.lock().unwrap();
+            state.resource_version += 1;
+            let rv = state.resource_version.to_string();
+            let Some(cm) = state
+                .configmaps
+                .get_mut(&(ns.to_string(), name.to_string()))
+            else {
+                return error(
+                    404,
+                    "NotFound",
+                    format!("configmaps {name:?} not found"),
+                    name,
+                );
+            };
+            json_patch::merge(cm, &patch);
+            cm["metadata"]["resourceVersion"] = json!(rv);
+            let cm = cm.clone();
+            broadcast_to(&mut state.configmap_watchers, "MODIFIED", &cm);
+            json_response(StatusCode::OK, &cm)
+        }
+        _ => error(
+            405,
+            "MethodNotAllowed",
+            format!("{method} {path} is not supported here"),
             "",
         ),
     }

@@ -342,6 +342,7 @@ async fn start_reconciling_with(
         query_timeout: Duration::from_secs(1),
         concurrency: 4,
         gomemlimit_ratio: 0.8,
+        ..ReconcilerConfig::default()
     });
     config.lease = LeaseConfig {
         name: "konsumer-leader".into(),
@@ -393,11 +394,11 @@ fn status_patches(fake: &FakeApiServer) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lease_holder_writes_status_and_stops_at_once_when_the_lease_is_lost() {
-    let (s, fake) = start_reconciling(
-        &[unreachable_prometheus(consumer_json("orders", 10))],
-        "replica-a",
-    )
-    .await;
+    // This test is about the lease and the status: the Consumer's Deployments
+    // are not konsumer's to manage (orders-0 below is added once it runs).
+    let mut orders = unreachable_prometheus(consumer_json("orders", 10));
+    orders["metadata"]["annotations"] = json!({"konsumer.dev/manage-deployments": "false"});
+    let (s, fake) = start_reconciling(&[orders], "replica-a").await;
     fake.add_deployment(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "orders-0", "namespace": "streams", "resourceVersion": "5",
@@ -440,8 +441,10 @@ async fn the_lease_holder_writes_status_and_stops_at_once_when_the_lease_is_lost
         assert!(
             l.query.contains("resourceVersion=0")
                 && l.query.contains("resourceVersionMatch=NotOlderThan")
-                && l.query
-                    .contains("labelSelector=konsumerator.lwolf.org%2Fconsumer"),
+                && (l
+                    .query
+                    .contains("labelSelector=konsumerator.lwolf.org%2Fconsumer")
+                    || l.query.contains("labelSelector=controller")),
             "served from the watch cache, label-selected: {}?{}",
             l.path,
             l.query
@@ -619,10 +622,9 @@ async fn transitions_become_kubernetes_events_on_the_consumer() {
     assert_eq!(e["reportingController"], "konsumer");
     assert_eq!(e["regarding"]["kind"], "Consumer");
     assert_eq!(e["regarding"]["name"], "orders");
-    assert!(
-        e["note"]
-            .as_str()
-            .unwrap()
-            .contains("instance 1 (partitions 3,4,5): PENDING_SCALE_UP -> RUNNING")
+    assert_eq!(
+        e["note"], "instance 1 (partitions 3,4,5) scaled up: lagging for 5m0s",
+        "a sentence, not a state pair"
     );
+    assert_eq!(e["regarding"]["fieldPath"], "status.instances{1}");
 }

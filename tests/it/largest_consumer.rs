@@ -195,6 +195,7 @@ async fn the_largest_allowed_consumer_round_trips_in_local_and_kube_mode() {
         query_timeout: Duration::from_secs(5),
         concurrency: 4,
         gomemlimit_ratio: 0.8,
+        ..ReconcilerConfig::default()
     });
     config.lease = LeaseConfig {
         name: "konsumer-leader".into(),

@@ -35,8 +35,6 @@ pub enum Feature {
     Subscriptions,
     /// The HTTP API's authentication and authorization (issue 9).
     Api,
-    /// Managed Deployments (issue 12).
-    ManagedDeployments,
 }
 
 pub struct Grant {
@@ -119,7 +117,7 @@ pub const TABLE: &[Grant] = &[
         "deployments",
         "list",
         Built,
-        "reconciler::workloads::KubeWorkloads (status counters)",
+        "reconciler::workloads::KubeWorkloads (status counters); reconciler::deployments::KubeDeployments::list (managed Deployments, label controller)",
     ),
     g(
         Cluster,
@@ -127,8 +125,8 @@ pub const TABLE: &[Grant] = &[
         "apps",
         "deployments",
         "get",
-        ManagedDeployments,
-        "managed Deployments: read before adopting/rolling",
+        Built,
+        "reconciler::deployments::KubeDeployments::get (a name is checked before a managed Deployment is created)",
     ),
     g(
         Cluster,
@@ -136,8 +134,8 @@ pub const TABLE: &[Grant] = &[
         "apps",
         "deployments",
         "create",
-        ManagedDeployments,
-        "managed Deployments: one per instance",
+        Built,
+        "reconciler::deployments::KubeDeployments::apply (a server-side apply that creates needs create)",
     ),
     g(
         Cluster,
@@ -145,8 +143,8 @@ pub const TABLE: &[Grant] = &[
         "apps",
         "deployments",
         "patch",
-        ManagedDeployments,
-        "managed Deployments: roll to the recommendation (server-side apply)",
+        Built,
+        "reconciler::deployments::KubeDeployments::apply (roll to the recommendation, server-side apply, forced)",
     ),
     g(
         Cluster,
@@ -154,8 +152,8 @@ pub const TABLE: &[Grant] = &[
         "apps",
         "deployments",
         "delete",
-        ManagedDeployments,
-        "managed Deployments: instances beyond the count",
+        Built,
+        "reconciler::deployments::KubeDeployments::delete (instances beyond the count)",
     ),
     g(
         Cluster,
@@ -276,11 +274,151 @@ pub const TABLE: &[Grant] = &[
     ),
 ];
 
+/// Guest mode (`serve --guest --namespace NS`, `manifests/guest/rbac.yaml`): one
+/// Role in its namespace, nothing cluster-wide.
+pub const GUEST_TABLE: &[Grant] = &[
+    g(
+        OwnNamespace,
+        "konsumer-guest",
+        "",
+        "configmaps",
+        "get",
+        Built,
+        "store::guest::GuestStore::get (a webhook cache miss reads the ConfigMap once)",
+    ),
+    g(
+        OwnNamespace,
+        "konsumer-guest",
+        "",
+        "configmaps",
+        "list",
+        Built,
+        "store::guest::GuestStore (watcher's initial list)",
+    ),
+    g(
+        OwnNamespace,
+        "konsumer-guest",
+        "",
+        "configmaps",
+        "watch",
+        Built,
+        "store::guest::GuestStore (watcher)",
+    ),
+    g(
+        OwnNamespace,
+        "konsumer-guest",
+        "",
+        "configmaps",
+        "patch",
+        Built,
+        "store::guest::GuestStore (status annotations, spec problems: JSON merge patch)",
+    ),
+    g(
+        OwnNamespace,
+        "konsumer-guest",
+        "apps",
+        "deployments",
+        "get",
+        Built,
+        "reconciler::deployments::KubeDeployments::get",
+    ),
+    g(
+        OwnNamespace,
+        "konsumer-guest",
+        "apps",
+        "deployments",
+        "list",
+        Built,
+        "reconciler::workloads::KubeWorkloads; reconciler::deployments::KubeDeployments::list",
+    ),
+    g(
+        OwnNamespace,
+        "konsumer-guest",
+        "apps",
+        "deployments",
+        "create",
+        Built,
+        "reconciler::deployments::KubeDeployments::apply (an apply that creates)",
+    ),
+    g(
+        OwnNamespace,
+        "konsumer-guest",
+        "apps",
+        "deployments",
+        "patch",
+        Built,
+        "reconciler::deployments::KubeDeployments::apply",
+    ),
+    g(
+        OwnNamespace,
+        "konsumer-guest",
+        "apps",
+        "deployments",
+        "delete",
+        Built,
+        "reconciler::deployments::KubeDeployments::delete",
+    ),
+    g(
+        OwnNamespace,
+        "konsumer-guest",
+        "",
+        "pods",
+        "list",
+        Built,
+        "reconciler::workloads::KubeWorkloads (status counters, metadata only)",
+    ),
+    g(
+        OwnNamespace,
+        "konsumer-guest",
+        "events.k8s.io",
+        "events",
+        "create",
+        Built,
+        "reconciler::events::KubeEvents (Events on the ConfigMaps)",
+    ),
+    g(
+        OwnNamespace,
+        "konsumer-guest",
+        "events.k8s.io",
+        "events",
+        "patch",
+        Built,
+        "reconciler::events::KubeEvents (a repeated Event's series)",
+    ),
+    g(
+        OwnNamespace,
+        "konsumer-guest",
+        "coordination.k8s.io",
+        "leases",
+        "get",
+        Built,
+        "reconciler::leader (the Lease lives in the guest namespace)",
+    ),
+    g(
+        OwnNamespace,
+        "konsumer-guest",
+        "coordination.k8s.io",
+        "leases",
+        "create",
+        Built,
+        "reconciler::leader",
+    ),
+    g(
+        OwnNamespace,
+        "konsumer-guest",
+        "coordination.k8s.io",
+        "leases",
+        "patch",
+        Built,
+        "reconciler::leader",
+    ),
+];
+
 /// One permission: (scope, role, group, resource, verb).
 pub type Permission = (Scope, String, String, String, String);
 
-pub fn table_permissions() -> BTreeSet<Permission> {
-    TABLE
+fn permissions_of(table: &[Grant]) -> BTreeSet<Permission> {
+    table
         .iter()
         .map(|g| {
             (
@@ -461,6 +599,12 @@ impl Rbac {
         let text = std::fs::read_to_string(&path).unwrap();
         let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
         Rbac::from_documents(&docs)
+    }
+
+    /// `manifests/guest/rbac.yaml` rendered into `namespace` (what kustomize's
+    /// `namespace:` does), as the mocked apiserver enforces it in guest mode.
+    pub fn guest(namespace: &str) -> Rbac {
+        Rbac::from_documents(&guest_documents(namespace))
     }
 
     /// What the operator does for a namespace (docs/operations.md): a RoleBinding
@@ -683,9 +827,53 @@ fn every_rule_in_the_base_manifests_is_in_the_table_and_every_table_row_is_a_rul
     assert_permissions_match_the_table(&Rbac::permissions(&docs), "manifests/base/rbac.yaml");
 }
 
+fn guest_documents(namespace: &str) -> Vec<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/guest/rbac.yaml");
+    let mut docs: Vec<Value> =
+        serde_saphyr::from_multiple(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for d in &mut docs {
+        d["metadata"]["namespace"] = json!(namespace);
+        if let Some(subjects) = d["subjects"].as_array_mut() {
+            for s in subjects {
+                s["namespace"] = json!(namespace);
+            }
+        }
+    }
+    docs
+}
+
+#[test]
+fn every_rule_of_guest_mode_is_in_the_guest_table_and_nothing_is_cluster_wide() {
+    let docs = guest_documents("team-a");
+    assert!(
+        docs.iter().all(|d| !matches!(
+            d["kind"].as_str(),
+            Some("ClusterRole" | "ClusterRoleBinding")
+        )),
+        "guest mode runs without cluster-wide permissions"
+    );
+    assert_table_matches(
+        GUEST_TABLE,
+        &Rbac::permissions(&docs),
+        "manifests/guest/rbac.yaml",
+    );
+    let rbac = Rbac::guest("team-a");
+    let a = |m, p| attributes(m, p, "").unwrap();
+    assert!(rbac.allows(&a("GET", "/api/v1/namespaces/team-a/configmaps/orders")));
+    assert!(!rbac.allows(&a("GET", "/api/v1/namespaces/team-b/configmaps/orders")));
+    assert!(!rbac.allows(&a(
+        "GET",
+        "/apis/konsumerator.lwolf.org/v1/namespaces/team-a/consumers/c"
+    )));
+}
+
 /// Both directions, with the difference spelled out.
 pub fn assert_permissions_match_the_table(granted: &BTreeSet<Permission>, what: &str) {
-    let table = table_permissions();
+    assert_table_matches(TABLE, granted, what);
+}
+
+fn assert_table_matches(rows: &[Grant], granted: &BTreeSet<Permission>, what: &str) {
+    let table = permissions_of(rows);
     let unneeded: Vec<_> = granted.difference(&table).collect();
     let missing: Vec<_> = table.difference(granted).collect();
     assert!(
@@ -693,7 +881,7 @@ pub fn assert_permissions_match_the_table(granted: &BTreeSet<Permission>, what: 
         "{what}: granted but in no row of tests/it/rbac.rs TABLE (remove the rule, or add the call that needs it): \
          {unneeded:#?}\nin the table but not granted: {missing:#?}"
     );
-    assert_eq!(TABLE.len(), table.len(), "a duplicate row in TABLE");
+    assert_eq!(rows.len(), table.len(), "a duplicate row in the table");
 }
 
 /// The table as Markdown, as `manifests/README.md` shows it.
@@ -711,7 +899,6 @@ pub fn markdown_table() -> String {
             Built => "konsumer today",
             Subscriptions => "ScalingSubscriptions (issue 8)",
             Api => "HTTP API (issue 9)",
-            ManagedDeployments => "managed Deployments (issue 12)",
         };
         let group = if g.group.is_empty() { "\"\"" } else { g.group };
         out.push_str(&format!(

@@ -82,6 +82,7 @@ fn reconciler(
             query_timeout: Duration::from_millis(500),
             concurrency: 1,
             gomemlimit_ratio: 0.8,
+            ..ReconcilerConfig::default()
         },
         Arc::new(jiff::Timestamp::now),
     )
