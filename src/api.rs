@@ -7,6 +7,7 @@ pub mod duration;
 pub mod quantity;
 mod schema;
 pub mod status;
+pub mod subscription;
 
 /// The `orders` Consumer of the fixtures, for unit tests.
 #[cfg(test)]
@@ -20,8 +21,9 @@ pub use consumer::{
     PrometheusAutoscalerSpec, QuerySpec, ResourceList, ResourcePolicy,
 };
 pub use status::{
-    ConsumerStatus, ContainerResources, InstanceStatus, PartitionState, ScalingState,
+    ConsumerStatus, ContainerResources, InstanceStatus, JournalEntry, PartitionState, ScalingState,
 };
+pub use subscription::{ScalingSubscription, SecretKeyRef, SubscriptionSpec, SubscriptionStatus};
 
 /// API group of the Consumer resource.
 pub const GROUP: &str = "konsumerator.lwolf.org";

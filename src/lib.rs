@@ -15,6 +15,7 @@ pub mod config;
 pub mod inject;
 pub mod reconciler;
 pub mod scaling;
+pub mod scaling_events;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -42,6 +42,32 @@ pub struct ConsumerStatus {
     pub instances: Option<Vec<InstanceStatus>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<Vec<Condition>>,
+    /// The recent scaling events, oldest first, each with its sequence number:
+    /// recorded in the same write as the decision that caused it, delivered to
+    /// ScalingSubscriptions from here (bounded, see `scaling_events::journal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<Vec<JournalEntry>>,
+}
+
+/// One scaling event of a Consumer, as delivered (its CloudEvent is built from it).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JournalEntry {
+    /// Per-Consumer, increasing by one per event.
+    pub sequence: i64,
+    /// The CloudEvents type (`dev.konsumer.instance.scaled.v1`, ...).
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// When the decision was made.
+    pub time: Time,
+    /// The instance, for instance events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<i32>,
+    /// The event's `data`, less what the Consumer's metadata says (namespace,
+    /// name, uid) and the sequence.
+    #[serde(default)]
+    #[schemars(schema_with = "super::schema::opaque_data")]
+    pub data: serde_json::Value,
 }
 
 /// Konsumerator's `InstanceState` (it is per partition despite its name).
