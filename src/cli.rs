@@ -15,6 +15,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::admission::AdmissionConfig;
 use crate::api::duration::parse_go_duration;
 use crate::config::{Mode, ServeConfig, TlsSource};
+use crate::delivery::{DeliveryConfig, EgressConfig};
+use crate::scaling_events::egress::EgressPolicy;
 use crate::reconciler::ReconcilerConfig;
 use crate::reconciler::leader::LeaseConfig;
 use crate::server::tls::{self, CertFiles};
@@ -55,8 +57,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve the admission webhooks (kube mode, or local mode with --local).
     Serve(Box<ServeArgs>),
-    /// Print the Consumer CustomResourceDefinition (YAML).
-    Crd,
+    /// Print the CustomResourceDefinitions (YAML): Consumer, then ScalingSubscription.
+    Crd(CrdArgs),
     /// Generate a CA and a serving certificate for the webhook Service.
     Certs(CertsArgs),
     /// Check Consumer manifests offline with the validating webhook's rules.
@@ -193,6 +195,25 @@ pub struct ServeArgs {
     /// How long the Lease lasts without renewal.
     #[arg(long, env = "KONSUMER_LEASE_DURATION", default_value = "15s", value_parser = positive_duration)]
     pub lease_duration: Duration,
+    /// Deliver no scaling events to ScalingSubscriptions.
+    #[arg(long, env = "KONSUMER_NO_DELIVERY")]
+    pub no_delivery: bool,
+    /// Let subscribers reach this range (CIDR or address; repeatable), e.g. an
+    /// in-cluster receiver. Private, loopback, link-local and other non-global
+    /// addresses are refused otherwise, and plain http:// goes only to these ranges.
+    #[arg(long = "egress-allow", env = "KONSUMER_EGRESS_ALLOW", value_name = "CIDR", value_delimiter = ',', value_parser = egress_allow)]
+    pub egress_allow: Vec<ipnet::IpNet>,
+    /// Send every event through this HTTP(S) proxy, which must then filter
+    /// addresses itself (no environment proxy is ever used otherwise).
+    #[arg(long, env = "KONSUMER_EGRESS_PROXY", value_name = "URL")]
+    pub egress_proxy: Option<String>,
+    /// (subscription, Consumer) pairs delivered at once.
+    #[arg(long, env = "KONSUMER_DELIVERY_CONCURRENCY", default_value_t = 32, value_parser = positive_count)]
+    pub delivery_concurrency: usize,
+}
+
+fn egress_allow(s: &str) -> Result<ipnet::IpNet, String> {
+    crate::scaling_events::egress::parse_allow(s)
 }
 
 impl ServeArgs {
@@ -225,6 +246,7 @@ impl ServeArgs {
                 max_budget: self.max_request_timeout,
                 max_concurrent: self.max_concurrent_requests,
                 max_connections: self.max_connections,
+                konsumer_namespace: self.lease_namespace.clone(),
                 ..AdmissionConfig::default()
             },
             drain_delay,
@@ -234,6 +256,17 @@ impl ServeArgs {
                 query_timeout: self.prometheus_timeout,
                 concurrency: self.reconcile_concurrency,
                 gomemlimit_ratio: self.gomemlimit_ratio,
+            }),
+            delivery: (!self.no_delivery).then(|| DeliveryConfig {
+                egress: EgressConfig {
+                    policy: EgressPolicy {
+                        allow: self.egress_allow.clone(),
+                    },
+                    proxy: self.egress_proxy.clone(),
+                },
+                concurrency: self.delivery_concurrency,
+                konsumer_namespace: self.lease_namespace.clone(),
+                ..DeliveryConfig::default()
             }),
             lease: LeaseConfig {
                 name: self.lease_name,
@@ -308,8 +341,27 @@ fn certs(args: CertsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn crd() -> anyhow::Result<()> {
-    print!("{}", crate::api::crd::consumer_crd_yaml()?);
+#[derive(Debug, Args)]
+pub struct CrdArgs {
+    /// Print only this CRD (as committed under manifests/crd/).
+    #[arg(long, env = "KONSUMER_CRD_ONLY", value_enum)]
+    pub only: Option<CrdKind>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CrdKind {
+    Consumers,
+    Scalingsubscriptions,
+}
+
+fn crd(args: CrdArgs) -> anyhow::Result<()> {
+    use crate::api::crd;
+    let yaml = match args.only {
+        None => crd::all_crds_yaml()?,
+        Some(CrdKind::Consumers) => crd::consumer_crd_yaml()?,
+        Some(CrdKind::Scalingsubscriptions) => crd::subscription_crd_yaml()?,
+    };
+    print!("{yaml}");
     Ok(())
 }
 
@@ -324,7 +376,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             Ok(config) => crate::server::run(config).await,
             Err(e) => Err(e),
         },
-        Command::Crd => crd(),
+        Command::Crd(args) => crd(args),
         Command::Certs(args) => certs(args),
         Command::Plan(args) => plan::run(args).await.context("plan"),
         Command::Validate(args) => return validate::run(args),

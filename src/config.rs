@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::admission::AdmissionConfig;
+use crate::delivery::DeliveryConfig;
 use crate::reconciler::ReconcilerConfig;
 use crate::reconciler::leader::LeaseConfig;
 use crate::server::tls::CertFiles;
@@ -44,6 +45,8 @@ pub struct ServeConfig {
     pub reconciler: Option<ReconcilerConfig>,
     /// Leader election (kube mode).
     pub lease: LeaseConfig,
+    /// Delivery of scaling events to ScalingSubscriptions; `None`: none.
+    pub delivery: Option<DeliveryConfig>,
 }
 
 impl ServeConfig {
@@ -66,6 +69,7 @@ impl ServeConfig {
                 duration: Duration::from_secs(15),
                 grace: Duration::from_secs(5),
             },
+            delivery: None,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod admission;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod inject;
 pub mod reconciler;
 pub mod scaling;

@@ -84,6 +84,9 @@ pub struct Reconciler {
     attempts: Mutex<HashMap<String, Timestamp>>,
     /// Parsed `lastSyncState` per Consumer, with the sync time it belongs to.
     parsed: Mutex<HashMap<String, ParsedMetrics>>,
+    /// Notified after a status write that journaled scaling events (the
+    /// delivery worker waits on it).
+    pub journal_written: Arc<tokio::sync::Notify>,
 }
 
 type ParsedMetrics = (Option<Timestamp>, Arc<BTreeMap<u32, PartitionState>>);
@@ -192,6 +195,7 @@ impl Reconciler {
             known: Mutex::new(HashSet::new()),
             attempts: Mutex::new(HashMap::new()),
             parsed: Mutex::new(HashMap::new()),
+            journal_written: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -338,7 +342,7 @@ impl Reconciler {
             _ => None,
         };
         let cached_metrics = self.cached_metrics(&key, consumer.status.as_ref());
-        let out = consumer_step::reconcile(ConsumerInput {
+        let mut out = consumer_step::reconcile(ConsumerInput {
             consumer,
             spec: &spec,
             settings: cached.settings.as_ref().ok(),
@@ -352,10 +356,28 @@ impl Reconciler {
             self.metrics
                 .set_instances(&key, Some(states.map(|(s, n)| (s.as_str(), n))));
         }
+        // The decision's events go into the same status write as the decision.
+        let journaled = crate::scaling_events::journal::record(
+            consumer.status.as_ref(),
+            &mut out.status,
+            &out.transitions,
+            now,
+        );
         if let Some(next) = &out.status {
             let ns = consumer.metadata.namespace.as_deref().unwrap_or("default");
             let name = consumer.metadata.name.as_deref().unwrap_or_default();
             self.store.write_status(ns, name, next).await?;
+        }
+        if !journaled.is_empty() {
+            for t in &journaled {
+                self.metrics
+                    .events_journaled
+                    .get_or_create(&crate::telemetry::metrics::TypeLabel {
+                        event_type: t.label().to_string(),
+                    })
+                    .inc();
+            }
+            self.journal_written.notify_one();
         }
         for t in &out.transitions {
             self.report(consumer, t).await;

@@ -14,6 +14,7 @@
 pub mod backoff;
 pub mod cloudevent;
 pub mod egress;
+pub mod selection;
 pub mod journal;
 pub mod signing;
 pub mod types;

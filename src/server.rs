@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admission::{self, Admission};
 use crate::config::{Mode, ServeConfig, TlsSource};
+use crate::delivery::kube::KubeSubscriptions;
+use crate::delivery::local::LocalSubscriptions;
+use crate::delivery::{Deliveries, SubscriptionSource};
 use crate::reconciler::events::KubeEvents;
 use crate::reconciler::leader::Leadership;
 use crate::reconciler::prometheus::PromClient;
@@ -74,6 +77,10 @@ pub struct Running {
     leadership: Option<Leadership>,
     /// Whether this replica reconciles now (the reconciler's lease).
     pub is_leader: Option<tokio::sync::watch::Receiver<bool>>,
+    /// The delivery worker and the subscription functions of the HTTP API.
+    pub deliveries: Option<Deliveries>,
+    /// Where Consumer statuses go.
+    pub store: Arc<dyn Store>,
 }
 
 impl Running {
@@ -213,26 +220,27 @@ pub async fn start(
             tracing::error!(error = %e, "admin listener failed");
         }
     });
-    let leadership = match &config.reconciler {
-        None => None,
-        Some(rc) => {
-            let prom = PromClient::new(rc.query_timeout, metrics.clone())?;
-            let (workloads, sink, leadership): (
-                Arc<dyn WorkloadSource>,
-                Option<Arc<dyn TransitionSink>>,
-                Leadership,
-            ) = match &backend {
+    // One lease for everything only the leader does: reconciling and delivering.
+    let leadership = (config.reconciler.is_some() || config.delivery.is_some()).then(|| {
+        match &backend {
+            Backend::Local(_) => Leadership::always(),
+            Backend::Kube { lease_client, .. } => {
+                Leadership::lease(lease_client.clone(), config.lease.clone())
+            }
+        }
+    });
+    let journal_written = Arc::new(tokio::sync::Notify::new());
+    if let (Some(rc), Some(leadership)) = (&config.reconciler, &leadership) {
+        let prom = PromClient::new(rc.query_timeout, metrics.clone())?;
+        let (workloads, sink): (Arc<dyn WorkloadSource>, Option<Arc<dyn TransitionSink>>) =
+            match &backend {
                 Backend::Local(store) => (
                     Arc::new(LocalWorkloads {
                         dir: store.dir().to_path_buf(),
                     }),
                     None,
-                    Leadership::always(),
                 ),
-                Backend::Kube {
-                    store,
-                    lease_client,
-                } => {
+                Backend::Kube { store, .. } => {
                     let namespace = match &config.mode {
                         Mode::Kube { namespace } => namespace.clone(),
                         Mode::Local { .. } => None,
@@ -246,23 +254,60 @@ pub async fn start(
                             store.client().clone(),
                             Some(config.lease.identity.clone()),
                         ))),
-                        Leadership::lease(lease_client.clone(), config.lease.clone()),
                     )
                 }
             };
-            let reconciler = Arc::new(Reconciler::new(
+        let mut reconciler = Reconciler::new(
+            index.clone(),
+            backend.store(),
+            workloads,
+            prom,
+            sink,
+            metrics.clone(),
+            rc.clone(),
+            Arc::new(jiff::Timestamp::now),
+        );
+        reconciler.journal_written = journal_written.clone();
+        let reconciler = Arc::new(reconciler);
+        tasks.spawn(reconciler.run(leadership.is_leader.clone(), shutdown.clone()));
+    }
+    let deliveries = match (&config.delivery, &leadership) {
+        (Some(dc), Some(leadership)) => {
+            let source: Arc<dyn SubscriptionSource> = match &backend {
+                Backend::Local(store) => Arc::new(LocalSubscriptions::new(store.clone())),
+                Backend::Kube { store, .. } => {
+                    let namespace = match &config.mode {
+                        Mode::Kube { namespace } => namespace.clone(),
+                        Mode::Local { .. } => None,
+                    };
+                    let subs = KubeSubscriptions::new(
+                        store.client().clone(),
+                        namespace,
+                        Some(config.lease.identity.clone()),
+                    );
+                    let watch = subs.spawn_watch(shutdown.clone());
+                    tasks.spawn(async move {
+                        let _ = watch.await;
+                    });
+                    subs
+                }
+            };
+            let deliveries = Deliveries::new(
                 index.clone(),
-                backend.store(),
-                workloads,
-                prom,
-                sink,
+                source,
+                dc.clone(),
                 metrics.clone(),
-                rc.clone(),
                 Arc::new(jiff::Timestamp::now),
-            ));
-            tasks.spawn(reconciler.run(leadership.is_leader.clone(), shutdown.clone()));
-            Some(leadership)
+                journal_written.clone(),
+            )?;
+            tasks.spawn(
+                deliveries
+                    .clone()
+                    .run(leadership.is_leader.clone(), shutdown.clone()),
+            );
+            Some(deliveries)
         }
+        _ => None,
     };
     tracing::info!(%webhook_addr, %admin_addr, store = backend.store().kind(), "konsumer serving");
     Ok(Running {
@@ -278,6 +323,8 @@ pub async fn start(
         tasks,
         is_leader: leadership.as_ref().map(|l| l.is_leader.clone()),
         leadership,
+        deliveries,
+        store: backend.store(),
     })
 }
 

@@ -16,6 +16,9 @@ use super::{CachedConsumer, ConsumerIndex, Store, StoreError};
 use crate::api::{Consumer, ConsumerStatus, GROUP};
 
 const STATUS: TableDefinition<&str, &[u8]> = TableDefinition::new("consumer_status");
+/// ScalingSubscription statuses (cursors, conditions), keyed `namespace/name`.
+const SUBSCRIPTION_STATUS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("subscription_status");
 
 /// konsumer's own files inside the local directory.
 pub const STATE_DIR: &str = ".konsumer";
@@ -153,7 +156,7 @@ pub fn scan_dir(
     Ok(Some((consumers, problems)))
 }
 
-fn is_manifest(path: &Path) -> bool {
+pub(crate) fn is_manifest(path: &Path) -> bool {
     let hidden = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -404,6 +407,70 @@ impl LocalStore {
                 }
             }
         })
+    }
+}
+
+/// ScalingSubscription statuses (the delivery worker's cursors and conditions).
+impl LocalStore {
+    pub async fn subscription_statuses(
+        &self,
+    ) -> Result<HashMap<String, crate::api::SubscriptionStatus>, StoreError> {
+        let db = self.db.clone();
+        let rows =
+            tokio::task::spawn_blocking(move || -> Result<Vec<(String, Vec<u8>)>, String> {
+                let txn = db.begin_read().map_err(|e| e.to_string())?;
+                let table = match txn.open_table(SUBSCRIPTION_STATUS) {
+                    Ok(t) => t,
+                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                    Err(e) => return Err(e.to_string()),
+                };
+                let mut rows = Vec::new();
+                for item in table.iter().map_err(|e| e.to_string())? {
+                    let (k, v) = item.map_err(|e| e.to_string())?;
+                    rows.push((k.value().to_string(), v.value().to_vec()));
+                }
+                Ok(rows)
+            })
+            .await
+            .map_err(|e| self.db_error(e))?
+            .map_err(|e| self.db_error(e))?;
+        let mut out = HashMap::new();
+        for (key, bytes) in rows {
+            match serde_json::from_slice(&bytes) {
+                Ok(s) => {
+                    out.insert(key, s);
+                }
+                Err(e) => {
+                    tracing::warn!(subscription = %key, error = %e, "ignoring unreadable stored subscription status")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn write_subscription_status(
+        &self,
+        key: &str,
+        status: &crate::api::SubscriptionStatus,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(status)?;
+        let db = self.db.clone();
+        let key = key.to_string();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let txn = db.begin_write().map_err(|e| e.to_string())?;
+            {
+                let mut table = txn
+                    .open_table(SUBSCRIPTION_STATUS)
+                    .map_err(|e| e.to_string())?;
+                table
+                    .insert(key.as_str(), bytes.as_slice())
+                    .map_err(|e| e.to_string())?;
+            }
+            txn.commit().map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| self.db_error(e))?
+        .map_err(|e| self.db_error(e))
     }
 }
 
