@@ -16,9 +16,9 @@ use crate::admission::AdmissionConfig;
 use crate::api::duration::parse_go_duration;
 use crate::config::{Mode, ServeConfig, TlsSource};
 use crate::delivery::{DeliveryConfig, EgressConfig};
-use crate::scaling_events::egress::EgressPolicy;
 use crate::reconciler::ReconcilerConfig;
 use crate::reconciler::leader::LeaseConfig;
+use crate::scaling_events::egress::EgressPolicy;
 use crate::server::tls::{self, CertFiles};
 use crate::telemetry::{self, LogFormat};
 

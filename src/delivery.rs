@@ -87,7 +87,12 @@ pub trait SubscriptionSource: Send + Sync + 'static {
     /// Every subscription konsumer serves, with its stored status.
     async fn subscriptions(&self) -> Result<Vec<Arc<ScalingSubscription>>, SourceError>;
     /// A key of a Secret in `namespace`.
-    async fn secret(&self, namespace: &str, name: &str, key: &str) -> Result<SecretValue, SourceError>;
+    async fn secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> Result<SecretValue, SourceError>;
     /// The labels of a namespace (for `namespaceSelector`), `None` when unknown.
     async fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>>;
     /// Records a subscription's status.
@@ -107,11 +112,14 @@ pub fn redact_url(url: &str) -> String {
         Ok(mut u) => {
             let _ = u.set_username("");
             let _ = u.set_password(None);
-            if u.query().is_some() {
-                u.set_query(Some("…"));
-            }
+            let had_query = u.query().is_some();
+            u.set_query(None);
             u.set_fragment(None);
-            u.to_string()
+            if had_query {
+                format!("{u}?…")
+            } else {
+                u.to_string()
+            }
         }
         Err(_) => {
             // Not a URL: still never show what looks like credentials.

@@ -14,8 +14,8 @@
 pub mod backoff;
 pub mod cloudevent;
 pub mod egress;
-pub mod selection;
 pub mod journal;
+pub mod selection;
 pub mod signing;
 pub mod types;
 

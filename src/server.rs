@@ -221,14 +221,13 @@ pub async fn start(
         }
     });
     // One lease for everything only the leader does: reconciling and delivering.
-    let leadership = (config.reconciler.is_some() || config.delivery.is_some()).then(|| {
-        match &backend {
+    let leadership =
+        (config.reconciler.is_some() || config.delivery.is_some()).then(|| match &backend {
             Backend::Local(_) => Leadership::always(),
             Backend::Kube { lease_client, .. } => {
                 Leadership::lease(lease_client.clone(), config.lease.clone())
             }
-        }
-    });
+        });
     let journal_written = Arc::new(tokio::sync::Notify::new());
     if let (Some(rc), Some(leadership)) = (&config.reconciler, &leadership) {
         let prom = PromClient::new(rc.query_timeout, metrics.clone())?;

@@ -112,7 +112,10 @@ pub fn validate(state: &Admission, body: &[u8]) -> Reply {
     );
     let name = object_name(&request);
     if report.is_valid() {
-        return reply(Answer::allow().with_warnings(report.warnings), Outcome::allowed);
+        return reply(
+            Answer::allow().with_warnings(report.warnings),
+            Outcome::allowed,
+        );
     }
     tracing::info!(subscription = %name, errors = report.errors.len(), "invalid ScalingSubscription denied");
     let status = invalid_status(&name, &report);

@@ -126,7 +126,10 @@ fn describe(e: &reqwest::Error, timeout: Duration) -> Result<String, Denied> {
         source = s.source();
     }
     if e.is_timeout() {
-        return Ok(format!("no answer within the timeout ({}s)", timeout.as_secs_f64()));
+        return Ok(format!(
+            "no answer within the timeout ({}s)",
+            timeout.as_secs_f64()
+        ));
     }
     // The innermost cause says it best (connection refused, certificate unknown…).
     let mut chain = Vec::new();
@@ -135,7 +138,11 @@ fn describe(e: &reqwest::Error, timeout: Duration) -> Result<String, Denied> {
         chain.push(s.to_string());
         source = s.source();
     }
-    let what = if e.is_connect() { "cannot connect" } else { "request failed" };
+    let what = if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
     let cause = chain.last().cloned().unwrap_or_default();
     Ok(format!("{what}: {cause}"))
 }
@@ -143,7 +150,8 @@ fn describe(e: &reqwest::Error, timeout: Duration) -> Result<String, Denied> {
 impl Connector {
     pub fn new(config: EgressConfig) -> Result<Self, ConnectorError> {
         if let Some(p) = &config.proxy {
-            reqwest::Proxy::all(p).map_err(|e| ConnectorError::Proxy(e.without_url().to_string()))?;
+            reqwest::Proxy::all(p)
+                .map_err(|e| ConnectorError::Proxy(e.without_url().to_string()))?;
         }
         crate::server::tls::provider();
         Ok(Connector {
@@ -154,7 +162,12 @@ impl Connector {
     }
 
     fn client(&self, key: ClientKey) -> Result<reqwest::Client, ConnectorError> {
-        if let Some(c) = self.clients.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some(c) = self
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
             return Ok(c.clone());
         }
         let mut b = reqwest::Client::builder()
@@ -166,7 +179,8 @@ impl Connector {
             .http1_only();
         b = match &self.config.proxy {
             Some(p) => b.proxy(
-                reqwest::Proxy::all(p).map_err(|e| ConnectorError::Proxy(e.without_url().to_string()))?,
+                reqwest::Proxy::all(p)
+                    .map_err(|e| ConnectorError::Proxy(e.without_url().to_string()))?,
             ),
             None => b.no_proxy().dns_resolver(Arc::new(GuardResolver {
                 policy: self.policy.clone(),

@@ -25,7 +25,8 @@ use crate::store::kube::FIELD_MANAGER;
 pub const SECRET_TTL: Duration = Duration::from_secs(10);
 const NAMESPACE_TTL: Duration = Duration::from_secs(60);
 
-type SecretCache = HashMap<(String, String), (Instant, Result<Option<BTreeMap<String, String>>, String>)>;
+type SecretCache =
+    HashMap<(String, String), (Instant, Result<Option<BTreeMap<String, String>>, String>)>;
 
 pub struct KubeSubscriptions {
     client: Client,
@@ -57,7 +58,10 @@ impl KubeSubscriptions {
     }
 
     /// Keeps the subscriptions equal to the API server's until `shutdown`.
-    pub fn spawn_watch(self: &Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_watch(
+        self: &Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         let api: Api<ScalingSubscription> = match &self.namespace {
             Some(ns) => Api::namespaced(self.client.clone(), ns),
             None => Api::all(self.client.clone()),
@@ -76,11 +80,16 @@ impl KubeSubscriptions {
                 match event {
                     Some(Ok(watcher::Event::Init)) => relist = Some(BTreeMap::new()),
                     Some(Ok(watcher::Event::InitApply(s))) => {
-                        relist.get_or_insert_with(BTreeMap::new).insert(s.key(), Arc::new(s));
+                        relist
+                            .get_or_insert_with(BTreeMap::new)
+                            .insert(s.key(), Arc::new(s));
                     }
                     Some(Ok(watcher::Event::InitDone)) => {
                         *subs = relist.take().unwrap_or_default();
-                        tracing::info!(subscriptions = subs.len(), "ScalingSubscription cache synced");
+                        tracing::info!(
+                            subscriptions = subs.len(),
+                            "ScalingSubscription cache synced"
+                        );
                     }
                     Some(Ok(watcher::Event::Apply(s))) => {
                         subs.insert(s.key(), Arc::new(s));
@@ -112,7 +121,12 @@ impl SubscriptionSource for KubeSubscriptions {
         Ok(subs.values().cloned().collect())
     }
 
-    async fn secret(&self, namespace: &str, name: &str, key: &str) -> Result<SecretValue, SourceError> {
+    async fn secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> Result<SecretValue, SourceError> {
         let cache_key = (namespace.to_string(), name.to_string());
         let cached = {
             let cache = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
@@ -152,7 +166,9 @@ impl SubscriptionSource for KubeSubscriptions {
             Ok(None) => SecretValue::Missing(format!("Secret {namespace}/{name} not found")),
             Ok(Some(values)) => match values.get(key) {
                 Some(v) => SecretValue::Found(v.clone()),
-                None => SecretValue::Missing(format!("Secret {namespace}/{name} has no key {key:?}")),
+                None => {
+                    SecretValue::Missing(format!("Secret {namespace}/{name} has no key {key:?}"))
+                }
             },
         })
     }

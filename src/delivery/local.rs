@@ -200,7 +200,12 @@ impl SubscriptionSource for LocalSubscriptions {
         Ok(out)
     }
 
-    async fn secret(&self, namespace: &str, name: &str, key: &str) -> Result<SecretValue, SourceError> {
+    async fn secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> Result<SecretValue, SourceError> {
         let files = self.scan();
         for f in files {
             for ((ns, n), values) in f.secrets {
@@ -239,7 +244,9 @@ impl SubscriptionSource for LocalSubscriptions {
         let key = sub.key();
         self.store.write_subscription_status(&key, status).await?;
         let mut guard = self.statuses.lock().await;
-        guard.get_or_insert_with(HashMap::new).insert(key, status.clone());
+        guard
+            .get_or_insert_with(HashMap::new)
+            .insert(key, status.clone());
         Ok(())
     }
 }

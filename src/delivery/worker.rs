@@ -17,7 +17,7 @@ use super::{Clock, DeliveryConfig, SecretValue, SourceError, SubscriptionSource}
 use crate::api::subscription::{DISABLED, FAILING, LastAttempt, READY};
 use crate::api::{ScalingSubscription, SubscriptionStatus};
 use crate::scaling::status::set_condition;
-use crate::scaling_events::cloudevent::{self, ContentMode, ConsumerRef};
+use crate::scaling_events::cloudevent::{self, ConsumerRef, ContentMode};
 use crate::scaling_events::journal::{self, Resume};
 use crate::scaling_events::signing::{self, Secrets};
 use crate::scaling_events::{backoff, selection};
@@ -67,7 +67,9 @@ pub enum RewindError {
     NoSubscription(String),
     #[error("Consumer {0} not found")]
     NoConsumer(String),
-    #[error("sequence {sequence} is not in the journal of Consumer {consumer} (it holds {first}..{head}); the cursor can move to {low}..{head}")]
+    #[error(
+        "sequence {sequence} is not in the journal of Consumer {consumer} (it holds {first}..{head}); the cursor can move to {low}..{head}"
+    )]
     OutOfJournal {
         consumer: String,
         sequence: i64,
@@ -280,7 +282,11 @@ impl Deliveries {
             if stopping {
                 inner.flush().await;
             }
-            inner.state.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            inner
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
             if stopping {
                 return;
             }
@@ -304,7 +310,11 @@ impl Deliveries {
             .collect())
     }
 
-    pub async fn get(&self, namespace: &str, name: &str) -> Result<Option<SubscriptionView>, SourceError> {
+    pub async fn get(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<SubscriptionView>, SourceError> {
         let key = format!("{namespace}/{name}");
         Ok(self
             .list()
@@ -440,7 +450,10 @@ impl Deliveries {
     }
 }
 
-fn classify(sent: Result<Sent, ConnectorError>, now: SystemTime) -> (Outcome, Option<u16>, Duration) {
+fn classify(
+    sent: Result<Sent, ConnectorError>,
+    now: SystemTime,
+) -> (Outcome, Option<u16>, Duration) {
     match sent {
         Ok(Sent::Answered {
             status,
@@ -579,7 +592,12 @@ impl Inner {
             })?,
             Ok(SecretValue::Missing(why)) => return Err(("SecretMissing", why)),
             Ok(SecretValue::Forbidden(why)) => return Err(("SecretForbidden", why)),
-            Err(e) => return Err(("SecretUnavailable", format!("reading Secret {ns}/{sname}: {e}"))),
+            Err(e) => {
+                return Err((
+                    "SecretUnavailable",
+                    format!("reading Secret {ns}/{sname}: {e}"),
+                ));
+            }
         };
         let ca = match &spec.ca_secret_ref {
             None => None,
@@ -591,7 +609,10 @@ impl Inner {
                     Ok(SecretValue::Missing(why)) => return Err(("SecretMissing", why)),
                     Ok(SecretValue::Forbidden(why)) => return Err(("SecretForbidden", why)),
                     Err(e) => {
-                        return Err(("SecretUnavailable", format!("reading Secret {ns}/{name}: {e}")));
+                        return Err((
+                            "SecretUnavailable",
+                            format!("reading Secret {ns}/{name}: {e}"),
+                        ));
                     }
                 }
             }
@@ -653,11 +674,19 @@ impl Inner {
         let keys: HashSet<String> = subs.iter().map(|s| s.key()).collect();
         {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let gone: Vec<String> = state.keys().filter(|k| !keys.contains(*k)).cloned().collect();
+            let gone: Vec<String> = state
+                .keys()
+                .filter(|k| !keys.contains(*k))
+                .cloned()
+                .collect();
             for k in gone {
                 state.remove(&k);
-                self.metrics.events_pending.remove(&SubscriptionLabel { subscription: k.clone() });
-                self.metrics.subscription_failing.remove(&SubscriptionLabel { subscription: k });
+                self.metrics.events_pending.remove(&SubscriptionLabel {
+                    subscription: k.clone(),
+                });
+                self.metrics
+                    .subscription_failing
+                    .remove(&SubscriptionLabel { subscription: k });
             }
         }
         let consumers = self.index.all();
@@ -666,7 +695,8 @@ impl Inner {
             let key = sub.key();
             let prepared = self.prepare(&sub).await;
             let follows_others = sub.spec.namespace_selector.is_some()
-                && sub.metadata.namespace.as_deref() == Some(self.config.konsumer_namespace.as_str());
+                && sub.metadata.namespace.as_deref()
+                    == Some(self.config.konsumer_namespace.as_str());
             if follows_others {
                 for c in &consumers {
                     let ns = c.consumer.metadata.namespace.clone().unwrap_or_default();
@@ -679,7 +709,9 @@ impl Inner {
             let mut spawn: Vec<(String, String, OwnedSemaphorePermit)> = Vec::new();
             let target = {
                 let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                let s = state.entry(key.clone()).or_insert_with(|| SubState::new(&sub));
+                let s = state
+                    .entry(key.clone())
+                    .or_insert_with(|| SubState::new(&sub));
                 if s.uid != sub.metadata.uid {
                     *s = SubState::new(&sub);
                 }
@@ -701,7 +733,10 @@ impl Inner {
                 s.object = sub.clone();
                 match prepared {
                     Err((reason, message)) => {
-                        if s.problem.as_ref().is_none_or(|(r, m)| *r != reason || *m != message) {
+                        if s.problem
+                            .as_ref()
+                            .is_none_or(|(r, m)| *r != reason || *m != message)
+                        {
                             tracing::warn!(subscription = %key, reason, %message, "subscription cannot be delivered to");
                             s.warned = false;
                         }
@@ -709,7 +744,10 @@ impl Inner {
                         None
                     }
                     Ok(target) => {
-                        if s.problem.as_ref().is_some_and(|(r, _)| *r != "EgressDenied") {
+                        if s.problem
+                            .as_ref()
+                            .is_some_and(|(r, _)| *r != "EgressDenied")
+                        {
                             s.problem = None;
                         }
                         if s.disabled.is_some() {
@@ -725,7 +763,9 @@ impl Inner {
             let now = Instant::now();
             {
                 let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                let Some(s) = state.get_mut(&key) else { continue };
+                let Some(s) = state.get_mut(&key) else {
+                    continue;
+                };
                 for cached in &consumers {
                     let c = &cached.consumer;
                     let ns = c.metadata.namespace.as_deref().unwrap_or("default");
@@ -803,9 +843,16 @@ impl Inner {
     ) {
         let ckey = format!("{ns}/{name}");
         let span = tracing::debug_span!("delivery", subscription = %target.key, consumer = %ckey);
-        let _ = tracing::Instrument::instrument(self.deliver_loop(&target, &ns, &name, &ckey, &cancel), span).await;
+        let _ = tracing::Instrument::instrument(
+            self.deliver_loop(&target, &ns, &name, &ckey, &cancel),
+            span,
+        )
+        .await;
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = state.get_mut(&target.key).and_then(|s| s.pairs.get_mut(&ckey)) {
+        if let Some(p) = state
+            .get_mut(&target.key)
+            .and_then(|s| s.pairs.get_mut(&ckey))
+        {
             p.in_flight = false;
         }
     }
@@ -822,11 +869,17 @@ impl Inner {
             if cancel.is_cancelled() {
                 return;
             }
-            let Some(cached) = self.index.get(ns, name) else { return };
-            let Some(cursor) = self.cursor(&target.key, ckey) else { return };
+            let Some(cached) = self.index.get(ns, name) else {
+                return;
+            };
+            let Some(cursor) = self.cursor(&target.key, ckey) else {
+                return;
+            };
             let consumer = &cached.consumer;
             let status = consumer.status.as_ref();
-            let journal = status.and_then(|s| s.journal.as_deref()).unwrap_or_default();
+            let journal = status
+                .and_then(|s| s.journal.as_deref())
+                .unwrap_or_default();
             let cref = ConsumerRef {
                 namespace: ns,
                 name,
@@ -889,7 +942,9 @@ impl Inner {
             let delivered = matches!(outcome, Outcome::Delivered);
             {
                 let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                let Some(s) = state.get_mut(&target.key) else { return };
+                let Some(s) = state.get_mut(&target.key) else {
+                    return;
+                };
                 s.attempts.push_front(record);
                 s.attempts.truncate(self.config.attempts_kept);
                 s.status.last_attempt = Some(LastAttempt {
@@ -913,7 +968,10 @@ impl Inner {
                             s.failing = None;
                             s.warned = false;
                         }
-                        if s.problem.as_ref().is_some_and(|(r, _)| *r == "EgressDenied") {
+                        if s.problem
+                            .as_ref()
+                            .is_some_and(|(r, _)| *r == "EgressDenied")
+                        {
                             s.problem = None;
                         }
                     }
@@ -938,7 +996,8 @@ impl Inner {
                             let wait = backoff::delay(p.attempt, fastrand::f64(), retry_after);
                             p.not_before = Some(Instant::now() + wait);
                             let since = *p.failing_since.get_or_insert_with(Instant::now);
-                            let lasting = p.attempt >= failing_attempts || since.elapsed() >= failing_after;
+                            let lasting =
+                                p.attempt >= failing_attempts || since.elapsed() >= failing_after;
                             if reason == "EgressDenied" {
                                 self.metrics.egress_refusals.inc();
                                 s.problem = Some((reason, message.clone()));
@@ -1008,7 +1067,15 @@ impl Inner {
                 generation,
                 now,
             ),
-            None => set_condition(&mut conditions, DISABLED, false, "Enabled", String::new(), generation, now),
+            None => set_condition(
+                &mut conditions,
+                DISABLED,
+                false,
+                "Enabled",
+                String::new(),
+                generation,
+                now,
+            ),
         }
         let trouble = s.problem.as_ref().or(s.failing.as_ref());
         match trouble {
@@ -1021,14 +1088,30 @@ impl Inner {
                 generation,
                 now,
             ),
-            None => set_condition(&mut conditions, FAILING, false, "Delivering", String::new(), generation, now),
+            None => set_condition(
+                &mut conditions,
+                FAILING,
+                false,
+                "Delivering",
+                String::new(),
+                generation,
+                now,
+            ),
         }
         let (ready, reason, message) = match (&s.disabled, trouble) {
             (Some(_), _) => (false, "Gone", "disabled after 410 Gone".to_string()),
             (None, Some((reason, message))) => (false, *reason, message.clone()),
             (None, None) => (true, "Delivering", String::new()),
         };
-        set_condition(&mut conditions, READY, ready, reason, message, generation, now);
+        set_condition(
+            &mut conditions,
+            READY,
+            ready,
+            reason,
+            message,
+            generation,
+            now,
+        );
         status.conditions = Some(conditions);
         status
     }
@@ -1041,7 +1124,8 @@ impl Inner {
                 .iter()
                 .filter_map(|(k, s)| {
                     let status = self.compose(s);
-                    (s.written.as_ref() != Some(&status)).then(|| (k.clone(), s.object.clone(), status))
+                    (s.written.as_ref() != Some(&status))
+                        .then(|| (k.clone(), s.object.clone(), status))
                 })
                 .collect()
         };

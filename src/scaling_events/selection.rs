@@ -70,10 +70,17 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
-    fn sub(ns: &str, consumer: Option<LabelSelector>, namespaces: Option<LabelSelector>) -> ScalingSubscription {
+    fn sub(
+        ns: &str,
+        consumer: Option<LabelSelector>,
+        namespaces: Option<LabelSelector>,
+    ) -> ScalingSubscription {
         let mut s = ScalingSubscription::new("feed", Default::default());
         s.metadata.namespace = Some(ns.into());
         s.spec.consumer_selector = consumer;
@@ -98,8 +105,14 @@ mod tests {
                 },
             ]),
         };
-        assert!(matches(Some(&sel), &labels(&[("team", "payments"), ("tier", "gold")])));
-        assert!(!matches(Some(&sel), &labels(&[("team", "payments"), ("tier", "bronze")])));
+        assert!(matches(
+            Some(&sel),
+            &labels(&[("team", "payments"), ("tier", "gold")])
+        ));
+        assert!(!matches(
+            Some(&sel),
+            &labels(&[("team", "payments"), ("tier", "bronze")])
+        ));
         assert!(!matches(
             Some(&sel),
             &labels(&[("team", "payments"), ("tier", "gold"), ("legacy", "")])
@@ -112,9 +125,21 @@ mod tests {
     fn a_subscription_sees_its_own_namespace_and_only_konsumers_may_follow_others() {
         let all = Some(LabelSelector::default());
         let tenant = sub("streams", None, all.clone());
-        assert!(sees(&tenant, "konsumer-system", "streams", &labels(&[]), None));
+        assert!(sees(
+            &tenant,
+            "konsumer-system",
+            "streams",
+            &labels(&[]),
+            None
+        ));
         assert!(
-            !sees(&tenant, "konsumer-system", "billing", &labels(&[]), Some(&labels(&[]))),
+            !sees(
+                &tenant,
+                "konsumer-system",
+                "billing",
+                &labels(&[]),
+                Some(&labels(&[]))
+            ),
             "a tenant's namespaceSelector is ignored"
         );
         let platform = sub(
@@ -125,10 +150,31 @@ mod tests {
                 match_expressions: None,
             }),
         );
-        assert!(sees(&platform, "konsumer-system", "billing", &labels(&[]), Some(&labels(&[]))));
-        assert!(!sees(&platform, "konsumer-system", "streams", &labels(&[]), Some(&labels(&[]))));
-        assert!(!sees(&platform, "konsumer-system", "billing", &labels(&[]), None), "unknown namespace");
+        assert!(sees(
+            &platform,
+            "konsumer-system",
+            "billing",
+            &labels(&[]),
+            Some(&labels(&[]))
+        ));
+        assert!(!sees(
+            &platform,
+            "konsumer-system",
+            "streams",
+            &labels(&[]),
+            Some(&labels(&[]))
+        ));
+        assert!(
+            !sees(&platform, "konsumer-system", "billing", &labels(&[]), None),
+            "unknown namespace"
+        );
         let plain = sub("konsumer-system", None, None);
-        assert!(!sees(&plain, "konsumer-system", "billing", &labels(&[]), Some(&labels(&[]))));
+        assert!(!sees(
+            &plain,
+            "konsumer-system",
+            "billing",
+            &labels(&[]),
+            Some(&labels(&[]))
+        ));
     }
 }

@@ -130,7 +130,10 @@ pub fn validate(object: &Value, ctx: Context<'_>) -> Report {
             return report;
         }
         Some(spec) => {
-            let schema = SCHEMA.pointer("/properties/spec").cloned().unwrap_or(Value::Null);
+            let schema = SCHEMA
+                .pointer("/properties/spec")
+                .cloned()
+                .unwrap_or(Value::Null);
             structural::check(&schema, spec, &spec_path, &mut report)
         }
     };
@@ -180,12 +183,19 @@ pub fn check(sub: &ScalingSubscription, ctx: Context<'_>, report: &mut Report) {
     if let Some(r) = &spec.ca_secret_ref
         && r.name.as_deref().is_none_or(str::is_empty)
     {
-        report.error(FieldError::required(p.child("caSecretRef").child("name"), ""));
+        report.error(FieldError::required(
+            p.child("caSecretRef").child("name"),
+            "",
+        ));
     }
     let names: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
     for (i, t) in spec.types.iter().enumerate() {
         if EventType::parse(t).is_none() {
-            report.error(FieldError::not_supported(p.child("types").index(i), &json!(t), &names));
+            report.error(FieldError::not_supported(
+                p.child("types").index(i),
+                &json!(t),
+                &names,
+            ));
         }
     }
     if ContentMode::parse(spec.content_mode.as_deref()).is_none() {
@@ -196,7 +206,11 @@ pub fn check(sub: &ScalingSubscription, ctx: Context<'_>, report: &mut Report) {
         ));
     }
     if let Err(e) = timeout_of(spec.timeout.as_deref()) {
-        report.error(FieldError::invalid(p.child("timeout"), &json!(spec.timeout), e));
+        report.error(FieldError::invalid(
+            p.child("timeout"),
+            &json!(spec.timeout),
+            e,
+        ));
     }
     if let Some(sel) = &spec.consumer_selector {
         check_selector(sel, &p.child("consumerSelector"), report);
@@ -229,7 +243,11 @@ mod tests {
     }
 
     fn errors(object: Value) -> Vec<String> {
-        validate(&object, ctx()).errors.iter().map(ToString::to_string).collect()
+        validate(&object, ctx())
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     fn valid() -> Value {
@@ -277,7 +295,10 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
-        assert!(!text.contains("pw@"), "the password is not repeated: {text}");
+        assert!(
+            !text.contains("pw@"),
+            "the password is not repeated: {text}"
+        );
         assert!(!text.contains("spec.types[1]"), "{text}");
     }
 
@@ -295,7 +316,13 @@ mod tests {
             o["spec"]["url"] = json!(url);
             assert_eq!(errors(o.clone()).is_empty(), ok, "{url}: {:?}", errors(o));
         }
-        for (t, ok) in [("1s", true), ("60s", true), ("999ms", false), ("61s", false), ("soon", false)] {
+        for (t, ok) in [
+            ("1s", true),
+            ("60s", true),
+            ("999ms", false),
+            ("61s", false),
+            ("soon", false),
+        ] {
             let mut o = valid();
             o["spec"]["timeout"] = json!(t);
             assert_eq!(errors(o).is_empty(), ok, "{t}");

@@ -170,7 +170,10 @@ fn subscription_crd_is_structural_namespaced_and_declares_its_status() {
         "delivered",
         "failed",
     ] {
-        assert!(status.get(field).is_some(), "status.{field} is not declared");
+        assert!(
+            status.get(field).is_some(),
+            "status.{field} is not declared"
+        );
     }
     assert_eq!(
         status["cursors"]["additionalProperties"]["type"], "integer",
@@ -184,18 +187,30 @@ fn subscription_crd_is_structural_namespaced_and_declares_its_status() {
         .collect();
     assert_eq!(
         columns,
-        ["URL", "Ready", "Failing", "Disabled", "Reason", "Delivered", "Failed", "Age"]
+        [
+            "URL",
+            "Ready",
+            "Failing",
+            "Disabled",
+            "Reason",
+            "Delivered",
+            "Failed",
+            "Age"
+        ]
     );
 }
 
 #[test]
 fn the_consumer_status_declares_the_event_journal() {
-    let journal = &crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
-        ["status"]["properties"]["journal"];
+    let journal = &crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+        ["properties"]["journal"];
     assert_eq!(journal["type"], "array");
     let entry = &journal["items"]["properties"];
     for field in ["sequence", "type", "time", "instance", "data"] {
-        assert!(entry.get(field).is_some(), "journal[].{field} is not declared");
+        assert!(
+            entry.get(field).is_some(),
+            "journal[].{field} is not declared"
+        );
     }
     assert_eq!(entry["data"]["x-kubernetes-preserve-unknown-fields"], true);
 }

@@ -4,12 +4,14 @@
 mod admission_edges;
 mod consumer_fixtures;
 mod crd;
+mod delivery_local;
 mod e2e_local;
 mod e2e_reconcile;
 mod fake_apiserver;
 mod kube_mode;
 mod prometheus_client;
 mod prometheus_harness;
+mod receiver;
 mod reconciler_faults;
 mod support;
 mod workload_fixtures;

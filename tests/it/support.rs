@@ -94,6 +94,11 @@ impl LocalServer {
         }
     }
 
+    /// The local-mode directory.
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
     pub async fn orders() -> Self {
         Self::start(&[("orders.yaml", &orders_yaml())]).await
     }
