@@ -59,6 +59,12 @@ impl Binary {
         }
     }
 
+    /// SIGKILL (no chance to clean up), then waits for the process to be gone.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// SIGTERM, then the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
