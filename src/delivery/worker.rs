@@ -707,6 +707,7 @@ impl Inner {
                 }
             }
             let mut spawn: Vec<(String, String, OwnedSemaphorePermit)> = Vec::new();
+            let mut warn_now: Option<(&'static str, String)> = None;
             let target = {
                 let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
                 let s = state
@@ -738,7 +739,8 @@ impl Inner {
                             .is_none_or(|(r, m)| *r != reason || *m != message)
                         {
                             tracing::warn!(subscription = %key, reason, %message, "subscription cannot be delivered to");
-                            s.warned = false;
+                            warn_now = Some((reason, message.clone()));
+                            s.warned = true;
                         }
                         s.problem = Some((reason, message));
                         None
@@ -758,6 +760,9 @@ impl Inner {
                     }
                 }
             };
+            if let Some((reason, message)) = warn_now {
+                self.source.warn(&sub, reason, &message).await;
+            }
             let mut pending_total = 0i64;
             let mut seen = HashSet::new();
             let now = Instant::now();

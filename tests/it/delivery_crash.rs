@@ -97,13 +97,19 @@ async fn kill_9_mid_stream_then_restart_delivers_every_event_at_least_once_in_or
     let first = Binary::serve_local(dir.path(), &args);
     let started = std::time::Instant::now();
     while rx.count() < 30 {
-        assert!(started.elapsed() < Duration::from_secs(30), "deliveries did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "deliveries did not start"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     first.kill9();
     let before = rx.count();
     assert!(
-        acknowledged_by_consumer(&rx.events(&[SECRET])).values().map(Vec::len).sum::<usize>()
+        acknowledged_by_consumer(&rx.events(&[SECRET]))
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
             < CONSUMERS.len() * EVENTS,
         "killed mid-stream"
     );
@@ -127,17 +133,30 @@ async fn kill_9_mid_stream_then_restart_delivers_every_event_at_least_once_in_or
             .find(|e| e.consumer() == format!("streams/{c}"))
             .is_some_and(|e| e.sequence() > 1)
     });
-    assert!(resumed, "the restart re-sent everything: cursors were not persisted");
+    assert!(
+        resumed,
+        "the restart re-sent everything: cursors were not persisted"
+    );
     for (consumer, list) in acknowledged_by_consumer(&got) {
         let seqs: Vec<i64> = list.iter().map(|e| e.sequence()).collect();
-        assert_eq!(seqs, (1..=EVENTS as i64).collect::<Vec<_>>(), "{consumer}: in order, none missing");
-        assert!(list.iter().all(|e| e.type_ == EventType::Scaled.as_str()), "no resync needed");
+        assert_eq!(
+            seqs,
+            (1..=EVENTS as i64).collect::<Vec<_>>(),
+            "{consumer}: in order, none missing"
+        );
+        assert!(
+            list.iter().all(|e| e.type_ == EventType::Scaled.as_str()),
+            "no resync needed"
+        );
     }
     // Re-sent events (after the crash) kept their ids.
     let mut ids: BTreeMap<(String, i64), String> = BTreeMap::new();
     for e in &got {
         let previous = ids.insert((e.consumer(), e.sequence()), e.id.clone());
-        assert!(previous.is_none_or(|p| p == e.id), "an event changed its id");
+        assert!(
+            previous.is_none_or(|p| p == e.id),
+            "an event changed its id"
+        );
     }
     assert!(second.terminate().success());
 }

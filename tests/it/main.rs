@@ -5,6 +5,7 @@ mod admission_edges;
 mod consumer_fixtures;
 mod crd;
 mod delivery_crash;
+mod delivery_kube;
 mod delivery_local;
 mod e2e_local;
 mod e2e_reconcile;
