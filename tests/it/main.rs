@@ -15,5 +15,6 @@ mod prometheus_client;
 mod prometheus_harness;
 mod receiver;
 mod reconciler_faults;
+mod subscription_webhook;
 mod support;
 mod workload_fixtures;
