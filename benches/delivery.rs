@@ -38,7 +38,11 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn process_cpu() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, r)| r)
+        .split_whitespace()
+        .collect();
     let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
         + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
     Duration::from_millis(ticks * 10)
@@ -84,7 +88,11 @@ fn event(i: usize) -> NewEvent {
                {"containerName": "log-shipper", "requests": {"cpu": "50m"}}])
     };
     NewEvent {
-        type_: if i % 2 == 0 { EventType::ScalePending } else { EventType::Scaled },
+        type_: if i % 2 == 0 {
+            EventType::ScalePending
+        } else {
+            EventType::Scaled
+        },
         instance: Some((i % 3) as u32),
         data: json!({
             "instance": i % 3, "partitions": [0, 1, 2], "direction": "up",
@@ -114,7 +122,10 @@ async fn receiver(index: usize, seen: Arc<Seen>) -> SocketAddr {
                 let data = &v["data"];
                 let consumer = data["consumer"]["name"].as_str().unwrap_or("").to_string();
                 let seq = data["sequence"].as_i64().unwrap_or(-1);
-                seen.arrivals.lock().unwrap().insert((index, consumer, seq), now);
+                seen.arrivals
+                    .lock()
+                    .unwrap()
+                    .insert((index, consumer, seq), now);
             }
             seen.count.fetch_add(1, Ordering::Relaxed);
             "ok"
@@ -140,7 +151,11 @@ fn ms(d: Duration) -> String {
 async fn wait_count(seen: &Seen, n: u64, within: Duration) -> Duration {
     let started = Instant::now();
     while seen.count.load(Ordering::Relaxed) < n {
-        assert!(started.elapsed() < within, "only {} of {n} deliveries", seen.count.load(Ordering::Relaxed));
+        assert!(
+            started.elapsed() < within,
+            "only {} of {n} deliveries",
+            seen.count.load(Ordering::Relaxed)
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     started.elapsed()
@@ -197,7 +212,11 @@ async fn in_process() {
                 .and_then(|c| c.consumer.status.clone())
                 .unwrap_or_default();
             let mut j = status.journal.take().unwrap_or_default();
-            journal::append(&mut j, (0..n).map(|k| event(seq_from + k)).collect(), jiff::Timestamp::now());
+            journal::append(
+                &mut j,
+                (0..n).map(|k| event(seq_from + k)).collect(),
+                jiff::Timestamp::now(),
+            );
             status.journal = Some(j);
             store.write_status("streams", &name, &status).await.unwrap();
         }
@@ -206,24 +225,46 @@ async fn in_process() {
     // 2. Latency of single events.
     let rounds = 300;
     let mut latencies = Vec::with_capacity(rounds * SUBSCRIBERS);
+    let mut after_write = Vec::with_capacity(rounds * SUBSCRIBERS);
+    let mut writes = Vec::with_capacity(rounds);
     for r in 0..rounds {
         let name = format!("c{:04}", (r * 7) % CONSUMERS);
-        let seq = 1 + (0..r).filter(|x| (x * 7) % CONSUMERS == (r * 7) % CONSUMERS).count() as i64;
+        let seq = 1
+            + (0..r)
+                .filter(|x| (x * 7) % CONSUMERS == (r * 7) % CONSUMERS)
+                .count() as i64;
         let before = seen.count.load(Ordering::Relaxed);
         let written = Instant::now();
         write(name.clone(), 1, r).await;
+        let committed = Instant::now();
+        writes.push(committed.duration_since(written));
         deliveries.wake();
         wait_count(&seen, before + SUBSCRIBERS as u64, Duration::from_secs(30)).await;
         let arrivals = seen.arrivals.lock().unwrap();
         for s in 0..SUBSCRIBERS {
             if let Some(at) = arrivals.get(&(s, name.clone(), seq)) {
                 latencies.push(at.duration_since(written));
+                after_write.push(at.duration_since(committed));
             }
         }
         drop(arrivals);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     latencies.sort();
+    after_write.sort();
+    writes.sort();
+    println!(
+        "| status write alone (redb commit), {} writes | p50 {} | p99 {} |",
+        writes.len(),
+        ms(percentile(&writes, 0.5)),
+        ms(percentile(&writes, 0.99))
+    );
+    println!(
+        "| written status → receiver, {} deliveries | p50 {} | p99 {} |",
+        after_write.len(),
+        ms(percentile(&after_write, 0.5)),
+        ms(percentile(&after_write, 0.99))
+    );
     println!(
         "| decision → receiver, {} deliveries | p50 {} | p99 {} | max {} |",
         latencies.len(),
@@ -259,7 +300,11 @@ async fn in_process() {
             "data": {"consumer": {"namespace": "streams", "name": "baseline", "uid": ""}, "sequence": 1, "payload": e.data}}))
         .unwrap()
     };
-    let client = reqwest::Client::builder().no_proxy().http1_only().build().unwrap();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .http1_only()
+        .build()
+        .unwrap();
     let before = seen.count.load(Ordering::Relaxed);
     let cpu0 = process_cpu();
     let started = Instant::now();
@@ -305,7 +350,10 @@ async fn memory(full: bool) -> u64 {
             urls.push(format!("http://{}/hook", receiver(i, seen.clone()).await));
         }
         // The subscriber that is down: nothing listens there.
-        let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let down = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         urls.push(format!("http://{down}/hook"));
         std::fs::write(dir.path().join("subs.yaml"), subscriptions_yaml(&urls)).unwrap();
         let index = ConsumerIndex::new();
@@ -315,7 +363,11 @@ async fn memory(full: bool) -> u64 {
         for i in 0..CONSUMERS {
             let name = format!("c{i:04}");
             let mut j = Vec::new();
-            journal::append(&mut j, (0..MAX_ENTRIES).map(event).collect(), jiff::Timestamp::now());
+            journal::append(
+                &mut j,
+                (0..MAX_ENTRIES).map(event).collect(),
+                jiff::Timestamp::now(),
+            );
             let status = konsumer::api::ConsumerStatus {
                 journal: Some(j),
                 ..Default::default()
@@ -339,7 +391,14 @@ async fn memory(full: bool) -> u64 {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_konsumer"))
         .args(["--log-level", "warn", "serve", "--no-reconciler", "--local"])
         .arg(dir.path())
-        .args(["--webhook-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--egress-allow", "127.0.0.0/8"])
+        .args([
+            "--webhook-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--egress-allow",
+            "127.0.0.0/8",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

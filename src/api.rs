@@ -21,7 +21,8 @@ pub use consumer::{
     PrometheusAutoscalerSpec, QuerySpec, ResourceList, ResourcePolicy,
 };
 pub use status::{
-    ConsumerStatus, ContainerResources, InstanceStatus, JournalEntry, PartitionState, ScalingState,
+    ConsumerStatus, ContainerResources, EventData, InstanceStatus, JournalEntry, PartitionState,
+    ScalingState,
 };
 pub use subscription::{ScalingSubscription, SecretKeyRef, SubscriptionSpec, SubscriptionStatus};
 

@@ -843,7 +843,7 @@ impl Inner {
         target: Arc<Target>,
         ns: String,
         name: String,
-        _permit: OwnedSemaphorePermit,
+        permit: OwnedSemaphorePermit,
         cancel: CancellationToken,
     ) {
         let ckey = format!("{ns}/{name}");
@@ -853,13 +853,18 @@ impl Inner {
             span,
         )
         .await;
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = state
-            .get_mut(&target.key)
-            .and_then(|s| s.pairs.get_mut(&ckey))
         {
-            p.in_flight = false;
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(p) = state
+                .get_mut(&target.key)
+                .and_then(|s| s.pairs.get_mut(&ckey))
+            {
+                p.in_flight = false;
+            }
         }
+        // A slot is free: other pairs may be waiting for one.
+        drop(permit);
+        self.wake.notify_one();
     }
 
     async fn deliver_loop(

@@ -92,7 +92,7 @@ pub fn from_entry(c: &ConsumerRef<'_>, entry: &JournalEntry) -> CloudEvent {
         type_: entry.type_.clone(),
         subject: entry.instance.map(|i| format!("instances/{i}")),
         time: entry.time.0,
-        data: with_consumer(c, entry.sequence, &entry.data),
+        data: with_consumer(c, entry.sequence, &entry.data.value()),
     }
 }
 
@@ -264,7 +264,7 @@ mod tests {
             type_: EventType::Scaled.as_str().into(),
             time: Time(at.parse().unwrap()),
             instance: Some(2),
-            data: json!({"instance": 2, "direction": "up"}),
+            data: crate::api::EventData::new(&json!({"instance": 2, "direction": "up"})),
         }
     }
 

@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::{Map, Value, json};
 
 use super::types::EventType;
-use crate::api::{ConsumerStatus, InstanceStatus, JournalEntry, PartitionState};
+use crate::api::{ConsumerStatus, EventData, InstanceStatus, JournalEntry, PartitionState};
 use crate::scaling::Transition;
 use crate::scaling::machine::{Direction, Event};
 use crate::scaling::status::METRICS_AVAILABLE;
@@ -49,7 +49,7 @@ pub fn append(
             type_: e.type_.as_str().to_string(),
             time: Time(at),
             instance: e.instance.map(|i| i as i32),
-            data: e.data,
+            data: EventData::new(&e.data),
         });
         next += 1;
     }
@@ -57,8 +57,10 @@ pub fn append(
     first..=next - 1
 }
 
+/// The serialized size of an entry (its data is kept serialized already).
 fn entry_bytes(e: &JournalEntry) -> usize {
-    serde_json::to_vec(e).map_or(0, |v| v.len() + 1)
+    // {"sequence":…,"type":"…","time":"…","instance":…,"data":…},
+    64 + e.type_.len() + 32 + e.data.as_str().len()
 }
 
 /// Drops the oldest entries beyond [`MAX_ENTRIES`] or [`MAX_BYTES`]; the newest
@@ -433,7 +435,7 @@ mod tests {
         let j = next.unwrap().journal.unwrap();
         assert_eq!(j.len(), 1);
         assert_eq!(j[0].sequence, 1);
-        assert_eq!(j[0].data["message"], "connection refused");
+        assert_eq!(j[0].data.value()["message"], "connection refused");
         let mut unchanged = None;
         assert!(record(Some(&previous), &mut unchanged, &[], at()).is_empty());
         assert!(unchanged.is_none());
