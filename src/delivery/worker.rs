@@ -198,6 +198,8 @@ struct Inner {
     clock: Clock,
     wake: Arc<Notify>,
     slots: Arc<Semaphore>,
+    /// A pair waited for a free slot in the last tick.
+    starved: std::sync::atomic::AtomicBool,
     state: Mutex<HashMap<String, SubState>>,
 }
 
@@ -231,6 +233,7 @@ impl Deliveries {
         Ok(Deliveries {
             inner: Arc::new(Inner {
                 slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
+                starved: std::sync::atomic::AtomicBool::new(false),
                 index,
                 source,
                 connector,
@@ -260,6 +263,8 @@ impl Deliveries {
             }
             tracing::info!("leading: delivering scaling events");
             let cancel = shutdown.child_token();
+            // If this task is aborted, the delivery tasks it spawned stop too.
+            let _stop_deliveries = cancel.clone().drop_guard();
             let lost = async {
                 loop {
                     if leader.changed().await.is_err() || !*leader.borrow_and_update() {
@@ -531,21 +536,32 @@ fn classify(
 
 impl Inner {
     async fn lead(self: Arc<Self>, cancel: CancellationToken) {
-        let mut last_flush = Instant::now();
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(self.config.tick) => {}
-            }
-            if self.index.is_synced() {
-                self.tick(&cancel).await;
-            }
-            if last_flush.elapsed() >= self.config.flush_every {
+        // Status writes run beside the ticks: a slow write (an fsync, an
+        // apiserver round trip) must not hold up the next event.
+        let flusher = async {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(self.config.flush_every) => {}
+                }
                 self.flush().await;
-                last_flush = Instant::now();
             }
-        }
+        };
+        let ticker = async {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(self.config.tick) => {}
+                }
+                if self.index.is_synced() {
+                    self.starved
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    self.tick(&cancel).await;
+                }
+            }
+        };
+        tokio::join!(flusher, ticker);
     }
 
     /// Checks a subscription and reads what delivering to it needs.
@@ -690,6 +706,7 @@ impl Inner {
             }
         }
         let consumers = self.index.all();
+        let keys: Vec<String> = consumers.iter().map(|c| c.consumer.key()).collect();
         let mut ns_labels: HashMap<String, Option<BTreeMap<String, String>>> = HashMap::new();
         for sub in subs {
             let key = sub.key();
@@ -771,7 +788,7 @@ impl Inner {
                 let Some(s) = state.get_mut(&key) else {
                     continue;
                 };
-                for cached in &consumers {
+                for (cached, ckey) in consumers.iter().zip(&keys) {
                     let c = &cached.consumer;
                     let ns = c.metadata.namespace.as_deref().unwrap_or("default");
                     let empty = BTreeMap::new();
@@ -780,14 +797,16 @@ impl Inner {
                     if !selection::sees(&sub, &self.config.konsumer_namespace, ns, labels, nsl) {
                         continue;
                     }
-                    let ckey = c.key();
                     let journal = c
                         .status
                         .as_ref()
                         .and_then(|st| st.journal.as_deref())
                         .unwrap_or_default();
-                    let pair = s.pairs.entry(ckey.clone()).or_default();
-                    seen.insert(ckey.clone());
+                    let pair = match s.pairs.get_mut(ckey) {
+                        Some(p) => p,
+                        None => s.pairs.entry(ckey.clone()).or_default(),
+                    };
+                    seen.insert(ckey.as_str());
                     let pending = journal::pending(journal, pair.cursor);
                     pending_total += pending as i64;
                     if pending == 0
@@ -798,6 +817,8 @@ impl Inner {
                         continue;
                     }
                     let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                        self.starved
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
                         continue;
                     };
                     pair.in_flight = true;
@@ -808,7 +829,8 @@ impl Inner {
                     ));
                 }
                 // Consumers it no longer sees (deleted, relabelled): their cursors go.
-                s.pairs.retain(|k, p| p.in_flight || seen.contains(k));
+                s.pairs
+                    .retain(|k, p| p.in_flight || seen.contains(k.as_str()));
             }
             self.metrics
                 .events_pending
@@ -862,9 +884,11 @@ impl Inner {
                 p.in_flight = false;
             }
         }
-        // A slot is free: other pairs may be waiting for one.
+        // A slot is free: pairs may be waiting for one.
         drop(permit);
-        self.wake.notify_one();
+        if self.starved.load(std::sync::atomic::Ordering::Relaxed) {
+            self.wake.notify_one();
+        }
     }
 
     async fn deliver_loop(

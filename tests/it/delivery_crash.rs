@@ -84,7 +84,7 @@ async fn seed(dir: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_then_restart_delivers_every_event_at_least_once_in_order() {
     let rx = Receiver::start().await;
-    rx.delay(Duration::from_millis(30));
+    rx.delay(Duration::from_millis(100));
     rx.fail_every(4);
     let dir = tempfile::tempdir().unwrap();
     for name in CONSUMERS {
@@ -103,6 +103,8 @@ async fn kill_9_mid_stream_then_restart_delivers_every_event_at_least_once_in_or
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Past a cursor write (one per second), while deliveries are in flight.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     first.kill9();
     let before = rx.count();
     assert!(
