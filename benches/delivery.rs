@@ -88,7 +88,7 @@ fn event(i: usize) -> NewEvent {
                {"containerName": "log-shipper", "requests": {"cpu": "50m"}}])
     };
     NewEvent {
-        type_: if i % 2 == 0 {
+        type_: if i.is_multiple_of(2) {
             EventType::ScalePending
         } else {
             EventType::Scaled
@@ -240,14 +240,15 @@ async fn in_process() {
         writes.push(committed.duration_since(written));
         deliveries.wake();
         wait_count(&seen, before + SUBSCRIBERS as u64, Duration::from_secs(30)).await;
-        let arrivals = seen.arrivals.lock().unwrap();
-        for s in 0..SUBSCRIBERS {
-            if let Some(at) = arrivals.get(&(s, name.clone(), seq)) {
-                latencies.push(at.duration_since(written));
-                after_write.push(at.duration_since(committed));
+        {
+            let arrivals = seen.arrivals.lock().unwrap();
+            for s in 0..SUBSCRIBERS {
+                if let Some(at) = arrivals.get(&(s, name.clone(), seq)) {
+                    latencies.push(at.duration_since(written));
+                    after_write.push(at.duration_since(committed));
+                }
             }
         }
-        drop(arrivals);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     latencies.sort();

@@ -25,6 +25,7 @@ use crate::store::kube::FIELD_MANAGER;
 pub const SECRET_TTL: Duration = Duration::from_secs(10);
 const NAMESPACE_TTL: Duration = Duration::from_secs(60);
 
+type NamespaceCache = HashMap<String, (Instant, Option<BTreeMap<String, String>>)>;
 type SecretCache =
     HashMap<(String, String), (Instant, Result<Option<BTreeMap<String, String>>, String>)>;
 
@@ -33,7 +34,7 @@ pub struct KubeSubscriptions {
     namespace: Option<String>,
     subs: Mutex<BTreeMap<String, Arc<ScalingSubscription>>>,
     secrets: Mutex<SecretCache>,
-    namespaces: Mutex<HashMap<String, (Instant, Option<BTreeMap<String, String>>)>>,
+    namespaces: Mutex<NamespaceCache>,
     recorder: Recorder,
 }
 

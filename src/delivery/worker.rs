@@ -468,9 +468,10 @@ fn classify(
         }) => {
             let outcome = match status {
                 200..=299 => Outcome::Delivered,
-                410 => Outcome::Gone(format!(
+                410 => Outcome::Gone(
                     "the receiver answered 410 Gone: delivery is disabled until the spec changes"
-                )),
+                        .to_string(),
+                ),
                 300..=399 => Outcome::Failed {
                     reason: "ReceiverErrors",
                     message: format!(
@@ -717,9 +718,9 @@ impl Inner {
             if follows_others {
                 for c in &consumers {
                     let ns = c.consumer.metadata.namespace.clone().unwrap_or_default();
-                    if !ns_labels.contains_key(&ns) {
-                        let labels = self.source.namespace_labels(&ns).await;
-                        ns_labels.insert(ns, labels);
+                    if let std::collections::hash_map::Entry::Vacant(slot) = ns_labels.entry(ns) {
+                        let labels = self.source.namespace_labels(slot.key()).await;
+                        slot.insert(labels);
                     }
                 }
             }

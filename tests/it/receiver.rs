@@ -188,7 +188,7 @@ async fn answer(state: Arc<Mutex<Shared>>, headers: HeaderMap, body: Bytes) -> R
         let mut s = state.lock().unwrap();
         let n = s.got.len() + 1;
         let reply = s.script.pop_front().unwrap_or_else(|| match s.fail_every {
-            Some(k) if n % k == 0 => Reply::Status(500),
+            Some(k) if n.is_multiple_of(k) => Reply::Status(500),
             _ => Reply::Status(200),
         });
         (reply, s.delay)
