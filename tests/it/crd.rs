@@ -13,7 +13,7 @@ fn committed_crd_matches_the_generated_one() {
     let generated = konsumer::api::crd::consumer_crd_yaml().unwrap();
     assert!(
         committed == generated,
-        "{COMMITTED} drifted from the Rust types; regenerate it with:\n  cargo run -- crd > {COMMITTED}"
+        "{COMMITTED} drifted from the Rust types; regenerate it with:\n  cargo run -- crd --only consumers > {COMMITTED}"
     );
 }
 
