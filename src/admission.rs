@@ -4,6 +4,7 @@
 
 pub mod consumers;
 pub mod review;
+pub mod subscriptions;
 pub mod workloads;
 
 use std::sync::Arc;
@@ -37,6 +38,9 @@ pub struct AdmissionConfig {
     pub max_body_bytes: usize,
     /// Requests decided at once; more wait, within their budget.
     pub max_concurrent: usize,
+    /// konsumer's own namespace: only ScalingSubscriptions there may follow
+    /// other namespaces.
+    pub konsumer_namespace: String,
 }
 
 impl Default for AdmissionConfig {
@@ -46,6 +50,7 @@ impl Default for AdmissionConfig {
             max_budget: Duration::from_secs(10),
             max_body_bytes: 5 << 20,
             max_concurrent: 256,
+            konsumer_namespace: "default".into(),
         }
     }
 }
@@ -98,6 +103,12 @@ pub fn router(state: Admission) -> Router {
                 handle(Webhook::validate_consumers, s, q, b)
             }),
         )
+        .route(
+            "/validate/scalingsubscriptions",
+            post(|s: State<Admission>, q: RawQuery, b: Body| {
+                handle(Webhook::validate_scalingsubscriptions, s, q, b)
+            }),
+        )
         // The body limit is enforced while reading, with an answer that says so.
         .layer(DefaultBodyLimit::disable())
         // A bug must not drop the connection: the apiserver gets a Status it can show.
@@ -138,6 +149,7 @@ async fn handle(
                 Webhook::mutate_workloads => workloads::answer(&state, &bytes, budget).await,
                 Webhook::mutate_consumers => consumers::defaults(&bytes),
                 Webhook::validate_consumers => consumers::validate(&bytes),
+                Webhook::validate_scalingsubscriptions => subscriptions::validate(&state, &bytes),
             }
         },
     )

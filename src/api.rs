@@ -8,6 +8,7 @@ pub mod guest;
 pub mod quantity;
 mod schema;
 pub mod status;
+pub mod subscription;
 
 /// The `orders` Consumer of the fixtures, for unit tests.
 #[cfg(test)]
@@ -21,8 +22,10 @@ pub use consumer::{
     PrometheusAutoscalerSpec, QuerySpec, ResourceList, ResourcePolicy,
 };
 pub use status::{
-    ConsumerStatus, ContainerResources, InstanceStatus, PartitionState, ScalingState,
+    ConsumerStatus, ContainerResources, EventData, InstanceStatus, JournalEntry, PartitionState,
+    ScalingState,
 };
+pub use subscription::{ScalingSubscription, SecretKeyRef, SubscriptionSpec, SubscriptionStatus};
 
 /// API group of the Consumer resource.
 pub const GROUP: &str = "konsumerator.lwolf.org";

@@ -16,8 +16,10 @@ use clap::{Args, Parser, Subcommand};
 use crate::admission::AdmissionConfig;
 use crate::api::duration::parse_go_duration;
 use crate::config::{ConnectionConfig, Mode, ServeConfig, TlsSource};
+use crate::delivery::{DeliveryConfig, EgressConfig};
 use crate::reconciler::ReconcilerConfig;
 use crate::reconciler::leader::LeaseConfig;
+use crate::scaling_events::egress::EgressPolicy;
 use crate::server::tls::CertFiles;
 use crate::telemetry::{self, LogFormat};
 
@@ -56,8 +58,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve the admission webhooks (kube mode, or local mode with --local).
     Serve(Box<ServeArgs>),
-    /// Print the Consumer CustomResourceDefinition (YAML).
-    Crd,
+    /// Print the CustomResourceDefinitions (YAML): Consumer, then ScalingSubscription.
+    Crd(CrdArgs),
     /// Generate a CA and a serving certificate for the webhook Service.
     Certs(certs::CertsArgs),
     /// Check Consumer manifests offline with the validating webhook's rules.
@@ -235,6 +237,25 @@ pub struct ServeArgs {
         conflicts_with = "local"
     )]
     pub guest: bool,
+    /// Deliver no scaling events to ScalingSubscriptions.
+    #[arg(long, env = "KONSUMER_NO_DELIVERY")]
+    pub no_delivery: bool,
+    /// Let subscribers reach this range (CIDR or address; repeatable), e.g. an
+    /// in-cluster receiver. Private, loopback, link-local and other non-global
+    /// addresses are refused otherwise, and plain http:// goes only to these ranges.
+    #[arg(long = "egress-allow", env = "KONSUMER_EGRESS_ALLOW", value_name = "CIDR", value_delimiter = ',', value_parser = egress_allow)]
+    pub egress_allow: Vec<ipnet::IpNet>,
+    /// Send every event through this HTTP(S) proxy, which must then filter
+    /// addresses itself (no environment proxy is ever used otherwise).
+    #[arg(long, env = "KONSUMER_EGRESS_PROXY", value_name = "URL")]
+    pub egress_proxy: Option<String>,
+    /// (subscription, Consumer) pairs delivered at once.
+    #[arg(long, env = "KONSUMER_DELIVERY_CONCURRENCY", default_value_t = 32, value_parser = positive_count)]
+    pub delivery_concurrency: usize,
+}
+
+fn egress_allow(s: &str) -> Result<ipnet::IpNet, String> {
+    crate::scaling_events::egress::parse_allow(s)
 }
 
 /// A per-minute rate of at least 1.
@@ -273,10 +294,14 @@ impl ServeArgs {
         };
         let webhook_addr = self.webhook_addr.unwrap_or(SocketAddr::from((host, 8443)));
         let admin_addr = self.admin_addr.unwrap_or(SocketAddr::from((host, 8080)));
-        let lease_namespace = own_namespace(
-            self.lease_namespace,
-            std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE).ok(),
-        );
+        // Guest mode has permissions in its namespace only: the Lease is there.
+        let lease_namespace = match (self.guest, &guest_namespace) {
+            (true, Some(ns)) => ns.clone(),
+            _ => own_namespace(
+                self.lease_namespace,
+                std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE).ok(),
+            ),
+        };
         Ok(ServeConfig {
             mode,
             webhook_addr,
@@ -296,6 +321,7 @@ impl ServeArgs {
                 gomemlimit_ratio: self.gomemlimit_ratio,
                 max_budget: self.max_request_timeout,
                 max_concurrent: self.max_concurrent_requests,
+                konsumer_namespace: lease_namespace.clone(),
                 ..AdmissionConfig::default()
             },
             drain_delay,
@@ -308,13 +334,20 @@ impl ServeArgs {
                 manage_deployments: self.manage_deployments,
                 max_rollouts_per_minute: self.max_rollouts_per_minute,
             }),
+            delivery: (!self.no_delivery).then(|| DeliveryConfig {
+                egress: EgressConfig {
+                    policy: EgressPolicy {
+                        allow: self.egress_allow.clone(),
+                    },
+                    proxy: self.egress_proxy.clone(),
+                },
+                concurrency: self.delivery_concurrency,
+                konsumer_namespace: lease_namespace.clone(),
+                ..DeliveryConfig::default()
+            }),
             lease: LeaseConfig {
                 name: self.lease_name,
-                // Guest mode has permissions in its namespace only: the Lease is there.
-                namespace: match (self.guest, &guest_namespace) {
-                    (true, Some(ns)) => ns.clone(),
-                    _ => lease_namespace,
-                },
+                namespace: lease_namespace,
                 identity: self.pod_name.unwrap_or_else(default_identity),
                 duration: self.lease_duration,
                 grace: (self.lease_duration / 3).max(Duration::from_secs(1)),
@@ -354,8 +387,27 @@ fn default_identity() -> String {
     )
 }
 
-fn crd() -> anyhow::Result<()> {
-    print!("{}", crate::api::crd::consumer_crd_yaml()?);
+#[derive(Debug, Args)]
+pub struct CrdArgs {
+    /// Print only this CRD (as committed under manifests/crd/).
+    #[arg(long, env = "KONSUMER_CRD_ONLY", value_enum)]
+    pub only: Option<CrdKind>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CrdKind {
+    Consumers,
+    Scalingsubscriptions,
+}
+
+fn crd(args: CrdArgs) -> anyhow::Result<()> {
+    use crate::api::crd;
+    let yaml = match args.only {
+        None => crd::all_crds_yaml()?,
+        Some(CrdKind::Consumers) => crd::consumer_crd_yaml()?,
+        Some(CrdKind::Scalingsubscriptions) => crd::subscription_crd_yaml()?,
+    };
+    print!("{yaml}");
     Ok(())
 }
 
@@ -370,7 +422,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             Ok(config) => crate::server::run(config).await,
             Err(e) => Err(e),
         },
-        Command::Crd => crd(),
+        Command::Crd(args) => crd(args),
         Command::Certs(args) => certs::run(args),
         Command::Plan(args) => plan::run(args).await.context("plan"),
         Command::Validate(args) => return validate::run(args),

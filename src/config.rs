@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::admission::AdmissionConfig;
+use crate::delivery::DeliveryConfig;
 use crate::reconciler::ReconcilerConfig;
 use crate::reconciler::leader::LeaseConfig;
 use crate::server::tls::CertFiles;
@@ -81,6 +82,8 @@ pub struct ServeConfig {
     /// Guest mode: Consumers are the annotated ConfigMaps of the one namespace
     /// of `Mode::Kube` (no CRD, namespaced permissions only).
     pub guest: bool,
+    /// Delivery of scaling events to ScalingSubscriptions; `None`: none.
+    pub delivery: Option<DeliveryConfig>,
 }
 
 impl ServeConfig {
@@ -106,6 +109,7 @@ impl ServeConfig {
                 grace: Duration::from_secs(5),
             },
             guest: false,
+            delivery: None,
         }
     }
 }

@@ -104,6 +104,9 @@ pub struct Reconciler {
     attempts: Mutex<HashMap<String, Timestamp>>,
     /// Parsed `lastSyncState` per Consumer, with the sync time it belongs to.
     parsed: Mutex<HashMap<String, ParsedMetrics>>,
+    /// Notified after a status write that journaled scaling events (the
+    /// delivery worker waits on it).
+    pub journal_written: Arc<tokio::sync::Notify>,
 }
 
 type ParsedMetrics = (Option<Timestamp>, Arc<BTreeMap<u32, PartitionState>>);
@@ -213,6 +216,7 @@ impl Reconciler {
             known: Mutex::new(HashSet::new()),
             attempts: Mutex::new(HashMap::new()),
             parsed: Mutex::new(HashMap::new()),
+            journal_written: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -496,6 +500,13 @@ impl Reconciler {
                 now,
             );
         }
+        // The decision's events go into the same status write as the decision.
+        let journaled = crate::scaling_events::journal::record(
+            consumer.status.as_ref(),
+            &mut next,
+            &out.transitions,
+            now,
+        );
         if let Some(next) = &next {
             let ns = consumer.metadata.namespace.as_deref().unwrap_or("default");
             let name = consumer.metadata.name.as_deref().unwrap_or_default();
@@ -512,6 +523,17 @@ impl Reconciler {
             && let Some(sink) = &self.sink
         {
             sink.notify(consumer, &n).await;
+        }
+        if !journaled.is_empty() {
+            for t in &journaled {
+                self.metrics
+                    .events_journaled
+                    .get_or_create(&crate::telemetry::metrics::TypeLabel {
+                        event_type: t.label().to_string(),
+                    })
+                    .inc();
+            }
+            self.journal_written.notify_one();
         }
         for t in &out.transitions {
             self.report(consumer, t).await;

@@ -18,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admission::{self, Admission};
 use crate::config::{Mode, ServeConfig, TlsSource};
+use crate::delivery::kube::KubeSubscriptions;
+use crate::delivery::local::LocalSubscriptions;
+use crate::delivery::{Deliveries, SubscriptionSource};
 use crate::reconciler::deployments::{DeploymentApi, KubeDeployments, LocalDeployments};
 use crate::reconciler::events::{KubeEvents, Regarding};
 use crate::reconciler::leader::Leadership;
@@ -77,11 +80,10 @@ impl Backend {
     }
 }
 
-/// What the reconciler is wired to: workloads, Events, leadership, Deployments.
+/// What the reconciler is wired to: workloads, Events, Deployments.
 type Parts = (
     Arc<dyn WorkloadSource>,
     Option<Arc<dyn TransitionSink>>,
-    Leadership,
     Arc<dyn DeploymentApi>,
 );
 
@@ -99,11 +101,15 @@ pub struct Running {
     grace: std::time::Duration,
     tasks: JoinSet<()>,
     leadership: Option<Leadership>,
-    /// Cancelled when a stop begins: the reconciler stops before the lease is given
-    /// up, so giving it up is not mistaken for losing it.
-    stop_reconciling: CancellationToken,
+    /// Cancelled when a stop begins: the reconciler and the delivery worker stop
+    /// before the lease is given up, so giving it up is not taken for losing it.
+    stop_leading: CancellationToken,
     /// Whether this replica reconciles now (the reconciler's lease).
     pub is_leader: Option<tokio::sync::watch::Receiver<bool>>,
+    /// The delivery worker and the subscription functions of the HTTP API.
+    pub deliveries: Option<Deliveries>,
+    /// Where Consumer statuses go.
+    pub store: Arc<dyn Store>,
 }
 
 impl Running {
@@ -112,7 +118,7 @@ impl Running {
     /// the listeners close, in-flight requests finish, background tasks end.
     pub async fn stop(mut self) {
         self.health.begin_stop();
-        self.stop_reconciling.cancel();
+        self.stop_leading.cancel();
         let leadership = self.leadership.take();
         let grace = self.grace;
         let release = async {
@@ -287,98 +293,140 @@ pub async fn start(
         TowerToHyperService::new(admin::router(health.clone(), metrics.clone())),
         shutdown.clone(),
     ));
-    let stop_reconciling = shutdown.child_token();
-    let leadership = match &config.reconciler {
-        None => None,
-        Some(rc) => {
-            let prom = PromClient::new(rc.query_timeout, metrics.clone())?;
-            let (workloads, sink, leadership, deployments): Parts = match &backend {
-                Backend::Local(store) => (
-                    Arc::new(LocalWorkloads {
-                        dir: store.dir().to_path_buf(),
+    // One lease for everything only the leader does: reconciling, managing
+    // Deployments and delivering scaling events. A stop ends them before the lease
+    // is given up, so that giving it up is not taken for losing it.
+    let stop_leading = shutdown.child_token();
+    let leadership =
+        (config.reconciler.is_some() || config.delivery.is_some()).then(|| match &backend {
+            Backend::Local(_) => Leadership::always(),
+            Backend::Kube { lease_client, .. } | Backend::Guest { lease_client, .. } => {
+                Leadership::lease(lease_client.clone(), config.lease.clone())
+            }
+        });
+    let journal_written = Arc::new(tokio::sync::Notify::new());
+    if let (Some(rc), Some(leadership)) = (&config.reconciler, &leadership) {
+        let prom = PromClient::new(rc.query_timeout, metrics.clone())?;
+        let (workloads, sink, deployments): Parts = match &backend {
+            Backend::Local(store) => (
+                Arc::new(LocalWorkloads {
+                    dir: store.dir().to_path_buf(),
+                }),
+                None,
+                Arc::new(LocalDeployments {
+                    root: store.dir().join(STATE_DIR).join("deployments"),
+                }),
+            ),
+            Backend::Kube { store, .. } => {
+                let namespace = match &config.mode {
+                    Mode::Kube { namespace } => namespace.clone(),
+                    Mode::Local { .. } => None,
+                };
+                (
+                    Arc::new(KubeWorkloads {
+                        client: store.client().clone(),
+                        namespace: namespace.clone(),
                     }),
-                    None,
-                    Leadership::always(),
-                    Arc::new(LocalDeployments {
-                        root: store.dir().join(STATE_DIR).join("deployments"),
+                    Some(Arc::new(KubeEvents::new(
+                        store.client().clone(),
+                        Some(config.lease.identity.clone()),
+                    ))),
+                    Arc::new(KubeDeployments {
+                        client: store.client().clone(),
+                        namespace,
+                        owners: Regarding::Consumer,
                     }),
-                ),
-                Backend::Kube {
-                    store,
-                    lease_client,
-                } => {
+                )
+            }
+            Backend::Guest { store, .. } => {
+                let namespace = Some(store.namespace().to_string());
+                let events: Arc<dyn TransitionSink> = Arc::new(KubeEvents::regarding(
+                    store.client().clone(),
+                    Some(config.lease.identity.clone()),
+                    Regarding::ConfigMap,
+                ));
+                let reporter = store.spawn_reporter(
+                    leadership.is_leader.clone(),
+                    Some(events.clone()),
+                    rc.interval,
+                    shutdown.clone(),
+                );
+                tasks.spawn(async move {
+                    let _ = reporter.await;
+                });
+                (
+                    Arc::new(KubeWorkloads {
+                        client: store.client().clone(),
+                        namespace: namespace.clone(),
+                    }),
+                    Some(events),
+                    Arc::new(KubeDeployments {
+                        client: store.client().clone(),
+                        namespace,
+                        owners: Regarding::ConfigMap,
+                    }),
+                )
+            }
+        };
+        let mut reconciler = Reconciler::new(
+            index.clone(),
+            backend.store(),
+            workloads,
+            prom,
+            sink,
+            metrics.clone(),
+            rc.clone(),
+            Arc::new(jiff::Timestamp::now),
+        )
+        .with_deployments(deployments);
+        reconciler.journal_written = journal_written.clone();
+        let reconciler = Arc::new(reconciler);
+        tasks.spawn(reconciler.run(leadership.is_leader.clone(), stop_leading.clone()));
+    }
+    let deliveries = match (&config.delivery, &leadership) {
+        (Some(dc), Some(leadership)) => {
+            let source: Option<Arc<dyn SubscriptionSource>> = match &backend {
+                Backend::Local(store) => Some(Arc::new(LocalSubscriptions::new(store.clone()))),
+                Backend::Kube { store, .. } => {
                     let namespace = match &config.mode {
                         Mode::Kube { namespace } => namespace.clone(),
                         Mode::Local { .. } => None,
                     };
-                    (
-                        Arc::new(KubeWorkloads {
-                            client: store.client().clone(),
-                            namespace: namespace.clone(),
-                        }),
-                        Some(Arc::new(KubeEvents::new(
-                            store.client().clone(),
-                            Some(config.lease.identity.clone()),
-                        ))),
-                        Leadership::lease(lease_client.clone(), config.lease.clone()),
-                        Arc::new(KubeDeployments {
-                            client: store.client().clone(),
-                            namespace,
-                            owners: Regarding::Consumer,
-                        }),
-                    )
-                }
-                Backend::Guest {
-                    store,
-                    lease_client,
-                } => {
-                    let namespace = Some(store.namespace().to_string());
-                    let events: Arc<dyn TransitionSink> = Arc::new(KubeEvents::regarding(
+                    let subs = KubeSubscriptions::new(
                         store.client().clone(),
+                        namespace,
                         Some(config.lease.identity.clone()),
-                        Regarding::ConfigMap,
-                    ));
-                    let leadership = Leadership::lease(lease_client.clone(), config.lease.clone());
-                    let reporter = store.spawn_reporter(
-                        leadership.is_leader.clone(),
-                        Some(events.clone()),
-                        rc.interval,
-                        shutdown.clone(),
                     );
+                    let watch = subs.spawn_watch(shutdown.clone());
                     tasks.spawn(async move {
-                        let _ = reporter.await;
+                        let _ = watch.await;
                     });
-                    (
-                        Arc::new(KubeWorkloads {
-                            client: store.client().clone(),
-                            namespace: namespace.clone(),
-                        }),
-                        Some(events),
-                        leadership,
-                        Arc::new(KubeDeployments {
-                            client: store.client().clone(),
-                            namespace,
-                            owners: Regarding::ConfigMap,
-                        }),
-                    )
+                    Some(subs)
                 }
+                // Guest mode installs no CRD: there are no ScalingSubscriptions.
+                Backend::Guest { .. } => None,
             };
-            let reconciler = Arc::new(
-                Reconciler::new(
-                    index.clone(),
-                    backend.store(),
-                    workloads,
-                    prom,
-                    sink,
-                    metrics.clone(),
-                    rc.clone(),
-                    Arc::new(jiff::Timestamp::now),
-                )
-                .with_deployments(deployments),
-            );
-            tasks.spawn(reconciler.run(leadership.is_leader.clone(), stop_reconciling.clone()));
-            Some(leadership)
+            match source {
+                Some(source) => {
+                    let deliveries = Deliveries::new(
+                        index.clone(),
+                        source,
+                        dc.clone(),
+                        metrics.clone(),
+                        Arc::new(jiff::Timestamp::now),
+                        journal_written.clone(),
+                    )?;
+                    tasks.spawn(
+                        deliveries
+                            .clone()
+                            .run(leadership.is_leader.clone(), stop_leading.clone()),
+                    );
+                    Some(deliveries)
+                }
+                None => None,
+            }
         }
+        _ => None,
     };
     tracing::info!(%webhook_addr, %admin_addr, store = backend.store().kind(), "konsumer serving");
     Ok(Running {
@@ -394,7 +442,9 @@ pub async fn start(
         tasks,
         is_leader: leadership.as_ref().map(|l| l.is_leader.clone()),
         leadership,
-        stop_reconciling,
+        stop_leading,
+        deliveries,
+        store: backend.store(),
     })
 }
 

@@ -6,6 +6,7 @@ pub mod defaults;
 pub mod field;
 pub mod rules;
 pub mod structural;
+pub mod subscription;
 
 use serde_json::Value;
 

@@ -24,3 +24,22 @@ pub fn consumer_crd() -> CustomResourceDefinition {
 pub fn consumer_crd_yaml() -> Result<String, serde_saphyr::ser_error::Error> {
     serde_saphyr::to_string(&consumer_crd())
 }
+
+/// The ScalingSubscription CRD (`konsumer.dev/v1alpha1`).
+pub fn subscription_crd() -> CustomResourceDefinition {
+    super::ScalingSubscription::crd()
+}
+
+/// The ScalingSubscription CRD as YAML, as committed under `manifests/`.
+pub fn subscription_crd_yaml() -> Result<String, serde_saphyr::ser_error::Error> {
+    serde_saphyr::to_string(&subscription_crd())
+}
+
+/// Every CRD konsumer serves, as one multi-document YAML (`konsumer crd`).
+pub fn all_crds_yaml() -> Result<String, serde_saphyr::ser_error::Error> {
+    Ok(format!(
+        "{}---\n{}",
+        consumer_crd_yaml()?,
+        subscription_crd_yaml()?
+    ))
+}

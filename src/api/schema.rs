@@ -30,3 +30,12 @@ pub(crate) fn resource_list(_: &mut SchemaGenerator) -> Schema {
         "additionalProperties": { "x-kubernetes-int-or-string": true }
     })
 }
+
+/// A journal entry's event data: kept as written (its shape is the CloudEvents
+/// contract documented in the README, not a stored API).
+pub(crate) fn opaque_data(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}

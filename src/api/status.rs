@@ -56,6 +56,78 @@ pub struct ConsumerStatus {
     pub instances: Option<Vec<InstanceStatus>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<Vec<Condition>>,
+    /// The recent scaling events, oldest first, each with its sequence number:
+    /// recorded in the same write as the decision that caused it, delivered to
+    /// ScalingSubscriptions from here (bounded, see `scaling_events::journal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<Vec<JournalEntry>>,
+}
+
+/// One scaling event of a Consumer, as delivered (its CloudEvent is built from it).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JournalEntry {
+    /// Per-Consumer, increasing by one per event.
+    pub sequence: i64,
+    /// The CloudEvents type (`dev.konsumer.instance.scaled.v1`, ...).
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// When the decision was made.
+    pub time: Time,
+    /// The instance, for instance events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<i32>,
+    /// The event's `data`, less what the Consumer's metadata says (namespace,
+    /// name, uid) and the sequence.
+    #[serde(default)]
+    #[schemars(schema_with = "super::schema::opaque_data")]
+    pub data: EventData,
+}
+
+/// A journal entry's data, kept as compact JSON text: a full journal of 64
+/// entries per Consumer, for 1,000 Consumers, costs its serialized size in memory
+/// rather than ~10× that as a tree of maps. Parsed when an event is sent.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EventData(Box<str>);
+
+impl EventData {
+    pub fn new(value: &serde_json::Value) -> Self {
+        EventData(value.to_string().into_boxed_str())
+    }
+
+    /// The data as a JSON value (an empty object if the text is not JSON).
+    pub fn value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.0).unwrap_or_else(|_| serde_json::json!({}))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for EventData {
+    fn default() -> Self {
+        EventData("{}".into())
+    }
+}
+
+impl std::fmt::Debug for EventData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for EventData {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.value().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for EventData {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        Ok(EventData::new(&value))
+    }
 }
 
 /// Konsumerator's `InstanceState` (it is per partition despite its name).

@@ -16,6 +16,12 @@ use super::{CachedConsumer, ConsumerIndex, Store, StoreError};
 use crate::api::{Consumer, ConsumerStatus, GROUP};
 
 const STATUS: TableDefinition<&str, &[u8]> = TableDefinition::new("consumer_status");
+/// ScalingSubscription statuses (cursors, conditions), keyed `namespace/name`.
+/// A table of konsumer's embedded store: key `namespace/name`, value JSON.
+type Table = TableDefinition<'static, &'static str, &'static [u8]>;
+
+const SUBSCRIPTION_STATUS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("subscription_status");
 
 /// konsumer's own files inside the local directory.
 pub const STATE_DIR: &str = ".konsumer";
@@ -213,7 +219,7 @@ pub fn scan_dir(
 /// A name konsumer reads: `*.yaml`, `*.yml`, `*.json`, not hidden, not a
 /// directory. Whether it is a regular file is checked before it is read (and
 /// reported when not: a FIFO would block the read, a device never end it).
-fn is_manifest(path: &Path) -> bool {
+pub(crate) fn is_manifest(path: &Path) -> bool {
     let hidden = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -473,11 +479,25 @@ impl LocalStore {
     }
 
     async fn load_statuses(&self) -> Result<Vec<(String, ConsumerStatus)>, StoreError> {
+        let mut out = Vec::new();
+        for (key, bytes) in self.rows(STATUS).await? {
+            match serde_json::from_slice::<ConsumerStatus>(&bytes) {
+                Ok(s) => out.push((key, s)),
+                Err(e) => {
+                    tracing::warn!(consumer = %key, error = %e, "ignoring unreadable stored status")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every (key, value) of `table`; none when it does not exist yet.
+    async fn rows(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let db = self.db.clone();
-        let rows = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             db.run(|db| -> Result<Vec<(String, Vec<u8>)>, DbFailure> {
                 let txn = db.begin_read()?;
-                let table = match txn.open_table(STATUS) {
+                let table = match txn.open_table(table) {
                     Ok(t) => t,
                     Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
                     Err(e) => return Err(e.into()),
@@ -492,17 +512,27 @@ impl LocalStore {
         })
         .await
         .map_err(|e| self.db_error(e))?
-        .map_err(|e| self.db_error(e))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (key, bytes) in rows {
-            match serde_json::from_slice::<ConsumerStatus>(&bytes) {
-                Ok(s) => out.push((key, s)),
-                Err(e) => {
-                    tracing::warn!(consumer = %key, error = %e, "ignoring unreadable stored status")
+        .map_err(|e| self.db_error(e))
+    }
+
+    /// Writes one row of `table` in its own transaction (an I/O failure closes the
+    /// database for reopening).
+    async fn put(&self, table: Table, key: String, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            db.run(|db| -> Result<(), DbFailure> {
+                let txn = db.begin_write()?;
+                {
+                    let mut table = txn.open_table(table)?;
+                    table.insert(key.as_str(), bytes.as_slice())?;
                 }
-            }
-        }
-        Ok(out)
+                txn.commit()?;
+                Ok(())
+            })
+        })
+        .await
+        .map_err(|e| self.db_error(e))?
+        .map_err(|e| self.db_error(e))
     }
 
     /// Rescans whenever the directory changes (debounced), and every 30 s as a
@@ -554,6 +584,35 @@ impl LocalStore {
     }
 }
 
+/// ScalingSubscription statuses (the delivery worker's cursors and conditions).
+impl LocalStore {
+    pub async fn subscription_statuses(
+        &self,
+    ) -> Result<HashMap<String, crate::api::SubscriptionStatus>, StoreError> {
+        let mut out = HashMap::new();
+        for (key, bytes) in self.rows(SUBSCRIPTION_STATUS).await? {
+            match serde_json::from_slice(&bytes) {
+                Ok(s) => {
+                    out.insert(key, s);
+                }
+                Err(e) => {
+                    tracing::warn!(subscription = %key, error = %e, "ignoring unreadable stored subscription status")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn write_subscription_status(
+        &self,
+        key: &str,
+        status: &crate::api::SubscriptionStatus,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(status)?;
+        self.put(SUBSCRIPTION_STATUS, key.to_string(), bytes).await
+    }
+}
+
 #[async_trait]
 impl Store for LocalStore {
     async fn get(
@@ -593,21 +652,7 @@ impl Store for LocalStore {
             return Err(StoreError::NotFound(key));
         }
         let bytes = serde_json::to_vec(status)?;
-        let db = self.db.clone();
-        let db_key = key.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            db.run(|db| -> Result<(), DbFailure> {
-                let txn = db.begin_write()?;
-                {
-                    let mut table = txn.open_table(STATUS)?;
-                    table.insert(db_key.as_str(), bytes.as_slice())?;
-                }
-                txn.commit()?;
-                Ok(())
-            })
-        })
-        .await
-        .map_err(|e| self.db_error(e))?;
+        let written = self.put(STATUS, key, bytes).await;
         {
             let mut problem = self.write_problem.lock().unwrap_or_else(|e| e.into_inner());
             match &written {
@@ -616,15 +661,15 @@ impl Store for LocalStore {
                         tracing::info!(path = %self.db_path.display(), "Consumer status can be written again");
                     }
                 }
-                Err(message) => {
+                Err(e) => {
                     if problem.is_none() {
-                        tracing::warn!(path = %self.db_path.display(), error = %message, "cannot write Consumer status; recommendations are frozen and /readyz fails until a write succeeds (retried every pass)");
+                        tracing::warn!(error = %e, "cannot write Consumer status; recommendations are frozen and /readyz fails until a write succeeds (retried every pass)");
                     }
-                    *problem = Some(message.clone());
+                    *problem = Some(e.to_string());
                 }
             }
         }
-        written.map_err(|e| self.db_error(e))?;
+        written?;
         self.index.set_status(namespace, name, status.clone());
         Ok(())
     }

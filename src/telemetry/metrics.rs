@@ -15,6 +15,7 @@ pub enum Webhook {
     mutate_workloads,
     mutate_consumers,
     validate_consumers,
+    validate_scalingsubscriptions,
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -22,6 +23,7 @@ pub enum Kind {
     Pod,
     Deployment,
     Consumer,
+    ScalingSubscription,
     Other,
 }
 
@@ -107,6 +109,25 @@ pub struct WriteLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    /// Short event type: `scaled`, `scale_pending`, ...
+    pub event_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `delivered`, `http_error`, `redirect`, `gone`, `timeout`,
+    /// `transport_error`, `egress_denied`, `client_error`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubscriptionLabel {
+    /// `namespace/name` of the ScalingSubscription.
+    pub subscription: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub admission_requests: Family<AdmissionLabels, Counter>,
@@ -120,6 +141,13 @@ pub struct Metrics {
     pub instances: Family<InstanceStateLabels, Gauge>,
     pub transitions: Family<EventLabel, Counter>,
     pub leader: Gauge,
+    pub events_journaled: Family<TypeLabel, Counter>,
+    pub event_deliveries: Family<OutcomeLabel, Counter>,
+    pub event_delivery_latency: Histogram,
+    pub events_pending: Family<SubscriptionLabel, Gauge>,
+    pub subscription_failing: Family<SubscriptionLabel, Gauge>,
+    pub event_resyncs: Counter,
+    pub egress_refusals: Counter,
     pub deployment_writes: Family<WriteLabels, Counter>,
     pub rollouts_deferred: Counter,
     pub tls_cert_expiry: Gauge,
@@ -252,8 +280,58 @@ impl Default for Metrics {
             "Rollouts that waited for a free slot of --max-rollouts-per-minute",
             rollouts_deferred.clone(),
         );
+        let events_journaled = Family::<TypeLabel, Counter>::default();
+        registry.register(
+            "scaling_events_journaled",
+            "Scaling events recorded in Consumer journals, by type",
+            events_journaled.clone(),
+        );
+        let event_deliveries = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "event_delivery_attempts",
+            "Attempts to deliver a scaling event to a subscriber, by outcome",
+            event_deliveries.clone(),
+        );
+        // 5 ms .. ~10 min: a receiver that was down shows as a long latency.
+        let event_delivery_latency = Histogram::new(exponential_buckets(0.005, 2.0, 18));
+        registry.register(
+            "event_delivery_latency_seconds",
+            "Time from the scaling decision to the subscriber's 2xx",
+            event_delivery_latency.clone(),
+        );
+        let events_pending = Family::<SubscriptionLabel, Gauge>::default();
+        registry.register(
+            "events_pending",
+            "Scaling events not yet acknowledged, per ScalingSubscription (a resync counts as one)",
+            events_pending.clone(),
+        );
+        let subscription_failing = Family::<SubscriptionLabel, Gauge>::default();
+        registry.register(
+            "subscription_failing",
+            "1 while a ScalingSubscription's Failing condition is True",
+            subscription_failing.clone(),
+        );
+        let event_resyncs = Counter::default();
+        registry.register(
+            "event_resyncs",
+            "Resync snapshots delivered (a cursor was not in the journal)",
+            event_resyncs.clone(),
+        );
+        let egress_refusals = Counter::default();
+        registry.register(
+            "egress_refusals",
+            "Connections to subscriber addresses the egress guard refused",
+            egress_refusals.clone(),
+        );
         Metrics {
             registry: root,
+            events_journaled,
+            event_deliveries,
+            event_delivery_latency,
+            events_pending,
+            subscription_failing,
+            event_resyncs,
+            egress_refusals,
             admission_requests,
             admission_duration,
             consumers,

@@ -13,7 +13,7 @@ fn committed_crd_matches_the_generated_one() {
     let generated = konsumer::api::crd::consumer_crd_yaml().unwrap();
     assert!(
         committed == generated,
-        "{COMMITTED} drifted from the Rust types; regenerate it with:\n  cargo run -- crd > {COMMITTED}"
+        "{COMMITTED} drifted from the Rust types; regenerate it with:\n  cargo run -- crd --only consumers > {COMMITTED}"
     );
 }
 
@@ -149,4 +149,84 @@ fn crd_serves_v1_and_deprecated_v1alpha1_with_one_structural_schema() {
         prom["properties"]["ramPerCore"]["x-kubernetes-int-or-string"],
         true
     );
+}
+
+const COMMITTED_SUBSCRIPTIONS: &str = "manifests/crd/konsumer.dev_scalingsubscriptions.yaml";
+
+#[test]
+fn committed_subscription_crd_matches_the_generated_one() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(COMMITTED_SUBSCRIPTIONS);
+    let committed = std::fs::read_to_string(&path).unwrap();
+    let generated = konsumer::api::crd::subscription_crd_yaml().unwrap();
+    assert!(
+        committed == generated,
+        "{COMMITTED_SUBSCRIPTIONS} drifted from the Rust types; regenerate it with:\n  cargo run -- crd --only scalingsubscriptions > {COMMITTED_SUBSCRIPTIONS}"
+    );
+}
+
+#[test]
+fn subscription_crd_is_structural_namespaced_and_declares_its_status() {
+    let crd = serde_json::to_value(konsumer::api::crd::subscription_crd()).unwrap();
+    assert_eq!(crd["spec"]["group"], "konsumer.dev");
+    assert_eq!(crd["spec"]["scope"], "Namespaced");
+    let v = &crd["spec"]["versions"][0];
+    assert_eq!(v["name"], "v1alpha1");
+    assert!(v["subresources"]["status"].is_object());
+    let schema = &v["schema"]["openAPIV3Schema"];
+    assert_structural(schema, "");
+    let status = &schema["properties"]["status"]["properties"];
+    // Every field konsumer applies must be declared: an undeclared one makes the
+    // apiserver refuse the whole server-side apply (500).
+    for field in [
+        "observedGeneration",
+        "conditions",
+        "cursors",
+        "lastAttempt",
+        "lastError",
+        "delivered",
+        "failed",
+    ] {
+        assert!(
+            status.get(field).is_some(),
+            "status.{field} is not declared"
+        );
+    }
+    assert_eq!(
+        status["cursors"]["additionalProperties"]["type"], "integer",
+        "cursors: namespace/name → sequence"
+    );
+    let columns: Vec<&str> = v["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "URL",
+            "Ready",
+            "Failing",
+            "Disabled",
+            "Reason",
+            "Delivered",
+            "Failed",
+            "Age"
+        ]
+    );
+}
+
+#[test]
+fn the_consumer_status_declares_the_event_journal() {
+    let journal = &crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+        ["properties"]["journal"];
+    assert_eq!(journal["type"], "array");
+    let entry = &journal["items"]["properties"];
+    for field in ["sequence", "type", "time", "instance", "data"] {
+        assert!(
+            entry.get(field).is_some(),
+            "journal[].{field} is not declared"
+        );
+    }
+    assert_eq!(entry["data"]["x-kubernetes-preserve-unknown-fields"], true);
 }

@@ -99,6 +99,21 @@ fn scrape() -> String {
             outcome: "ok".into(),
         })
         .inc();
+    m.events_journaled
+        .get_or_create(&TypeLabel {
+            event_type: "scaled".into(),
+        })
+        .inc();
+    m.event_deliveries
+        .get_or_create(&OutcomeLabel {
+            outcome: "delivered".into(),
+        })
+        .inc();
+    let subscription = SubscriptionLabel {
+        subscription: "streams/feed".into(),
+    };
+    m.events_pending.get_or_create(&subscription).set(1);
+    m.subscription_failing.get_or_create(&subscription).set(0);
     m.encode()
 }
 

@@ -113,6 +113,12 @@ impl Binary {
         None
     }
 
+    /// SIGKILL (no chance to clean up), then waits for the process to be gone.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// SIGTERM, then the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         self.signal("TERM");

@@ -9,7 +9,11 @@ use konsumer::api::{ConsumerStatus, ScalingState};
 use konsumer::reconciler::ReconcilerConfig;
 use serde_json::{Value, json};
 
+use konsumer::scaling_events::EventType;
+
+use crate::delivery_local::{SECRET, config as delivery_config, subscription_yaml};
 use crate::prometheus_harness::{Exporter, Prometheus};
+use crate::receiver::Receiver;
 use crate::support::*;
 
 fn consumer_yaml(prometheus: &str) -> String {
@@ -132,10 +136,13 @@ async fn prometheus_lag_scales_an_instance_up_and_new_pods_get_it() {
             "template: {spec: {containers: [{name: consumer}, {name: log-shipper}]}}",
             "selector: {matchLabels: {app: orders}}\n    template: {metadata: {labels: {app: orders}}, spec: {containers: [{name: consumer, image: c:1}, {name: log-shipper, image: l:1}]}}",
         );
+    // A subscriber of the scaling events, on loopback.
+    let rx = Receiver::start().await;
     let s = LocalServer::start_with(
         &[
             ("orders.yaml", &consumer_yaml(&prometheus.url)),
             ("managed.yaml", &managed),
+            ("feed.yaml", &subscription_yaml("feed", &rx.url(), "")),
         ],
         |config| {
             config.reconciler = Some(ReconcilerConfig {
@@ -145,6 +152,7 @@ async fn prometheus_lag_scales_an_instance_up_and_new_pods_get_it() {
                 gomemlimit_ratio: 0.8,
                 ..ReconcilerConfig::default()
             });
+            config.delivery = Some(delivery_config(true));
         },
     )
     .await;
@@ -249,6 +257,69 @@ async fn prometheus_lag_scales_an_instance_up_and_new_pods_get_it() {
         "3"
     );
 
+    // The subscriber got the decision and its outcome for instance 0, signed, in
+    // order, with the new resources.
+    let got = rx
+        .wait_for(
+            "scale_pending then scaled",
+            Duration::from_secs(15),
+            &[SECRET],
+            |e| {
+                e.iter().any(|x| {
+                    x.type_ == EventType::Scaled.as_str()
+                        && x.source.ends_with("/consumers/orders")
+                        && x.subject.as_deref() == Some("instances/0")
+                })
+            },
+        )
+        .await;
+    let instance0: Vec<_> = got
+        .iter()
+        .filter(|e| {
+            e.source.ends_with("/consumers/orders") && e.subject.as_deref() == Some("instances/0")
+        })
+        .collect();
+    let kinds: Vec<&str> = instance0.iter().map(|e| e.type_.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [EventType::ScalePending.as_str(), EventType::Scaled.as_str()],
+        "{got:#?}"
+    );
+    let (pending_event, scaled_event) = (instance0[0], instance0[1]);
+    assert!(pending_event.sequence() < scaled_event.sequence());
+    for e in [pending_event, scaled_event] {
+        assert_eq!(e.data["direction"], "up");
+        assert_eq!(e.data["partitions"], json!([0, 1, 2]));
+        let to = e.data["resources"]["to"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["containerName"] == "consumer")
+            .unwrap();
+        assert_eq!(to["requests"]["cpu"], "2300m", "{e:?}");
+        let from = e.data["resources"]["from"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["containerName"] == "consumer")
+            .unwrap();
+        assert_eq!(from["requests"]["cpu"], "100m");
+        assert_eq!(e.data["metrics"]["messagesBehind"], 45_000);
+        assert!((e.data["metrics"]["lagSeconds"].as_f64().unwrap() - 30.0).abs() < 1e-6);
+    }
+    assert_eq!(
+        pending_event.data["state"],
+        json!({"from": "RUNNING", "to": "PENDING_SCALE_UP"})
+    );
+    assert_eq!(scaled_event.data["state"]["to"], "RUNNING");
+    let journal = status(&s).journal.unwrap_or_default();
+    assert!(
+        journal
+            .iter()
+            .any(|j| j.sequence == scaled_event.sequence()),
+        "delivered from the journal written with the decision"
+    );
+
     // A Pod of instance 0 created now gets the recommendation and its hints.
     let (code, review) = s.post("/mutate/workloads", pod_review()).await;
     assert_eq!(code, 200);
@@ -304,6 +375,16 @@ async fn prometheus_lag_scales_an_instance_up_and_new_pods_get_it() {
     .await;
     let cond = condition(&down, "MetricsAvailable").unwrap();
     assert_eq!(cond.reason, "PrometheusUnavailable");
+    rx.wait_for(
+        "metrics_unavailable",
+        Duration::from_secs(10),
+        &[SECRET],
+        |e| {
+            e.iter()
+                .any(|x| x.type_ == EventType::MetricsUnavailable.as_str() && x.subject.is_none())
+        },
+    )
+    .await;
     assert!(
         cond.message
             .contains(&prometheus.url.replace("http://", "")),

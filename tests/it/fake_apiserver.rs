@@ -25,6 +25,8 @@ type Handle = tower_test::mock::Handle<Request<Body>, Response<MockBody>>;
 
 const CONSUMERS: &str = "/apis/konsumerator.lwolf.org/v1";
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/";
+const SUBSCRIPTIONS: &str = "/apis/konsumer.dev/v1alpha1";
+const SECRETS: &str = "/api/v1/namespaces/";
 
 /// One request as the fake saw it.
 #[derive(Clone, Debug)]
@@ -56,6 +58,11 @@ struct State {
     /// (namespace, name) -> ConfigMap (guest mode).
     configmaps: BTreeMap<(String, String), Value>,
     configmap_watchers: Vec<mpsc::UnboundedSender<Bytes>>,
+    /// (namespace, name) -> ScalingSubscription
+    subscriptions: BTreeMap<(String, String), Value>,
+    subscription_watchers: Vec<mpsc::UnboundedSender<Bytes>>,
+    /// (namespace, name) -> Secret
+    secrets: BTreeMap<(String, String), Value>,
 }
 
 /// Who konsumer is to the apiserver (its ServiceAccount in the manifests).
@@ -123,6 +130,76 @@ fn consumer_not_found(name: &str) -> Response<MockBody> {
 }
 
 impl FakeApiServer {
+    /// One more client of the same fake (another konsumer replica).
+    pub fn another_client(self: &Arc<Self>) -> kube::Client {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<MockBody>>();
+        tokio::spawn(serve(handle, Arc::downgrade(self)));
+        kube::Client::new(service, "default")
+    }
+
+    /// Stores a ScalingSubscription (as `kubectl apply` would), keeping its status.
+    pub fn apply_subscription(&self, mut sub: Value) {
+        let mut state = self.state.lock().unwrap();
+        state.resource_version += 1;
+        let rv = state.resource_version.to_string();
+        let ns = sub["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string();
+        let name = sub["metadata"]["name"].as_str().unwrap().to_string();
+        let existed = state
+            .subscriptions
+            .get(&(ns.clone(), name.clone()))
+            .cloned();
+        let generation = existed
+            .as_ref()
+            .and_then(|o| o["metadata"]["generation"].as_i64())
+            .map_or(1, |g| g + 1);
+        sub["metadata"]["resourceVersion"] = json!(rv);
+        sub["metadata"]["generation"] = json!(generation);
+        sub["metadata"]["uid"] = json!(format!("uid-sub-{name}"));
+        sub["metadata"]["creationTimestamp"] = json!("2026-11-30T04:34:43Z");
+        if let Some(status) = existed.as_ref().and_then(|old| old.get("status")) {
+            sub["status"] = status.clone();
+        }
+        let kind = if existed.is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        state.subscriptions.insert((ns, name), sub.clone());
+        let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": sub})));
+        state
+            .subscription_watchers
+            .retain(|w| w.send(line.clone()).is_ok());
+    }
+
+    pub fn subscription(&self, namespace: &str, name: &str) -> Option<Value> {
+        let state = self.state.lock().unwrap();
+        state
+            .subscriptions
+            .get(&(namespace.into(), name.into()))
+            .cloned()
+    }
+
+    /// Stores an Opaque Secret with one key (base64 in `data`, as the apiserver keeps it).
+    pub fn add_secret(&self, namespace: &str, name: &str, key: &str, value: &str) {
+        use base64::Engine;
+        let mut state = self.state.lock().unwrap();
+        state.resource_version += 1;
+        let secret = json!({
+            "kind": "Secret", "apiVersion": "v1",
+            "metadata": {"name": name, "namespace": namespace, "uid": format!("uid-secret-{name}"),
+                         "resourceVersion": state.resource_version.to_string(),
+                         "creationTimestamp": "2026-11-30T04:32:08Z"},
+            "data": {key: base64::engine::general_purpose::STANDARD.encode(value)},
+            "type": "Opaque"
+        });
+        state
+            .secrets
+            .insert((namespace.into(), name.into()), secret);
+    }
+
     /// A kube client talking to a new fake, and the fake.
     pub fn start() -> (kube::Client, Arc<FakeApiServer>) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<MockBody>>();
@@ -546,6 +623,37 @@ async fn answer(fake: &FakeApiServer, request: Request<Body>) -> Response<MockBo
             param("fieldManager"),
         );
     }
+    if let Some(rest) = path.strip_prefix(SECRETS)
+        && let [ns, "secrets", name] = rest.split('/').collect::<Vec<_>>().as_slice()
+        && parts.method == Method::GET
+    {
+        let found = fake
+            .state
+            .lock()
+            .unwrap()
+            .secrets
+            .get(&(ns.to_string(), name.to_string()))
+            .cloned();
+        return match found {
+            Some(secret) => json_response(StatusCode::OK, &secret),
+            None => json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                        "message": format!("secrets {name:?} not found"), "reason": "NotFound",
+                        "details": {"name": name, "kind": "secrets"}, "code": 404}),
+            ),
+        };
+    }
+    if let Some(rest) = path.strip_prefix(SUBSCRIPTIONS) {
+        return subscription_answer(
+            fake,
+            &parts.method,
+            rest,
+            &body,
+            param("watch"),
+            param("fieldManager"),
+        );
+    }
     if path.starts_with("/apis/events.k8s.io/v1/") && parts.method == Method::POST {
         let mut event: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
         event["metadata"]["resourceVersion"] = json!("1");
@@ -769,6 +877,23 @@ fn apply_status(
             ),
         );
     }
+    // The real apiserver refuses an apply whose status has a field the CRD does
+    // not declare (03-consumer-status-unknown-field.json).
+    let schema = serde_json::to_value(konsumer::api::crd::consumer_crd()).unwrap();
+    let status_schema =
+        &schema["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"];
+    if let Some(field) = undeclared(
+        status_schema,
+        applied.get("status").unwrap_or(&Value::Null),
+        ".status",
+    ) {
+        return json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": format!("failed to create typed patch object (/; konsumerator.lwolf.org/v1, Kind=Consumer): {field}: field not declared in schema"),
+                    "code": 500}),
+        );
+    }
     if let Some(refusal) = too_large(body.len(), fake, ns, name, &applied) {
         fake.state.lock().unwrap().too_large += 1;
         return refusal;
@@ -789,6 +914,160 @@ fn apply_status(
     let object = object.clone();
     broadcast(&mut state, "MODIFIED", &object);
     json_response(StatusCode::OK, &object)
+}
+
+/// The first field of `value` its structural `schema` does not declare.
+fn undeclared(schema: &Value, value: &Value, path: &str) -> Option<String> {
+    if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
+        return None;
+    }
+    match value {
+        Value::Object(fields) => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            let extra = schema.get("additionalProperties").filter(|a| a.is_object());
+            for (k, v) in fields {
+                let child = format!("{path}.{k}");
+                let sub = match (props.and_then(|p| p.get(k)), extra) {
+                    (Some(s), _) => s,
+                    (None, Some(s)) => s,
+                    (None, None) if props.is_none() && schema.get("type").is_none() => continue,
+                    (None, None) => return Some(child),
+                };
+                if let Some(f) = undeclared(sub, v, &child) {
+                    return Some(f);
+                }
+            }
+            None
+        }
+        Value::Array(items) => {
+            let sub = schema.get("items")?;
+            items.iter().find_map(|i| undeclared(sub, i, path))
+        }
+        _ => None,
+    }
+}
+
+/// ScalingSubscriptions: list and watch (all namespaces or one), and server-side
+/// apply of the status subresource (a no-op apply keeps the resourceVersion).
+fn subscription_answer(
+    fake: &FakeApiServer,
+    method: &Method,
+    rest: &str,
+    body: &[u8],
+    watch: Option<&str>,
+    field_manager: Option<&str>,
+) -> Response<MockBody> {
+    let segments: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+    match (method.clone(), segments.as_slice()) {
+        (Method::GET, ["scalingsubscriptions"])
+        | (Method::GET, ["namespaces", _, "scalingsubscriptions"]) => {
+            let namespace = match segments.as_slice() {
+                ["namespaces", ns, _] => Some(ns.to_string()),
+                _ => None,
+            };
+            if watch == Some("true") {
+                let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+                fake.state.lock().unwrap().subscription_watchers.push(tx);
+                let frames = futures::stream::unfold(rx, |mut rx| async move {
+                    rx.recv()
+                        .await
+                        .map(|b| (Ok::<_, Infallible>(http_body::Frame::data(b)), rx))
+                });
+                return Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "application/json")
+                    .body(StreamBody::new(frames).boxed())
+                    .unwrap();
+            }
+            let state = fake.state.lock().unwrap();
+            let items: Vec<Value> = state
+                .subscriptions
+                .iter()
+                .filter(|((ns, _), _)| namespace.as_deref().is_none_or(|n| n == ns))
+                .map(|(_, o)| o.clone())
+                .collect();
+            json_response(
+                StatusCode::OK,
+                &json!({
+                    "apiVersion": "konsumer.dev/v1alpha1", "kind": "ScalingSubscriptionList",
+                    "metadata": {"resourceVersion": state.resource_version.to_string(), "continue": ""},
+                    "items": items
+                }),
+            )
+        }
+        (Method::PATCH, ["namespaces", ns, "scalingsubscriptions", name, "status"]) => {
+            let applied: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+            if field_manager.is_none()
+                || applied.get("apiVersion").is_none()
+                || applied.get("kind").is_none()
+            {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &status_error(
+                        400,
+                        "BadRequest",
+                        "apiVersion, kind and fieldManager must be set".into(),
+                        name,
+                    ),
+                );
+            }
+            let schema = serde_json::to_value(konsumer::api::crd::subscription_crd()).unwrap();
+            let status_schema =
+                &schema["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"];
+            if let Some(field) = undeclared(
+                status_schema,
+                applied.get("status").unwrap_or(&Value::Null),
+                ".status",
+            ) {
+                return json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                            "message": format!("failed to create typed patch object (/; konsumer.dev/v1alpha1, Kind=ScalingSubscription): {field}: field not declared in schema"),
+                            "code": 500}),
+                );
+            }
+            let mut state = fake.state.lock().unwrap();
+            state.resource_version += 1;
+            let rv = state.resource_version.to_string();
+            let Some(object) = state
+                .subscriptions
+                .get_mut(&(ns.to_string(), name.to_string()))
+            else {
+                return json_response(
+                    StatusCode::NOT_FOUND,
+                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                            "message": format!("scalingsubscriptions.konsumer.dev {name:?} not found"),
+                            "reason": "NotFound",
+                            "details": {"name": name, "group": "konsumer.dev", "kind": "scalingsubscriptions"},
+                            "code": 404}),
+                );
+            };
+            let status = applied.get("status").cloned().unwrap_or(json!({}));
+            if object.get("status") == Some(&status) {
+                return json_response(StatusCode::OK, &object.clone());
+            }
+            object["status"] = status;
+            object["metadata"]["resourceVersion"] = json!(rv);
+            let object = object.clone();
+            let line = Bytes::from(format!(
+                "{}\n",
+                json!({"type": "MODIFIED", "object": object})
+            ));
+            state
+                .subscription_watchers
+                .retain(|w| w.send(line.clone()).is_ok());
+            json_response(StatusCode::OK, &object)
+        }
+        _ => json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &status_error(
+                405,
+                "MethodNotAllowed",
+                format!("{method} {rest} is not supported here"),
+                "",
+            ),
+        ),
+    }
 }
 
 fn merge_spec(lease: &mut Value, patch: &Value) {

@@ -31,8 +31,6 @@ pub enum Scope {
 pub enum Feature {
     /// In the code today.
     Built,
-    /// ScalingSubscriptions and their delivery (issue 8).
-    Subscriptions,
     /// The HTTP API's authentication and authorization (issue 9).
     Api,
 }
@@ -171,7 +169,7 @@ pub const TABLE: &[Grant] = &[
         "events",
         "create",
         Built,
-        "reconciler::events::KubeEvents (kube::runtime::events::Recorder)",
+        "reconciler::events::KubeEvents (kube::runtime::events::Recorder); delivery::kube (Warning Events on a failing ScalingSubscription)",
     ),
     g(
         Cluster,
@@ -187,18 +185,9 @@ pub const TABLE: &[Grant] = &[
         "konsumer",
         "konsumer.dev",
         "scalingsubscriptions",
-        "get",
-        Subscriptions,
-        "the delivery worker's reads",
-    ),
-    g(
-        Cluster,
-        "konsumer",
-        "konsumer.dev",
-        "scalingsubscriptions",
         "list",
-        Subscriptions,
-        "the delivery worker's watch (initial list)",
+        Built,
+        "delivery::kube::KubeSubscriptions::spawn_watch (watcher's initial list)",
     ),
     g(
         Cluster,
@@ -206,8 +195,8 @@ pub const TABLE: &[Grant] = &[
         "konsumer.dev",
         "scalingsubscriptions",
         "watch",
-        Subscriptions,
-        "the delivery worker's watch",
+        Built,
+        "delivery::kube::KubeSubscriptions::spawn_watch",
     ),
     g(
         Cluster,
@@ -215,8 +204,17 @@ pub const TABLE: &[Grant] = &[
         "konsumer.dev",
         "scalingsubscriptions/status",
         "patch",
-        Subscriptions,
-        "delivery cursors and conditions (server-side apply)",
+        Built,
+        "delivery::kube::KubeSubscriptions (cursors and conditions: server-side apply, field manager konsumer)",
+    ),
+    g(
+        Cluster,
+        "konsumer",
+        "",
+        "namespaces",
+        "get",
+        Built,
+        "delivery::kube::KubeSubscriptions (a namespace's labels, only for subscriptions in konsumer's own namespace that set namespaceSelector)",
     ),
     g(
         Cluster,
@@ -269,8 +267,8 @@ pub const TABLE: &[Grant] = &[
         "",
         "secrets",
         "get",
-        Subscriptions,
-        "the signing Secret a ScalingSubscription references, in its own namespace",
+        Built,
+        "delivery::kube::KubeSubscriptions (the signing Secret and private CA a ScalingSubscription names, read by name in its own namespace)",
     ),
 ];
 
@@ -897,7 +895,6 @@ pub fn markdown_table() -> String {
         };
         let feature = match g.feature {
             Built => "konsumer today",
-            Subscriptions => "ScalingSubscriptions (issue 8)",
             Api => "HTTP API (issue 9)",
         };
         let group = if g.group.is_empty() { "\"\"" } else { g.group };

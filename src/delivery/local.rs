@@ -1,0 +1,252 @@
+//! Local mode: ScalingSubscriptions, Secrets (with `data` or `stringData`) and
+//! Namespaces (for their labels) from the same YAML files as the Consumers, the
+//! subscriptions' status in the embedded store. konsumer's own namespace in local
+//! mode is `--lease-namespace` (`POD_NAMESPACE`, default `default`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use base64::Engine;
+use serde_json::Value;
+
+use super::{SecretValue, SourceError, SubscriptionSource};
+use crate::api::subscription::SUBSCRIPTION_GROUP;
+use crate::api::{ScalingSubscription, SubscriptionStatus};
+use crate::store::local::{LocalStore, is_manifest};
+
+type Stamp = Option<(SystemTime, u64)>;
+
+/// What one file holds of the kinds delivery reads.
+#[derive(Default, Clone)]
+struct FileDocs {
+    stamp: Stamp,
+    subscriptions: Vec<ScalingSubscription>,
+    /// (namespace, name) → key → value
+    secrets: Vec<((String, String), BTreeMap<String, String>)>,
+    namespaces: Vec<(String, BTreeMap<String, String>)>,
+}
+
+#[derive(Default)]
+struct Cache {
+    files: HashMap<PathBuf, FileDocs>,
+}
+
+pub struct LocalSubscriptions {
+    dir: PathBuf,
+    store: Arc<LocalStore>,
+    cache: Mutex<Cache>,
+    statuses: tokio::sync::Mutex<Option<HashMap<String, SubscriptionStatus>>>,
+}
+
+fn stamp(path: &Path) -> Stamp {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+fn kind_of(doc: &Value) -> (Option<&str>, Option<&str>) {
+    (
+        doc.get("apiVersion").and_then(Value::as_str),
+        doc.get("kind").and_then(Value::as_str),
+    )
+}
+
+fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
+    v.and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Reads the documents of one file; problems are logged (never their values).
+fn parse_file(path: &Path) -> FileDocs {
+    let mut docs = FileDocs {
+        stamp: stamp(path),
+        ..FileDocs::default()
+    };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return docs;
+    };
+    let Ok(values) = serde_saphyr::from_multiple::<Value>(&text) else {
+        return docs;
+    };
+    for (i, doc) in values.into_iter().enumerate() {
+        let ns = doc
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string();
+        let name = doc
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        match kind_of(&doc) {
+            (Some(api), Some("ScalingSubscription"))
+                if api.split_once('/').map(|(g, _)| g) == Some(SUBSCRIPTION_GROUP) =>
+            {
+                match serde_json::from_value::<ScalingSubscription>(doc) {
+                    Ok(mut s) => {
+                        s.metadata.namespace = Some(ns);
+                        s.status = None;
+                        docs.subscriptions.push(s);
+                    }
+                    Err(e) => tracing::warn!(
+                        file = %path.display(), document = i + 1, error = %e,
+                        "skipping a ScalingSubscription that cannot be read"
+                    ),
+                }
+            }
+            (Some("v1"), Some("Secret")) => {
+                let mut values: BTreeMap<String, String> = BTreeMap::new();
+                for (k, v) in string_map(doc.get("data")) {
+                    match base64::engine::general_purpose::STANDARD.decode(v.trim()) {
+                        Ok(bytes) => {
+                            values.insert(k, String::from_utf8_lossy(&bytes).into_owned());
+                        }
+                        Err(_) => tracing::warn!(
+                            file = %path.display(), secret = %name, key = %k,
+                            "Secret data value is not base64; skipped (stringData takes plain text)"
+                        ),
+                    }
+                }
+                // As the apiserver does: stringData wins over data.
+                values.extend(string_map(doc.get("stringData")));
+                docs.secrets.push(((ns, name), values));
+            }
+            (Some("v1"), Some("Namespace")) => {
+                docs.namespaces
+                    .push((name, string_map(doc.pointer("/metadata/labels"))));
+            }
+            _ => {}
+        }
+    }
+    docs
+}
+
+impl LocalSubscriptions {
+    pub fn new(store: Arc<LocalStore>) -> Self {
+        LocalSubscriptions {
+            dir: store.dir().to_path_buf(),
+            store,
+            cache: Mutex::new(Cache::default()),
+            statuses: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Re-reads the files that changed; returns every file's documents.
+    fn scan(&self) -> Vec<FileDocs> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| is_manifest(p))
+                    .collect()
+            })
+            .unwrap_or_default();
+        paths.sort();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.files.retain(|p, _| paths.contains(p));
+        let mut out = Vec::with_capacity(paths.len());
+        for path in paths {
+            let now = stamp(&path);
+            let fresh = cache
+                .files
+                .get(&path)
+                .is_some_and(|f| now.is_some() && f.stamp == now);
+            if !fresh {
+                cache.files.insert(path.clone(), parse_file(&path));
+            }
+            if let Some(f) = cache.files.get(&path) {
+                out.push(f.clone());
+            }
+        }
+        out
+    }
+
+    async fn statuses(&self) -> Result<HashMap<String, SubscriptionStatus>, SourceError> {
+        let mut guard = self.statuses.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.store.subscription_statuses().await?);
+        }
+        Ok(guard.clone().unwrap_or_default())
+    }
+}
+
+#[async_trait]
+impl SubscriptionSource for LocalSubscriptions {
+    async fn subscriptions(&self) -> Result<Vec<Arc<ScalingSubscription>>, SourceError> {
+        let files = self.scan();
+        let statuses = self.statuses().await?;
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for f in files {
+            for s in f.subscriptions {
+                let key = s.key();
+                if !seen.insert(key.clone()) {
+                    tracing::warn!(subscription = %key, "ScalingSubscription defined twice; the first one wins");
+                    continue;
+                }
+                let mut s = s;
+                s.status = statuses.get(&key).cloned();
+                out.push(Arc::new(s));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> Result<SecretValue, SourceError> {
+        let files = self.scan();
+        for f in files {
+            for ((ns, n), values) in f.secrets {
+                if ns == namespace && n == name {
+                    return Ok(match values.get(key) {
+                        Some(v) => SecretValue::Found(v.clone()),
+                        None => SecretValue::Missing(format!(
+                            "Secret {namespace}/{name} has no key {key:?} (in data or stringData)"
+                        )),
+                    });
+                }
+            }
+        }
+        Ok(SecretValue::Missing(format!(
+            "Secret {namespace}/{name} not found in {}",
+            self.dir.display()
+        )))
+    }
+
+    async fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
+        let files = self.scan();
+        let declared = files
+            .into_iter()
+            .flat_map(|f| f.namespaces)
+            .find(|(n, _)| n == namespace)
+            .map(|(_, l)| l);
+        // A namespace without a manifest exists all the same, with no labels.
+        Some(declared.unwrap_or_default())
+    }
+
+    async fn write_status(
+        &self,
+        sub: &ScalingSubscription,
+        status: &SubscriptionStatus,
+    ) -> Result<(), SourceError> {
+        let key = sub.key();
+        self.store.write_subscription_status(&key, status).await?;
+        let mut guard = self.statuses.lock().await;
+        guard
+            .get_or_insert_with(HashMap::new)
+            .insert(key, status.clone());
+        Ok(())
+    }
+}
