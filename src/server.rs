@@ -196,7 +196,7 @@ pub async fn start(
     tasks.spawn(listener::serve_tls(
         webhook,
         tls_config,
-        admission::router(admission),
+        admission::service(admission),
         shutdown.clone(),
         listener::Limits {
             grace: config.shutdown_grace,

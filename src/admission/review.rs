@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::inject::workload::Str;
 
+pub mod lazy;
+
 pub const API_VERSION_V1: &str = "admission.k8s.io/v1";
 const API_VERSION_V1BETA1: &str = "admission.k8s.io/v1beta1";
 

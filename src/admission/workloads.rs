@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 use tracing::Instrument;
 
 use super::review::{self, Answer, Cause, Details, Review, Status};
-use super::{Admission, Reply, parse, review_response};
+use super::{Admission, Reply, parse_workload, review_response};
 use crate::api::keys;
 use crate::inject::workload::Workload;
 use crate::inject::{self, Decision, Denial, template};
@@ -19,7 +18,7 @@ use crate::telemetry::metrics::{Kind, Operation, Outcome};
 
 /// Answers one workload AdmissionReview.
 pub async fn answer(state: &Admission, body: &[u8], budget: Duration) -> Reply {
-    let (api_version, request) = match parse::<Workload, IgnoredAny>(body) {
+    let (api_version, request) = match parse_workload(body) {
         Ok(parsed) => parsed,
         Err(reply) => return *reply,
     };

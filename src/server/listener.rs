@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
+use bytes::Bytes;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -27,15 +27,24 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
-/// Serves `app` over TLS on `listener` until `shutdown`, then waits up to
+/// Serves `service` over TLS on `listener` until `shutdown`, then waits up to
 /// `limits.grace` for open connections to finish.
-pub async fn serve_tls(
+pub async fn serve_tls<S, B>(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
-    app: Router,
+    service: S,
     shutdown: CancellationToken,
     limits: Limits,
-) {
+) where
+    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
@@ -61,7 +70,7 @@ pub async fn serve_tls(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
+        let service = service.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;

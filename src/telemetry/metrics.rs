@@ -1,6 +1,8 @@
 //! One Prometheus registry, metric names prefixed `konsumer_`, label values from
 //! closed enums (never a pod name or a uid).
 
+use std::sync::OnceLock;
+
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -33,7 +35,28 @@ pub enum Operation {
     Other,
 }
 
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Pod => "Pod",
+            Kind::Deployment => "Deployment",
+            Kind::Consumer => "Consumer",
+            Kind::Other => "Other",
+        }
+    }
+}
+
 impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::CREATE => "CREATE",
+            Operation::UPDATE => "UPDATE",
+            Operation::DELETE => "DELETE",
+            Operation::CONNECT => "CONNECT",
+            Operation::Other => "Other",
+        }
+    }
+
     pub fn parse(s: Option<&str>) -> Self {
         match s {
             Some("CREATE") => Operation::CREATE,
@@ -98,8 +121,23 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// The handles of one admission label set, resolved on its first request so
+/// that later ones take neither the family's lock nor a label lookup.
+type AdmissionSeries = (Counter, Histogram);
+
+const ADMISSION_SERIES: usize = 3 * 4 * 5 * 5;
+
+impl AdmissionLabels {
+    /// A dense index over every combination of the four closed enums.
+    fn slot(&self) -> usize {
+        ((self.webhook as usize * 4 + self.kind as usize) * 5 + self.operation as usize) * 5
+            + self.outcome as usize
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
+    admission_series: Box<[OnceLock<AdmissionSeries>]>,
     pub admission_requests: Family<AdmissionLabels, Counter>,
     pub admission_duration: Family<AdmissionLabels, Histogram>,
     pub consumers: Gauge,
@@ -189,6 +227,7 @@ impl Default for Metrics {
         );
         Metrics {
             registry,
+            admission_series: (0..ADMISSION_SERIES).map(|_| OnceLock::new()).collect(),
             admission_requests,
             admission_duration,
             consumers,
@@ -206,10 +245,14 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn observe_admission(&self, labels: AdmissionLabels, seconds: f64) {
-        self.admission_requests.get_or_create(&labels).inc();
-        self.admission_duration
-            .get_or_create(&labels)
-            .observe(seconds);
+        let (requests, duration) = self.admission_series[labels.slot()].get_or_init(|| {
+            (
+                self.admission_requests.get_or_create(&labels).clone(),
+                self.admission_duration.get_or_create(&labels).clone(),
+            )
+        });
+        requests.inc();
+        duration.observe(seconds);
     }
 
     pub fn observe_prometheus_query(&self, address: &str, failure: Option<&str>, seconds: f64) {

@@ -205,7 +205,7 @@ async fn a_cache_miss_is_bounded_by_the_apiserver_timeout() {
     let server = tokio::spawn(listener::serve_tls(
         listener,
         tls::server_config(cert).unwrap(),
-        admission::router(state),
+        admission::service(state),
         shutdown.clone(),
         listener::Limits {
             grace: Duration::from_secs(1),
