@@ -3,6 +3,8 @@
 //! HTTP 200, or a clear 4xx when there is not even a uid to answer to.
 
 pub mod consumers;
+#[cfg(test)]
+mod differential;
 pub mod review;
 pub mod workloads;
 
@@ -134,12 +136,11 @@ where
             return Box::pin(async move { router.oneshot(req.map(Body::new)).await });
         };
         let state = self.state.clone();
+        let budget = budget(req.uri().query(), state.config.max_budget);
         Box::pin(async move {
-            let query = req.uri().query().map(str::to_owned);
-            let answer =
-                AssertUnwindSafe(serve(&state, webhook, query.as_deref(), req.into_body()))
-                    .catch_unwind()
-                    .await;
+            let answer = AssertUnwindSafe(serve(&state, webhook, budget, req.into_body()))
+                .catch_unwind()
+                .await;
             // A bug must not drop the connection: the apiserver gets a Status it can show.
             Ok(answer.unwrap_or_else(panic_response))
         })
@@ -196,7 +197,8 @@ async fn handle(
     RawQuery(query): RawQuery,
     body: Body,
 ) -> Response {
-    serve(&state, webhook, query.as_deref(), body).await
+    let budget = budget(query.as_deref(), state.config.max_budget);
+    serve(&state, webhook, budget, body).await
 }
 
 /// What a webhook module returns: the HTTP answer and how to count it.
@@ -209,13 +211,12 @@ pub struct Reply {
 
 /// Every webhook: read the body within the request's budget, take a decision slot,
 /// decide, count.
-async fn serve<B>(state: &Admission, webhook: Webhook, query: Option<&str>, body: B) -> Response
+async fn serve<B>(state: &Admission, webhook: Webhook, budget: Duration, body: B) -> Response
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<axum::BoxError>,
 {
     let started = Instant::now();
-    let budget = budget(query, state.config.max_budget);
     let reply = match read_body(state, body, budget).await {
         Err(reply) => reply,
         // The decision slots are taken only by complete requests: a client that

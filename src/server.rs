@@ -223,9 +223,7 @@ pub async fn start(
                 Leadership,
             ) = match &backend {
                 Backend::Local(store) => (
-                    Arc::new(LocalWorkloads {
-                        dir: store.dir().to_path_buf(),
-                    }),
+                    Arc::new(LocalWorkloads::new(store.dir().to_path_buf())),
                     None,
                     Leadership::always(),
                 ),

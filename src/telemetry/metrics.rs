@@ -145,7 +145,9 @@ pub struct Metrics {
     pub prometheus_queries: Family<QueryLabels, Counter>,
     pub prometheus_query_duration: Family<AddressLabel, Histogram>,
     pub reconcile_duration: Histogram,
+    pub reconcile_pass_duration: Histogram,
     pub reconcile_errors: Family<ReasonLabel, Counter>,
+    pub prometheus_failing_consumers: Gauge,
     pub instances: Family<InstanceStateLabels, Gauge>,
     pub transitions: Family<EventLabel, Counter>,
     pub leader: Gauge,
@@ -201,11 +203,23 @@ impl Default for Metrics {
             "Time to reconcile one Consumer (metrics, prediction, status)",
             reconcile_duration.clone(),
         );
+        let reconcile_pass_duration = latency_histogram();
+        registry.register(
+            "reconcile_pass_duration_seconds",
+            "Time of one reconciler pass over every Consumer (it should stay well below --reconcile-interval)",
+            reconcile_pass_duration.clone(),
+        );
         let reconcile_errors = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "reconcile_errors",
             "Consumer reconciles that failed, by reason",
             reconcile_errors.clone(),
+        );
+        let prometheus_failing_consumers = Gauge::default();
+        registry.register(
+            "prometheus_failing_consumers",
+            "Consumers whose last Prometheus read failed (their MetricsAvailable condition says why)",
+            prometheus_failing_consumers.clone(),
         );
         let instances = Family::<InstanceStateLabels, Gauge>::default();
         registry.register(
@@ -235,7 +249,9 @@ impl Default for Metrics {
             prometheus_queries,
             prometheus_query_duration,
             reconcile_duration,
+            reconcile_pass_duration,
             reconcile_errors,
+            prometheus_failing_consumers,
             instances,
             transitions,
             leader,
