@@ -437,12 +437,12 @@ pub fn http_error(code: StatusCode, message: String) -> Response {
 
 /// An AdmissionReview answer (HTTP 200).
 pub fn review_response(body: Vec<u8>) -> Response {
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response()
+    let mut response = Response::new(Body::from(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 #[cfg(test)]

@@ -95,7 +95,8 @@ pub struct AdmissionLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueryLabels {
     pub address: String,
-    /// `ok`, or why it failed: `transport`, `api`, `decode`, `timeout`.
+    /// `ok`, or why it failed: `transport`, `api`, `decode`, `timeout`; `skipped`:
+    /// not sent, the address was unreachable less than 10 s ago.
     pub outcome: String,
 }
 
