@@ -37,7 +37,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 log "building release"
-(cd "$ROOT" && cargo build --release --locked --bin konsumer) >&2
+# The same command as bench/webhook.sh: the same features, so neither rebuilds
+# what the other built.
+(cd "$ROOT" && cargo build --release --locked --example baseline --bin konsumer) >&2
 KONSUMER=$TARGET_DIR/release/konsumer
 
 cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # konsumer's workload webhook against a bare rustls + hyper baseline, in one run.
 #
-#   bench/webhook.sh                       # ~4 minutes after the build
+#   bench/webhook.sh                       # ~7 minutes after the build
 #   CARGO_TARGET_DIR=/tmp/t ROUNDS=5 bench/webhook.sh
 #
 # Builds release (`konsumer` and `examples/baseline.rs`), installs `oha` from crates.io
@@ -13,6 +13,9 @@
 #   max   DURATION (10s) at CONNS (16) connections, as fast as it goes
 #   rate  DURATION at RATE (1000) req/s on RATE_CONNS (16) connections, latency
 #         corrected for coordinated omission (oha --latency-correction)
+#   deployment, validate  as max, with a Deployment CREATE
+#         (deployment-create-instance-label.json) and with the validating webhook
+#         and Konsumerator's README example (consumer-v1alpha1-seed-example.validate.json)
 #
 # ROUNDS (3) times, servers interleaved, and reports medians. Beside req/s and latency
 # it reports each server's CPU time per request (utime+stime from /proc/PID/stat over the

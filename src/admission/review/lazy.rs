@@ -696,6 +696,18 @@ mod tests {
     }
 
     #[test]
+    fn a_syntax_error_inside_a_skipped_value_goes_unnoticed_and_nowhere_else() {
+        // The one difference from serde, by design: values konsumer never reads are
+        // not parsed. The apiserver never sends such a body.
+        let skipped = r#"{"request":{"uid":"u","userInfo":{"extra":tru}}}"#;
+        assert!(serde_json::from_str::<Review<Workload, IgnoredAny>>(skipped).is_err());
+        assert!(read_workload_review(skipped.as_bytes()).is_ok());
+        // Where konsumer reads, it is as strict as serde.
+        let read = r#"{"request":{"uid":"u","dryRun":tru}}"#;
+        assert!(read_workload_review(read.as_bytes()).is_err());
+    }
+
+    #[test]
     fn the_word_scans_find_the_first_match_at_every_offset() {
         let stops: &[u8] = b"\"\\\n{}[]";
         for &stop in stops {
