@@ -208,7 +208,9 @@ fn main() {
     // Growth: the same pass over more Consumers (10 partitions each, to keep the
     // 50,000 in memory), cached metrics and fresh ones.
     println!();
-    println!("| Consumers × 10 partitions | cached pass, best CPU | per Consumer | fresh pass, best CPU | per Consumer |");
+    println!(
+        "| Consumers × 10 partitions | cached pass, best CPU | per Consumer | fresh pass, best CPU | per Consumer |"
+    );
     println!("|---:|---:|---:|---:|---:|");
     for n in [1_000usize, 10_000, 50_000] {
         let all = consumers(n, 10, now);
