@@ -13,7 +13,8 @@
 # the first passes (WARMUP s), and after IDLE more seconds with nothing changing,
 # the peak (VmHWM), the CPU used in those IDLE seconds, the reconcile passes
 # (konsumer_reconcile_pass_duration_seconds: count and mean) and the log lines
-# per level. Markdown on stdout, progress on stderr. Needs curl and jq.
+# per level. Markdown on stdout, progress on stderr. Needs curl and jq. BUILD=0 uses
+# the release binary as it is.
 
 set -euo pipefail
 
@@ -36,10 +37,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log "building release"
-# The same command as bench/webhook.sh: the same features, so neither rebuilds
-# what the other built.
-(cd "$ROOT" && cargo build --release --locked --example baseline --bin konsumer) >&2
+if [ "${BUILD:-1}" = 1 ]; then
+    log "building release"
+    # The same command as bench/webhook.sh: the same features, so neither rebuilds
+    # what the other built.
+    (cd "$ROOT" && cargo build --release --locked --example baseline --bin konsumer) >&2
+fi
 KONSUMER=$TARGET_DIR/release/konsumer
 
 cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
