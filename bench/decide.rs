@@ -12,7 +12,22 @@ use konsumer::inject::workload::Workload;
 use konsumer::store::CachedConsumer;
 use serde::de::IgnoredAny;
 
-fn bench(name: &str, n: u32, mut f: impl FnMut()) {
+/// Times `f` (best of 5 batches of `n` calls); with `STEP=id` in the environment,
+/// only runs the step `id`, `ITERS` times, untimed (for `valgrind --tool=callgrind`,
+/// see `bench/decide.sh`).
+fn bench(id: &str, name: &str, n: u32, mut f: impl FnMut()) {
+    if let Ok(step) = std::env::var("STEP") {
+        if step == id {
+            let iters: u32 = std::env::var("ITERS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(100);
+            for _ in 0..iters {
+                f();
+            }
+        }
+        return;
+    }
     for _ in 0..n / 10 {
         f();
     }
@@ -46,21 +61,21 @@ fn main() {
 
     println!("| step ({} bytes in) | CPU |", body.len());
     println!("|---|---:|");
-    bench(
+    bench("skip", 
         "serde_json: skip the whole body (`IgnoredAny`), the floor of any full parse",
         n,
         || {
             black_box(serde_json::from_slice::<IgnoredAny>(&body).unwrap());
         },
     );
-    bench(
+    bench("value", 
         "serde_json: whole body into a `Value` tree, for comparison",
         n / 4,
         || {
             black_box(serde_json::from_slice::<serde_json::Value>(&body).unwrap());
         },
     );
-    bench(
+    bench("serde", 
         "konsumer: parse (`Review<Workload, IgnoredAny>`)",
         n,
         || {
@@ -68,10 +83,17 @@ fn main() {
             black_box(r);
         },
     );
+    bench("lazy", 
+        "konsumer: one-pass read (`review::lazy`, what the webhook uses)",
+        n,
+        || {
+            black_box(review::lazy::read_workload_review(&body).unwrap());
+        },
+    );
     let r: Review<Workload, IgnoredAny> = serde_json::from_slice(&body).unwrap();
     let req = r.request.as_ref().expect("request");
     let object = req.object.as_ref().expect("object");
-    bench(
+    bench("decide", 
         "konsumer: `decide_pod` (instance, resources, JSON Patch ops)",
         n,
         || {
@@ -79,7 +101,7 @@ fn main() {
         },
     );
     let decision = konsumer::inject::decide_pod(object, settings, 0.8).unwrap();
-    bench(
+    bench("ops", 
         "konsumer: serialize the patch (`serde_json::to_vec(ops)`)",
         n,
         || {
@@ -92,7 +114,7 @@ fn main() {
         warnings: decision.mutation.warnings.clone(),
         status: None,
     };
-    bench(
+    bench("encode", 
         "konsumer: `review::encode` (base64 patch, AdmissionReview)",
         n,
         || {
@@ -103,8 +125,8 @@ fn main() {
             ));
         },
     );
-    bench("konsumer: all of the above", n, || {
-        let r: Review<Workload, IgnoredAny> = serde_json::from_slice(&body).unwrap();
+    bench("all", "konsumer: all of the above (one-pass read)", n, || {
+        let r = review::lazy::read_workload_review(&body).unwrap();
         let req = r.request.as_ref().unwrap();
         let d = konsumer::inject::decide_pod(req.object.as_ref().unwrap(), settings, 0.8).unwrap();
         let answer = Answer {
@@ -120,32 +142,24 @@ fn main() {
         ));
     });
 
-    // The span `admission::workloads::answer` makes, recorded as it records it.
+    // The span `admission::workloads::decide` makes: every field at creation,
+    // entered while the decision runs, a debug event (filtered out at info).
     let span_work = || {
         let span = tracing::info_span!(
             "admission",
             webhook = "mutate_workloads",
             uid = "b5e7c296-d725-4d26-9db7-713c18dab84b",
-            kind = ?"Pod",
+            kind = "Pod",
             namespace = "streams",
             name = "",
-            operation = ?"CREATE",
+            operation = "CREATE",
             dry_run = false,
-            consumer = tracing::field::Empty,
-            instance = tracing::field::Empty,
-            decision = tracing::field::Empty,
+            consumer = "orders",
         );
-        span.in_scope(|| {
-            tracing::Span::current().record("consumer", "orders");
-        });
-        span.in_scope(|| {
-            tracing::Span::current().record("instance", 2u32);
-        });
-        span.record("decision", format!("{:?}", "patched"));
         let _enter = span.enter();
         tracing::debug!(warnings = 1usize, "answered");
     };
-    bench("tracing: the admission span, no subscriber", n, span_work);
+    bench("span0", "tracing: the admission span, no subscriber", n, span_work);
     let filter = tracing_subscriber::EnvFilter::new("info");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -155,9 +169,9 @@ fn main() {
     } else {
         builder.json().flatten_event(true).init();
     }
-    bench(
+    bench("span", 
         &format!(
-            "tracing: the admission span + 3 `record`s, `--log-format {log_format}` subscriber at info"
+            "tracing: the admission span, `--log-format {log_format}` subscriber at info"
         ),
         n,
         span_work,

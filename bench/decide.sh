@@ -42,3 +42,26 @@ echo "load average: $(cat /proc/loadavg), pinned to CPU $CPU"
 echo
 taskset -c "$CPU" "$BIN" "$ROOT" json 2>/dev/null
 taskset -c "$CPU" "$BIN" "$ROOT" text 2>/dev/null | tail -1
+
+# Instructions per call, counted by callgrind (immune to a busy machine): each
+# step run ITERS times and not at all, the difference divided by ITERS.
+if [ "${CALLGRIND:-1}" = 1 ] && command -v valgrind >/dev/null; then
+    ITERS=${ITERS:-200}
+    irs() {
+        local out
+        out=$(mktemp /tmp/konsumer-decide-cg.XXXXXX)
+        STEP=$1 ITERS=$2 valgrind --tool=callgrind --callgrind-out-file="$out" "$BIN" "$ROOT" "$3" >/dev/null 2>&1
+        awk '/^summary:/ { print $2 }' "$out"
+        rm -f "$out"
+    }
+    echo
+    echo "| step (callgrind, $ITERS calls) | instructions per call |"
+    echo "|---|---:|"
+    for step in skip serde lazy decide ops encode all span0 span:json span:text; do
+        id=${step%%:*} fmt=${step#*:}
+        [ "$fmt" = "$step" ] && fmt=json
+        base=$(irs "$id" 0 "$fmt")
+        with=$(irs "$id" "$ITERS" "$fmt")
+        printf '| %s | %s |\n' "$step" "$(awk -v a="$with" -v b="$base" -v n="$ITERS" 'BEGIN { printf "%.0f", (a - b) / n }')"
+    done
+fi

@@ -314,6 +314,34 @@ fn main() {
         ms(mb_best),
         ms(mb_median)
     );
+    // Growth: the same pass over more Consumers (10 partitions each, to keep the
+    // 50,000 in memory), cached metrics and fresh ones.
+    println!();
+    println!(
+        "| Consumers × 10 partitions | cached pass, best CPU | per Consumer | fresh pass, best CPU | per Consumer |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    for n in [1_000usize, 10_000, 50_000] {
+        let all = consumers(n, 10, now);
+        let first = pass(&cache(&all), false, now);
+        let mut warm = all;
+        for (c, s) in warm.iter_mut().zip(first) {
+            if let Some(s) = s {
+                c.status = Some(s);
+            }
+        }
+        let warm = cache(&warm);
+        let (best, _, _) = measure(3, || pass(&warm, false, now));
+        let (fresh, _, _) = measure(3, || pass(&warm, true, now));
+        let per = |d: Duration| format!("{:.1} µs", d.as_secs_f64() * 1e6 / n as f64);
+        println!(
+            "| {n} | {} | {} | {} | {} |",
+            ms(best),
+            per(best),
+            ms(fresh),
+            per(fresh)
+        );
+    }
 
     let body = prometheus_body(100_000);
     let (p_best, p_median, p_wall) = measure(10, || {

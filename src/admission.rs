@@ -3,10 +3,16 @@
 //! HTTP 200, or a clear 4xx when there is not even a uid to answer to.
 
 pub mod consumers;
+#[cfg(test)]
+mod differential;
 pub mod review;
 pub mod subscriptions;
 pub mod workloads;
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,11 +23,17 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
+use futures::FutureExt;
+use http::Method;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 
 use crate::api::duration::parse_go_duration;
+use crate::inject::workload::Workload;
 use crate::store::{ConsumerIndex, Store};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{AdmissionLabels, Kind, Operation, Outcome, Webhook};
@@ -83,6 +95,63 @@ impl Admission {
     }
 }
 
+/// The webhook listener's service: the three webhooks straight on hyper (no
+/// router, no middleware: this is every Pod's admission path), anything else
+/// through [`router`], which answers 404 and 405 as axum does.
+#[derive(Clone)]
+pub struct AdmissionService {
+    state: Arc<Admission>,
+    fallback: Router,
+}
+
+pub fn service(state: Admission) -> AdmissionService {
+    AdmissionService {
+        fallback: router(state.clone()),
+        state: Arc::new(state),
+    }
+}
+
+fn route(method: &Method, path: &str) -> Option<Webhook> {
+    if method != Method::POST {
+        return None;
+    }
+    match path {
+        "/mutate/workloads" => Some(Webhook::mutate_workloads),
+        "/mutate/consumers" => Some(Webhook::mutate_consumers),
+        "/validate/consumers" => Some(Webhook::validate_consumers),
+        "/validate/scalingsubscriptions" => Some(Webhook::validate_scalingsubscriptions),
+        _ => None,
+    }
+}
+
+impl<B> hyper::service::Service<http::Request<B>> for AdmissionService
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn call(&self, req: http::Request<B>) -> Self::Future {
+        let Some(webhook) = route(req.method(), req.uri().path()) else {
+            let router = self.fallback.clone();
+            return Box::pin(async move { router.oneshot(req.map(Body::new)).await });
+        };
+        let state = self.state.clone();
+        let budget = budget(req.uri().query(), state.config.max_budget);
+        Box::pin(async move {
+            let answer = AssertUnwindSafe(serve(&state, webhook, budget, req.into_body()))
+                .catch_unwind()
+                .await;
+            // A bug must not drop the connection: the apiserver gets a Status it can show.
+            Ok(answer.unwrap_or_else(panic_response))
+        })
+    }
+}
+
+/// The same webhooks as an axum router (with the 404 and 405 answers of one), for
+/// whatever the fast service does not handle itself.
 pub fn router(state: Admission) -> Router {
     Router::new()
         .route(
@@ -111,7 +180,6 @@ pub fn router(state: Admission) -> Router {
         )
         // The body limit is enforced while reading, with an answer that says so.
         .layer(DefaultBodyLimit::disable())
-        // A bug must not drop the connection: the apiserver gets a Status it can show.
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
 }
@@ -132,28 +200,14 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
     )
 }
 
-/// Every webhook: read the body, decide, count.
 async fn handle(
     webhook: Webhook,
     State(state): State<Admission>,
     RawQuery(query): RawQuery,
     body: Body,
 ) -> Response {
-    run(
-        &state,
-        webhook,
-        query,
-        body,
-        |state, bytes, budget| async move {
-            match webhook {
-                Webhook::mutate_workloads => workloads::answer(&state, &bytes, budget).await,
-                Webhook::mutate_consumers => consumers::defaults(&bytes),
-                Webhook::validate_consumers => consumers::validate(&bytes),
-                Webhook::validate_scalingsubscriptions => subscriptions::validate(&state, &bytes),
-            }
-        },
-    )
-    .await
+    let budget = budget(query.as_deref(), state.config.max_budget);
+    serve(&state, webhook, budget, body).await
 }
 
 /// What a webhook module returns: the HTTP answer and how to count it.
@@ -164,50 +218,55 @@ pub struct Reply {
     pub outcome: Outcome,
 }
 
-async fn run<F, Fut>(
-    state: &Admission,
-    webhook: Webhook,
-    query: Option<String>,
-    body: Body,
-    decide: F,
-) -> Response
+/// Every webhook: read the body within the request's budget, take a decision slot,
+/// decide, count.
+async fn serve<B>(state: &Admission, webhook: Webhook, budget: Duration, body: B) -> Response
 where
-    F: FnOnce(Admission, Bytes, Duration) -> Fut,
-    Fut: std::future::Future<Output = Reply>,
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
 {
     let started = Instant::now();
-    let budget = budget(query.as_deref(), state.config.max_budget);
     let reply = match read_body(state, body, budget).await {
         Err(reply) => reply,
         // The decision slots are taken only by complete requests: a client that
         // sends its body slowly holds a connection, not a slot.
-        Ok(bytes) => match tokio::time::timeout(
-            budget.saturating_sub(started.elapsed()),
-            state.slots.clone().acquire_owned(),
-        )
-        .await
-        {
-            Ok(Ok(_slot)) => {
-                decide(
-                    state.clone(),
-                    bytes,
+        Ok(bytes) => {
+            let slot = match state.slots.clone().try_acquire_owned() {
+                Ok(slot) => Ok(slot),
+                Err(_) => tokio::time::timeout(
                     budget.saturating_sub(started.elapsed()),
+                    state.slots.clone().acquire_owned(),
                 )
                 .await
-            }
-            _ => Reply {
-                response: http_error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!(
-                        "konsumer is deciding {} requests already and none finished within this request's budget; retry",
-                        state.config.max_concurrent
+                .map_err(|_| ())
+                .and_then(|s| s.map_err(|_| ())),
+            };
+            match slot {
+                Ok(_slot) => {
+                    let left = budget.saturating_sub(started.elapsed());
+                    match webhook {
+                        Webhook::mutate_workloads => workloads::answer(state, &bytes, left).await,
+                        Webhook::mutate_consumers => consumers::defaults(&bytes),
+                        Webhook::validate_consumers => consumers::validate(&bytes),
+                        Webhook::validate_scalingsubscriptions => {
+                            subscriptions::validate(state, &bytes)
+                        }
+                    }
+                }
+                Err(()) => Reply {
+                    response: http_error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!(
+                            "konsumer is deciding {} requests already and none finished within this request's budget; retry",
+                            state.config.max_concurrent
+                        ),
                     ),
-                ),
-                kind: Kind::Other,
-                operation: Operation::Other,
-                outcome: Outcome::overloaded,
-            },
-        },
+                    kind: Kind::Other,
+                    operation: Operation::Other,
+                    outcome: Outcome::overloaded,
+                },
+            }
+        }
     };
     let labels = AdmissionLabels {
         webhook,
@@ -222,23 +281,22 @@ where
 }
 
 /// Reads the body within the request's budget and the size limit.
-async fn read_body(state: &Admission, body: Body, budget: Duration) -> Result<Bytes, Reply> {
+async fn read_body<B>(state: &Admission, body: B, budget: Duration) -> Result<Bytes, Reply>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
     let bad = |code: StatusCode, message: String, outcome: Outcome| Reply {
         response: http_error(code, message),
         kind: Kind::Other,
         operation: Operation::Other,
         outcome,
     };
-    match tokio::time::timeout(
-        budget,
-        axum::body::to_bytes(body, state.config.max_body_bytes),
-    )
-    .await
-    {
-        Ok(Ok(bytes)) => Ok(bytes),
+    let limited = http_body_util::Limited::new(body, state.config.max_body_bytes);
+    match tokio::time::timeout(budget, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            let too_large = e.is::<http_body_util::LengthLimitError>();
             Err(if too_large {
                 bad(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -292,6 +350,24 @@ where
     let review: Review<'a, O, P> = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => return Err(Box::new(malformed::<O, P>(body, &e))),
+    };
+    let api_version = review::answer_version(review.api_version.as_ref().map(|v| v.as_str()));
+    match review.request {
+        Some(request) => Ok((api_version, request)),
+        None => Err(Box::new(bad_request(
+            "the AdmissionReview has no request".into(),
+        ))),
+    }
+}
+
+/// [`parse`] for the workload webhook: the one-pass reader first, serde (and its
+/// error messages) when that reader is not sure.
+pub(crate) fn parse_workload(
+    body: &[u8],
+) -> Result<(&'static str, Request<'_, Workload<'_>, IgnoredAny>), Box<Reply>> {
+    let review = match review::lazy::read_workload_review(body) {
+        Ok(review) => review,
+        Err(review::lazy::Unsure) => return parse(body),
     };
     let api_version = review::answer_version(review.api_version.as_ref().map(|v| v.as_str()));
     match review.request {
@@ -373,12 +449,12 @@ pub fn http_error(code: StatusCode, message: String) -> Response {
 
 /// An AdmissionReview answer (HTTP 200).
 pub fn review_response(body: Vec<u8>) -> Response {
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response()
+    let mut response = Response::new(Body::from(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 #[cfg(test)]

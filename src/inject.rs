@@ -60,12 +60,21 @@ fn explicit_hints<'m>(meta: Option<&'m Meta<'_>>) -> Hints<'m> {
     }
 }
 
+struct ConsumerKey<'a>(&'a ConsumerSettings);
+
+impl std::fmt::Display for ConsumerKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.0.namespace, self.0.name)
+    }
+}
+
 fn resolve<'s>(
     hints: &Hints<'_>,
     settings: &'s ConsumerSettings,
     kind: &str,
 ) -> Result<(InstancePlan<'s>, Source), Denial> {
-    let key = format!("{}/{}", settings.namespace, settings.name);
+    // Written only into a denial.
+    let key = ConsumerKey(settings);
     let last = settings.instances() - 1;
     let (id, source) = instance::find(hints, &settings.base_name).map_err(|e| match e {
         InstanceError::NotANumber { source, value } => Denial::new(

@@ -3,6 +3,19 @@ use std::time::Duration;
 
 use clap::Parser;
 
+// jemalloc, returning freed memory within a second, two arenas: measured (see
+// BENCHMARKS.md) to hold less memory than glibc's malloc at 1,000 and 10,000
+// Consumers, whose arenas kept tens of MB of freed chunks.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(not(target_env = "msvc"))]
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: &[u8; 70] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:2\0";
+
 fn main() -> ExitCode {
     let cli = konsumer::cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

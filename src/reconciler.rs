@@ -7,12 +7,14 @@
 pub mod deployments;
 pub mod events;
 pub mod leader;
+pub mod outage;
 pub mod prometheus;
 pub mod workloads;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
@@ -21,18 +23,18 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{Consumer, ConsumerStatus, PartitionState, QuerySpec};
+use crate::api::{Consumer, ConsumerStatus, PartitionState, QuerySpec, ScalingState};
 use crate::inject::ConsumerSettings;
 use crate::manage::{self, Decision, Management};
 use crate::notice;
 use crate::scaling::consumer::{self as consumer_step, ConsumerInput, Refresh};
-use crate::scaling::status::METRICS_AVAILABLE;
 use crate::scaling::{ScalingSpec, Transition};
 use crate::store::{CachedConsumer, ConsumerIndex, Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{EventLabel, ReasonLabel};
 
 use deployments::{DeploymentApi, DeploymentIndex, DeploymentManager, View};
+use outage::{Notice, Outages};
 use prometheus::{PromClient, PromError};
 use workloads::WorkloadSource;
 
@@ -107,6 +109,66 @@ pub struct Reconciler {
     /// Notified after a status write that journaled scaling events (the
     /// delivery worker waits on it).
     pub journal_written: Arc<tokio::sync::Notify>,
+    /// Prometheus failures under way (logged when they start and end).
+    outages: Mutex<Outages>,
+    /// What each Consumer's last reconcile saw, when it changed nothing.
+    quiet: Mutex<HashMap<String, Quiet>>,
+}
+
+/// A Consumer whose last reconcile wrote nothing, made no transition and left no
+/// instance pending: while its cache entry (spec and status), its workloads and
+/// the time of its next Prometheus read stay the same, a reconcile would change
+/// nothing either, and is skipped.
+struct Quiet {
+    consumer: Weak<CachedConsumer>,
+    workloads: u64,
+    /// The next Prometheus read is due then (`None`: never, not autoscaled).
+    refresh_due: Option<Timestamp>,
+}
+
+/// A fingerprint of a Consumer's workloads as listed this pass.
+fn fingerprint(objects: Option<&[Value]>) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match objects {
+        None => 0u8.hash(&mut h),
+        Some(list) => {
+            1u8.hash(&mut h);
+            for o in list {
+                serde_json::to_string(o).unwrap_or_default().hash(&mut h);
+            }
+        }
+    }
+    h.finish()
+}
+
+fn log_notice(notice: &Notice) {
+    match notice {
+        Notice::Started { error, consumer } => tracing::warn!(
+            consumer = %consumer,
+            error = %error,
+            "Prometheus unavailable; keeping the last metrics (Consumers that fail the same way are logged at debug level, with a summary every 5m)"
+        ),
+        Notice::Ended {
+            error,
+            since,
+            affected,
+        } => tracing::info!(
+            error = %error,
+            since = %since,
+            consumers = affected,
+            "Prometheus failure over: every Consumer that failed this way reads its metrics again"
+        ),
+        Notice::Ongoing {
+            error,
+            since,
+            consumers,
+        } => tracing::warn!(
+            error = %error,
+            since = %since,
+            consumers,
+            "Prometheus still unavailable; these Consumers keep their last metrics"
+        ),
+    }
 }
 
 type ParsedMetrics = (Option<Timestamp>, Arc<BTreeMap<u32, PartitionState>>);
@@ -217,6 +279,8 @@ impl Reconciler {
             attempts: Mutex::new(HashMap::new()),
             parsed: Mutex::new(HashMap::new()),
             journal_written: Arc::new(tokio::sync::Notify::new()),
+            outages: Mutex::new(Outages::default()),
+            quiet: Mutex::new(HashMap::new()),
         }
     }
 
@@ -274,6 +338,8 @@ impl Reconciler {
 
     /// A follower publishes no per-instance gauges: only the leader's are current.
     fn forget_gauges(&self) {
+        // A new term sets every gauge again: no Consumer is skipped in its first pass.
+        self.quiet.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         for key in known.drain() {
             self.metrics.set_instances(&key, None);
@@ -292,6 +358,7 @@ impl Reconciler {
     /// One pass over every cached Consumer.
     pub async fn pass(&self) {
         let now = (self.clock)();
+        let pass_started = Instant::now();
         let workloads = match self.workloads.workloads().await {
             Ok(w) => Some(w),
             Err(e) => {
@@ -329,10 +396,16 @@ impl Reconciler {
             if !gone.is_empty() {
                 let mut attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
                 let mut parsed = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+                let mut outages = self.outages.lock().unwrap_or_else(|e| e.into_inner());
+                let mut quiet = self.quiet.lock().unwrap_or_else(|e| e.into_inner());
                 for key in gone {
                     self.metrics.set_instances(key, None);
                     attempts.remove(key);
                     parsed.remove(key);
+                    quiet.remove(key);
+                    if let Some(notice) = outages.recovered(key) {
+                        log_notice(&notice);
+                    }
                     if let Some(manager) = &self.deployments {
                         manager.forget(key);
                     }
@@ -350,6 +423,21 @@ impl Reconciler {
                     let name = cached.consumer.metadata.name.clone().unwrap_or_default();
                     w.get(&(ns, name)).map(Vec::as_slice).unwrap_or_default()
                 });
+                // Its managed Deployments count too: a rollout that finished, a
+                // Deployment someone edited.
+                let managed = match (&self.deployments, deployments) {
+                    (Some(manager), Some(index)) => manager.fingerprint(
+                        &cached.consumer,
+                        cached.settings.as_ref().ok(),
+                        index,
+                        objects,
+                    ),
+                    _ => 0,
+                };
+                let seen = fingerprint(objects) ^ managed.rotate_left(1);
+                if self.unchanged(&key, &cached, seen, now) {
+                    return;
+                }
                 let started = Instant::now();
                 // A bug hit by one Consumer must not stop the others (nor every
                 // later pass): the panic is contained, counted and retried.
@@ -358,7 +446,18 @@ impl Reconciler {
                     .await;
                 self.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
                 let reason = match result {
-                    Ok(Ok(())) => return,
+                    Ok(Ok(outcome)) => {
+                        let mut quiet = self.quiet.lock().unwrap_or_else(|e| e.into_inner());
+                        match outcome {
+                            Some(refresh_due) => quiet.insert(key, Quiet {
+                                consumer: Arc::downgrade(&cached),
+                                workloads: seen,
+                                refresh_due,
+                            }),
+                            None => quiet.remove(&key),
+                        };
+                        return;
+                    }
                     Ok(Err(e)) => {
                         tracing::warn!(consumer = %key, error = %e, "reconcile failed; retrying next pass");
                         "status"
@@ -373,6 +472,7 @@ impl Reconciler {
                         "panic"
                     }
                 };
+                self.quiet.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
                 self.metrics
                     .reconcile_errors
                     .get_or_create(&ReasonLabel {
@@ -381,15 +481,43 @@ impl Reconciler {
                     .inc();
             })
             .await;
+        let mut outages = self.outages.lock().unwrap_or_else(|e| e.into_inner());
+        for notice in outages.summary(now) {
+            log_notice(&notice);
+        }
+        self.metrics
+            .prometheus_failing_consumers
+            .set(outages.failing() as i64);
+        self.metrics
+            .reconcile_pass_duration
+            .observe(pass_started.elapsed().as_secs_f64());
+    }
+
+    /// Whether `cached` can be skipped this pass (see [`Quiet`]).
+    fn unchanged(
+        &self,
+        key: &str,
+        cached: &Arc<CachedConsumer>,
+        workloads: u64,
+        now: Timestamp,
+    ) -> bool {
+        let quiet = self.quiet.lock().unwrap_or_else(|e| e.into_inner());
+        quiet.get(key).is_some_and(|q| {
+            std::ptr::eq(q.consumer.as_ptr(), Arc::as_ptr(cached))
+                && q.workloads == workloads
+                && q.refresh_due.is_none_or(|due| now < due)
+        })
     }
 
     /// Reconciles one Consumer; `objects` are its labelled workloads (`None`: unknown).
+    /// When it changed nothing and nothing waits on the clock: `Some` of when its
+    /// next Prometheus read is due.
     pub async fn reconcile(
         &self,
         cached: &CachedConsumer,
         objects: Option<&[Value]>,
         now: Timestamp,
-    ) -> Result<(), ReconcileError> {
+    ) -> Result<Option<Option<Timestamp>>, ReconcileError> {
         self.reconcile_with(cached, objects, None, now).await
     }
 
@@ -401,7 +529,7 @@ impl Reconciler {
         objects: Option<&[Value]>,
         deployments: Option<&DeploymentIndex>,
         now: Timestamp,
-    ) -> Result<(), ReconcileError> {
+    ) -> Result<Option<Option<Timestamp>>, ReconcileError> {
         let consumer = &cached.consumer;
         let key = consumer.key();
         let spec = ScalingSpec::from_consumer(consumer);
@@ -481,6 +609,7 @@ impl Reconciler {
         let previous = consumer.status.as_ref().unwrap_or(&empty);
         let mut next = out
             .status
+            .clone()
             .or_else(|| seeded.as_ref().and_then(|c| c.status.clone()));
         // The Deployments decided from the recommendation just made.
         let mut decision = None;
@@ -538,12 +667,33 @@ impl Reconciler {
         for t in &out.transitions {
             self.report(consumer, t).await;
         }
+        // Nothing to do for the Deployments either (nothing to write, no rollout
+        // under way): the Consumer may be skipped until something changes.
+        let deployments_settled = decision.as_ref().is_none_or(|d| {
+            d.writes.is_empty()
+                && d.rollouts.is_empty()
+                && d.removals.is_empty()
+                && d.waiting_for.is_none()
+        }) && manager.is_none_or(|m| m.in_flight(&key).is_none());
         if let (Some(manager), Some(decision)) = (manager, &decision) {
             manager
                 .execute(consumer, decision, self.sink.as_deref(), now)
                 .await;
         }
-        Ok(())
+        let pending = out.states.is_some_and(|states| {
+            states.iter().any(|(s, n)| {
+                *n > 0
+                    && matches!(
+                        s,
+                        ScalingState::PendingScaleUp | ScalingState::PendingScaleDown
+                    )
+            })
+        });
+        let quiet = next.is_none() && out.transitions.is_empty() && !pending && deployments_settled;
+        Ok(quiet.then(|| match &spec {
+            Ok(Some(spec)) => Some(self.refresh_due(&key, consumer, spec)),
+            _ => None,
+        }))
     }
 
     /// The Deployment manager's decision for a managed Consumer, from the
@@ -636,24 +786,7 @@ impl Reconciler {
         now: Timestamp,
     ) -> Option<Refresh> {
         let key = consumer.key();
-        let period = SignedDuration::try_from(spec.min_sync).unwrap_or(SignedDuration::ZERO);
-        // A sync whose metrics this replica does not hold (a new leader, metrics
-        // too many for lastSyncState) does not delay the next read.
-        let last_sync = consumer
-            .status
-            .as_ref()
-            .filter(|s| s.last_sync_state.is_some() || self.cached_metrics(&key, Some(s)).is_some())
-            .and_then(|s| s.last_sync_time.as_ref())
-            .map(|t| t.0);
-        let last_attempt = {
-            let attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
-            attempts.get(&key).copied()
-        };
-        let last = match (last_attempt, last_sync) {
-            (Some(a), Some(s)) => Some(a.max(s)),
-            (a, s) => a.or(s),
-        };
-        if last.is_some_and(|t| now.duration_since(t) < period) {
+        if now < self.refresh_due(&key, consumer, spec) {
             return None;
         }
         self.attempts
@@ -661,21 +794,30 @@ impl Reconciler {
             .unwrap_or_else(|e| e.into_inner())
             .insert(key.clone(), now);
         match read_metrics(&self.prom, consumer, spec.layout.partitions(), now).await {
-            Ok(snapshot) => Some(Refresh::Read {
-                partitions: snapshot.partitions,
-                issues: snapshot.issues,
-            }),
+            Ok(snapshot) => {
+                let notice = self
+                    .outages
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .recovered(&key);
+                if let Some(notice) = notice {
+                    log_notice(&notice);
+                }
+                Some(Refresh::Read {
+                    partitions: snapshot.partitions,
+                    issues: snapshot.issues,
+                })
+            }
             Err(e) => {
-                let was_available = consumer
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .and_then(|c| c.iter().find(|c| c.type_ == METRICS_AVAILABLE))
-                    .is_none_or(|c| c.status == "True");
-                if was_available {
-                    tracing::warn!(consumer = %key, error = %e, "Prometheus unavailable; keeping the last metrics");
-                } else {
-                    tracing::debug!(consumer = %key, error = %e, "Prometheus still unavailable");
+                let error = e.to_string();
+                let notices = self
+                    .outages
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .failed(&key, &error, now);
+                tracing::debug!(consumer = %key, error = %error, "Prometheus unavailable");
+                for notice in &notices {
+                    log_notice(notice);
                 }
                 self.metrics
                     .reconcile_errors
@@ -683,9 +825,34 @@ impl Reconciler {
                         reason: "prometheus".into(),
                     })
                     .inc();
-                Some(Refresh::Failed(e.to_string()))
+                Some(Refresh::Failed(error))
             }
         }
+    }
+
+    /// When the next Prometheus read of `consumer` is due: `minSyncPeriod` after
+    /// the last attempt or sync. A sync whose metrics this replica does not hold
+    /// (a new leader, metrics too many for lastSyncState) does not delay it.
+    fn refresh_due(&self, key: &str, consumer: &Consumer, spec: &ScalingSpec) -> Timestamp {
+        let period = SignedDuration::try_from(spec.min_sync).unwrap_or(SignedDuration::ZERO);
+        let last_sync = consumer
+            .status
+            .as_ref()
+            .filter(|s| s.last_sync_state.is_some() || self.cached_metrics(key, Some(s)).is_some())
+            .and_then(|s| s.last_sync_time.as_ref())
+            .map(|t| t.0);
+        let last_attempt = self
+            .attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied();
+        match (last_attempt, last_sync) {
+            (Some(a), Some(s)) => a.max(s),
+            (a, s) => a.or(s).unwrap_or(Timestamp::UNIX_EPOCH),
+        }
+        .checked_add(period)
+        .unwrap_or(Timestamp::MAX)
     }
 
     async fn report(&self, consumer: &Consumer, t: &Transition) {

@@ -281,7 +281,7 @@ pub async fn start(
             displaced: displaced("webhook"),
             ..listener::Options::new("webhook", Some(tls_config), webhook_limits)
         },
-        TowerToHyperService::new(admission::router(admission)),
+        admission::service(admission),
         shutdown.clone(),
     ));
     tasks.spawn(listener::serve(
@@ -309,9 +309,7 @@ pub async fn start(
         let prom = PromClient::new(rc.query_timeout, metrics.clone())?;
         let (workloads, sink, deployments): Parts = match &backend {
             Backend::Local(store) => (
-                Arc::new(LocalWorkloads {
-                    dir: store.dir().to_path_buf(),
-                }),
+                Arc::new(LocalWorkloads::new(store.dir().to_path_buf())),
                 None,
                 Arc::new(LocalDeployments {
                     root: store.dir().join(STATE_DIR).join("deployments"),

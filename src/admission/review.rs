@@ -2,6 +2,8 @@
 //! borrowed, typed views; answers are written by hand because kube-rs's
 //! `AdmissionResponse` serializes the patch as an array of numbers, not base64.
 
+pub mod lazy;
+
 use base64::Engine;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
@@ -150,49 +152,54 @@ impl Answer {
     }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ResponseBody<'a> {
-    uid: &'a str,
-    allowed: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch_type: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch: Option<String>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    warnings: &'a [String],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status: Option<&'a Status>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ReviewBody<'a> {
-    api_version: &'a str,
-    kind: &'static str,
-    response: ResponseBody<'a>,
-}
-
-/// Serializes the AdmissionReview answer; the patch is base64, as `[]byte` is.
+/// Serializes the AdmissionReview answer into one buffer sized up front; the patch
+/// is base64, as `[]byte` is. The fields come in the order of `AdmissionResponse`.
 pub fn encode(api_version: &str, uid: &str, answer: &Answer) -> Vec<u8> {
-    let patch = answer
+    let patch_len = answer
         .patch
         .as_ref()
-        .map(|p| base64::engine::general_purpose::STANDARD.encode(p));
-    let body = ReviewBody {
-        api_version,
-        kind: "AdmissionReview",
-        response: ResponseBody {
-            uid,
-            allowed: answer.allowed,
-            patch_type: patch.as_ref().map(|_| "JSONPatch"),
-            patch,
-            warnings: &answer.warnings,
-            status: answer.status.as_ref(),
-        },
-    };
-    // Serializing these plain structs cannot fail; an empty body would be a bug.
-    serde_json::to_vec(&body).unwrap_or_default()
+        .map_or(0, |p| base64::encoded_len(p.len(), true).unwrap_or(0));
+    let mut out = Vec::with_capacity(160 + uid.len() + patch_len);
+    out.extend_from_slice(b"{\"apiVersion\":");
+    json_string(&mut out, api_version);
+    out.extend_from_slice(b",\"kind\":\"AdmissionReview\",\"response\":{\"uid\":");
+    json_string(&mut out, uid);
+    out.extend_from_slice(if answer.allowed {
+        b",\"allowed\":true"
+    } else {
+        b",\"allowed\":false"
+    });
+    if let Some(patch) = &answer.patch {
+        out.extend_from_slice(b",\"patchType\":\"JSONPatch\",\"patch\":\"");
+        let start = out.len();
+        out.resize(start + patch_len, 0);
+        let written = base64::engine::general_purpose::STANDARD
+            .encode_slice(patch, &mut out[start..])
+            .unwrap_or(0);
+        out.truncate(start + written);
+        out.push(b'"');
+    }
+    if !answer.warnings.is_empty() {
+        out.extend_from_slice(b",\"warnings\":");
+        json_value(&mut out, &answer.warnings);
+    }
+    if let Some(status) = &answer.status {
+        out.extend_from_slice(b",\"status\":");
+        json_value(&mut out, status);
+    }
+    out.extend_from_slice(b"}}");
+    out
+}
+
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    json_value(out, s);
+}
+
+/// Strings, lists of strings and `Status` into a `Vec` cannot fail to serialize.
+fn json_value<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    if serde_json::to_writer(&mut *out, value).is_err() {
+        out.extend_from_slice(b"null");
+    }
 }
 
 #[cfg(test)]
@@ -216,6 +223,35 @@ mod tests {
             .unwrap();
         assert_eq!(patch, br#"[{"op":"add","path":"/a","value":1}]"#);
         assert!(body["response"].get("warnings").is_none());
+    }
+
+    #[test]
+    fn the_answer_is_what_serde_would_write() {
+        let answer = Answer {
+            allowed: true,
+            patch: Some(br#"[{"op":"add","path":"/a","value":"\u00e9"}]"#.to_vec()),
+            warnings: vec!["a \"quoted\" warning\n".into(), "two".into()],
+            status: Some(Status::failure(403, "Forbidden", "no \\ way".into())),
+        };
+        let body = encode(API_VERSION_V1, "u\"1", &answer);
+        let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let patch =
+            base64::engine::general_purpose::STANDARD.encode(answer.patch.as_ref().unwrap());
+        assert_eq!(
+            parsed,
+            serde_json::json!({
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "response": {
+                    "uid": "u\"1",
+                    "allowed": true,
+                    "patchType": "JSONPatch",
+                    "patch": patch,
+                    "warnings": ["a \"quoted\" warning\n", "two"],
+                    "status": {"status": "Failure", "message": "no \\ way", "reason": "Forbidden", "code": 403}
+                }
+            })
+        );
     }
 
     #[test]

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 use tracing::Instrument;
 
-use super::review::{self, Answer, Cause, Details, Review, Status};
-use super::{Admission, Reply, parse, review_response};
+use serde::de::IgnoredAny;
+
+use super::review::{self, Answer, Cause, Details, Request, Review, Status};
+use super::{Admission, Reply, parse_workload, review_response};
 use crate::api::keys;
 use crate::inject::workload::Workload;
 use crate::inject::{self, Decision, Denial, template};
@@ -19,7 +20,21 @@ use crate::telemetry::metrics::{Kind, Operation, Outcome};
 
 /// Answers one workload AdmissionReview.
 pub async fn answer(state: &Admission, body: &[u8], budget: Duration) -> Reply {
-    let (api_version, request) = match parse::<Workload, IgnoredAny>(body) {
+    decide(state, body, parse_workload(body), budget).await
+}
+
+/// A review read one way or the other (the one-pass reader, or serde).
+pub(crate) type Parsed<'a> =
+    Result<(&'static str, Request<'a, Workload<'a>, IgnoredAny>), Box<Reply>>;
+
+/// Answers a review as read by `parsed` (`body` for the rare paths that read more).
+pub(crate) async fn decide(
+    state: &Admission,
+    body: &[u8],
+    parsed: Parsed<'_>,
+    budget: Duration,
+) -> Reply {
+    let (api_version, request) = match parsed {
         Ok(parsed) => parsed,
         Err(reply) => return *reply,
     };
@@ -38,10 +53,10 @@ pub async fn answer(state: &Admission, body: &[u8], budget: Duration) -> Reply {
         "admission",
         webhook = "mutate_workloads",
         uid,
-        kind = ?kind,
+        kind = kind.as_str(),
         namespace,
         name = request.name.as_ref().map(|n| n.as_str()).unwrap_or(""),
-        operation = ?operation,
+        operation = operation.as_str(),
         dry_run = request.dry_run.unwrap_or(false),
         consumer = request
             .object
@@ -165,30 +180,28 @@ pub async fn answer(state: &Admission, body: &[u8], budget: Duration) -> Reply {
             }
             Err(Denial { message, .. }) => leave(message),
         }
-    }
-    .instrument(span.clone())
-    .await;
-
-    let (mut answer, outcome) = decided;
-    if let Some(status) = answer.status.as_mut() {
-        sign(
-            status,
-            kind,
-            request.name.as_ref().map(|n| n.as_str()).unwrap_or(""),
-        );
-    }
-    let _enter = span.enter();
-    match outcome {
-        Outcome::denied => tracing::info!(
-            message = answer
-                .status
-                .as_ref()
-                .map(|s| s.message.as_str())
-                .unwrap_or(""),
-            "denied"
-        ),
-        _ => tracing::debug!(warnings = answer.warnings.len(), "answered"),
-    }
+    };
+    let name = request.name.as_ref().map(|n| n.as_str()).unwrap_or("");
+    // Logged inside the span, which is entered only while the decision runs.
+    let logged = async {
+        let (mut answer, outcome) = decided.await;
+        if let Some(status) = answer.status.as_mut() {
+            sign(status, kind, name);
+        }
+        match outcome {
+            Outcome::denied => tracing::info!(
+                message = answer
+                    .status
+                    .as_ref()
+                    .map(|s| s.message.as_str())
+                    .unwrap_or(""),
+                "denied"
+            ),
+            _ => tracing::debug!(warnings = answer.warnings.len(), "answered"),
+        }
+        (answer, outcome)
+    };
+    let (answer, outcome) = logged.instrument(span).await;
     reply(answer, outcome)
 }
 
@@ -245,8 +258,10 @@ fn patched(decision: Decision) -> (Answer, Outcome) {
             Outcome::allowed,
         );
     }
-    match serde_json::to_vec(&mutation.ops) {
-        Ok(patch) => (
+    // About a hundred bytes per operation: one allocation, seldom regrown.
+    let mut patch = Vec::with_capacity(128 * mutation.ops.len());
+    match serde_json::to_writer(&mut patch, &mutation.ops) {
+        Ok(()) => (
             Answer {
                 allowed: true,
                 patch: Some(patch),

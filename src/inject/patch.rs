@@ -3,7 +3,10 @@
 //! type, entries are replaced in place (never duplicated), and an object that
 //! already has everything gets no operation at all.
 
-use json_patch::jsonptr::PointerBuf;
+use std::borrow::Cow;
+use std::fmt;
+
+use json_patch::jsonptr::{PointerBuf, Token};
 use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
 use serde_json::{Map, Value};
 
@@ -30,6 +33,8 @@ pub struct Injection<'a> {
     pub gomemlimit_ratio: f64,
     partitions: String,
     instance: String,
+    num_partitions_text: String,
+    num_instances_text: String,
 }
 
 impl<'a> Injection<'a> {
@@ -43,6 +48,8 @@ impl<'a> Injection<'a> {
         Injection {
             partitions: partition::join(plan.partitions.clone()),
             instance: plan.id.to_string(),
+            num_partitions_text: num_partitions.to_string(),
+            num_instances_text: num_instances.to_string(),
             plan,
             partition_env_key,
             num_partitions,
@@ -56,18 +63,27 @@ impl<'a> Injection<'a> {
     }
 
     /// The env vars of a container with these final resources, Konsumerator's order.
-    pub fn env_for(&self, requests: &Resources, limits: &Resources) -> Vec<(&str, String)> {
+    pub fn env_for(&self, requests: &Resources, limits: &Resources) -> Vec<(&str, Cow<'_, str>)> {
         let mut out = Vec::with_capacity(6);
-        out.push((self.partition_env_key, self.partitions.clone()));
+        out.push((
+            self.partition_env_key,
+            Cow::Borrowed(self.partitions.as_str()),
+        ));
         if let Some(v) = hints::gomaxprocs(requests, limits) {
-            out.push((env::GOMAXPROCS, v));
+            out.push((env::GOMAXPROCS, Cow::Owned(v)));
         }
         if let Some(v) = hints::gomemlimit(limits, self.gomemlimit_ratio) {
-            out.push((env::GOMEMLIMIT, v));
+            out.push((env::GOMEMLIMIT, Cow::Owned(v)));
         }
-        out.push((env::INSTANCE, self.instance.clone()));
-        out.push((env::NUM_PARTITIONS, self.num_partitions.to_string()));
-        out.push((env::NUM_INSTANCES, self.num_instances.to_string()));
+        out.push((env::INSTANCE, Cow::Borrowed(self.instance.as_str())));
+        out.push((
+            env::NUM_PARTITIONS,
+            Cow::Borrowed(self.num_partitions_text.as_str()),
+        ));
+        out.push((
+            env::NUM_INSTANCES,
+            Cow::Borrowed(self.num_instances_text.as_str()),
+        ));
         out
     }
 
@@ -117,10 +133,19 @@ fn ptr(tokens: &[&str]) -> PointerBuf {
     PointerBuf::from_tokens(tokens.iter().copied())
 }
 
+/// `base` plus one token, in one allocation of the right size.
 fn child(base: &PointerBuf, token: impl AsRef<str>) -> PointerBuf {
-    let mut p = base.clone();
-    p.push_back(token.as_ref());
-    p
+    let token = Token::new(token.as_ref());
+    let encoded = token.encoded();
+    let mut text = String::with_capacity(base.as_str().len() + 1 + encoded.len());
+    text.push_str(base.as_str());
+    text.push('/');
+    text.push_str(encoded);
+    PointerBuf::parse(text).unwrap_or_else(|_| {
+        let mut p = base.clone();
+        p.push_back(token);
+        p
+    })
 }
 
 fn env_entry(name: &str, value: &str) -> Value {
@@ -139,6 +164,19 @@ fn resource_object(r: &Resources) -> Value {
         m.insert("memory".into(), Value::String(memory.memory_string()));
     }
     Value::Object(m)
+}
+
+/// `container "name"`, written only into warnings.
+#[derive(Clone, Copy)]
+struct Label<'a> {
+    what: &'a str,
+    name: &'a str,
+}
+
+impl fmt::Display for Label<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {:?}", self.what, self.name)
+    }
 }
 
 #[derive(Default)]
@@ -234,14 +272,17 @@ impl Builder {
         what: &str,
         inj: &Injection<'_>,
     ) {
-        let label = format!("{what} {:?}", c.name.as_str());
+        let label = Label {
+            what,
+            name: c.name.as_str(),
+        };
         let source = match inj.plan.source {
             ResourceSource::Recommendation => "konsumer recommendation",
             ResourceSource::Fallback => "konsumer fallback from resourcePolicy",
         };
-        let (requests, limits) = self.resources(c, path, target, &label, source);
+        let (requests, limits) = self.resources(c, path, target, label, source);
         let wanted = inj.env_for(&requests, &limits);
-        self.env(c, path, &wanted, &label);
+        self.env(c, path, &wanted, label);
     }
 
     /// Sets the target's resources; returns the container's final requests and limits.
@@ -250,7 +291,7 @@ impl Builder {
         c: &Container<'_>,
         path: &PointerBuf,
         target: Option<&ContainerTarget>,
-        label: &str,
+        label: Label<'_>,
         source: &str,
     ) -> (Resources, Resources) {
         let side = |s: Option<&Selected<'_>>| Resources {
@@ -319,8 +360,8 @@ impl Builder {
         &mut self,
         c: &Container<'_>,
         path: &PointerBuf,
-        wanted: &[(&str, String)],
-        label: &str,
+        wanted: &[(&str, Cow<'_, str>)],
+        label: Label<'_>,
     ) {
         let env_path = child(path, "env");
         let Some(list) = &c.env else {
@@ -352,7 +393,7 @@ impl Builder {
             };
             let entry = &list[i];
             let same = entry.value_from.is_none()
-                && entry.value.as_ref().map(|v| v.as_str()) == Some(value.as_str());
+                && entry.value.as_ref().map(|v| v.as_str()) == Some(value.as_ref());
             if same {
                 continue;
             }

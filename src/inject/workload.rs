@@ -98,7 +98,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
 }
 
 /// Keys of labels, annotations and resource lists that konsumer reads or writes.
-fn interesting(key: &str) -> bool {
+pub(crate) fn interesting(key: &str) -> bool {
     key.starts_with("konsumerator.lwolf.org/")
         || key == keys::POD_INDEX
         || key == keys::JOB_COMPLETION_INDEX
@@ -112,7 +112,11 @@ pub struct Selected<'a> {
     entries: Vec<(Str<'a>, Option<Str<'a>>)>,
 }
 
-impl Selected<'_> {
+impl<'a> Selected<'a> {
+    pub(crate) fn from_entries(entries: Vec<(Str<'a>, Option<Str<'a>>)>) -> Self {
+        Selected { entries }
+    }
+
     /// The value of `key` (`None` when absent or null).
     pub fn get(&self, key: &str) -> Option<&str> {
         self.entries

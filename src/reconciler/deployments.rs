@@ -414,6 +414,23 @@ impl DeploymentManager {
         );
     }
 
+    /// A fingerprint of what the manager would decide from for `consumer` (its
+    /// Deployments and the rollout under way): while it stays the same, and the
+    /// Consumer does, a pass may skip it.
+    pub fn fingerprint(
+        &self,
+        consumer: &Consumer,
+        settings: Option<&ConsumerSettings>,
+        index: &DeploymentIndex,
+        labelled: Option<&[Value]>,
+    ) -> u64 {
+        let Some(view) = self.view(consumer, settings, index, labelled) else {
+            return 0;
+        };
+        let in_flight = self.in_flight(&consumer.key());
+        manage::memo::fingerprint(&view.candidates, in_flight.as_ref())
+    }
+
     /// The Consumer's Deployments and whether konsumer manages them.
     /// `labelled`: its workloads with the consumer label (`None`: unknown).
     pub fn view(

@@ -17,6 +17,7 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
 use serde_json::value::RawValue;
 
 use crate::telemetry::Metrics;
+use crate::telemetry::metrics::QueryLabels;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PromError {
@@ -378,6 +379,46 @@ pub struct PromClient {
     timeout: Duration,
     metrics: Arc<Metrics>,
     labels: Arc<AddressLabels>,
+    down: Arc<Down>,
+}
+
+/// Addresses that could not be reached (connection refused, timeout) in the last
+/// [`Down::WINDOW`]: queries to them fail at once with that error instead of each
+/// trying again. 10,000 Consumers behind one Prometheus that is down made 30,000
+/// connection attempts a minute; now the first query after the window probes it.
+#[derive(Default)]
+struct Down {
+    since: std::sync::Mutex<HashMap<String, (Instant, PromError)>>,
+}
+
+impl Down {
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    /// The error to answer with, while `address` is known to be down.
+    fn check(&self, address: &str) -> Option<PromError> {
+        let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
+        match since.get(address) {
+            Some((at, error)) if at.elapsed() < Self::WINDOW => Some(error.clone()),
+            Some(_) => {
+                // This query is the probe; the others wait for its answer.
+                since.remove(address);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn record(&self, address: &str, result: &Result<QueryResult, PromError>) {
+        let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Err(e @ (PromError::Transport { .. } | PromError::Timeout { .. })) => {
+                since.insert(address.to_string(), (Instant::now(), e.clone()));
+            }
+            _ => {
+                since.remove(address);
+            }
+        }
+    }
 }
 
 impl PromClient {
@@ -399,6 +440,7 @@ impl PromClient {
             timeout,
             metrics,
             labels: Arc::new(AddressLabels::default()),
+            down: Arc::new(Down::default()),
         })
     }
 
@@ -450,6 +492,16 @@ impl PromClient {
     ) -> Result<QueryResult, PromError> {
         let shown = redact(address);
         let label = self.labels.label(&shown);
+        if let Some(error) = self.down.check(address) {
+            self.metrics
+                .prometheus_queries
+                .get_or_create(&QueryLabels {
+                    address: label,
+                    outcome: "skipped".into(),
+                })
+                .inc();
+            return Err(error);
+        }
         let started = Instant::now();
         let result = tokio::time::timeout(
             self.timeout,
@@ -462,6 +514,7 @@ impl PromClient {
                 timeout: self.timeout,
             })
         });
+        self.down.record(address, &result);
         let reason = result.as_ref().err().map(PromError::reason);
         self.metrics
             .observe_prometheus_query(&label, reason, started.elapsed().as_secs_f64());

@@ -1,6 +1,9 @@
 //! The labelled Deployments and Pods konsumer can see, for the status counters.
 
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -89,47 +92,92 @@ impl WorkloadSource for KubeWorkloads {
     }
 }
 
-/// Local mode: the Deployment and Pod manifests in the local directory.
+/// Local mode: the Deployment and Pod manifests in the local directory. A file is
+/// parsed again only when its modification time or size changed: with thousands
+/// of Consumer files beside a few workloads, re-reading every file each pass was
+/// most of an idle konsumer's CPU.
 pub struct LocalWorkloads {
     pub dir: PathBuf,
+    files: Arc<Mutex<HashMap<PathBuf, ParsedFile>>>,
+}
+
+/// The workloads of one file, as of its modification time and size.
+struct ParsedFile {
+    stamp: (SystemTime, u64),
+    workloads: Vec<Value>,
+}
+
+impl LocalWorkloads {
+    pub fn new(dir: PathBuf) -> Self {
+        LocalWorkloads {
+            dir,
+            files: Arc::default(),
+        }
+    }
+}
+
+fn is_workload(doc: &Value) -> bool {
+    matches!(
+        doc.get("kind").and_then(Value::as_str),
+        Some("Deployment" | "Pod")
+    )
+}
+
+fn read_local(
+    dir: &Path,
+    files: &mut HashMap<PathBuf, ParsedFile>,
+) -> Result<WorkloadMap, StoreError> {
+    let mut map = WorkloadMap::new();
+    let entries = std::fs::read_dir(dir).map_err(|source| StoreError::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let mut present = HashSet::new();
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_none_or(|n| n.starts_with('.'));
+        if hidden || !matches!(ext, "yaml" | "yml" | "json") {
+            continue;
+        }
+        let Some(stamp) = std::fs::metadata(&path)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+        else {
+            continue;
+        };
+        present.insert(path.clone());
+        let parsed = match files.get(&path) {
+            Some(p) if p.stamp == stamp => p,
+            _ => {
+                let workloads = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|text| serde_saphyr::from_multiple::<Value>(&text).ok())
+                    .map(|docs| docs.into_iter().filter(is_workload).collect())
+                    .unwrap_or_default();
+                files.insert(path.clone(), ParsedFile { stamp, workloads });
+                &files[&path]
+            }
+        };
+        for doc in &parsed.workloads {
+            group(&mut map, doc.clone(), "default");
+        }
+    }
+    files.retain(|p, _| present.contains(p));
+    Ok(map)
 }
 
 #[async_trait]
 impl WorkloadSource for LocalWorkloads {
     async fn workloads(&self) -> Result<WorkloadMap, StoreError> {
         let dir = self.dir.clone();
+        let files = self.files.clone();
         tokio::task::spawn_blocking(move || {
-            let mut map = WorkloadMap::new();
-            let entries = std::fs::read_dir(&dir).map_err(|source| StoreError::Io {
-                path: dir.display().to_string(),
-                source,
-            })?;
-            for entry in entries.filter_map(Result::ok) {
-                let path = entry.path();
-                let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-                let hidden = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_none_or(|n| n.starts_with('.'));
-                if hidden || !matches!(ext, "yaml" | "yml" | "json") {
-                    continue;
-                }
-                let Ok(text) = std::fs::read_to_string(&path) else {
-                    continue;
-                };
-                let Ok(docs) = serde_saphyr::from_multiple::<Value>(&text) else {
-                    continue;
-                };
-                for doc in docs {
-                    if matches!(
-                        doc.get("kind").and_then(Value::as_str),
-                        Some("Deployment" | "Pod")
-                    ) {
-                        group(&mut map, doc, "default");
-                    }
-                }
-            }
-            Ok(map)
+            let mut files = files.lock().unwrap_or_else(|e| e.into_inner());
+            read_local(&dir, &mut files)
         })
         .await
         .map_err(|e| StoreError::Database {

@@ -132,7 +132,19 @@ impl ConsumerIndex {
     pub fn all(&self) -> Vec<Arc<CachedConsumer>> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<_> = entries.values().flat_map(|m| m.values().cloned()).collect();
-        out.sort_by_key(|c| c.consumer.key());
+        // By (namespace, name) without building a key per comparison: 10,000
+        // Consumers made 280,000 strings a pass.
+        fn key(c: &CachedConsumer) -> (&str, &str) {
+            (
+                c.consumer
+                    .metadata
+                    .namespace
+                    .as_deref()
+                    .unwrap_or("default"),
+                c.consumer.metadata.name.as_deref().unwrap_or_default(),
+            )
+        }
+        out.sort_unstable_by(|a, b| key(a).cmp(&key(b)));
         out
     }
 

@@ -1,6 +1,8 @@
 //! One Prometheus registry, metric names prefixed `konsumer_`, label values from
 //! closed enums (never a pod name or a uid).
 
+use std::sync::OnceLock;
+
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -36,7 +38,29 @@ pub enum Operation {
     Other,
 }
 
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Pod => "Pod",
+            Kind::Deployment => "Deployment",
+            Kind::Consumer => "Consumer",
+            Kind::ScalingSubscription => "ScalingSubscription",
+            Kind::Other => "Other",
+        }
+    }
+}
+
 impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::CREATE => "CREATE",
+            Operation::UPDATE => "UPDATE",
+            Operation::DELETE => "DELETE",
+            Operation::CONNECT => "CONNECT",
+            Operation::Other => "Other",
+        }
+    }
+
     pub fn parse(s: Option<&str>) -> Self {
         match s {
             Some("CREATE") => Operation::CREATE,
@@ -75,7 +99,8 @@ pub struct AdmissionLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueryLabels {
     pub address: String,
-    /// `ok`, or why it failed: `transport`, `api`, `decode`, `timeout`.
+    /// `ok`, or why it failed: `transport`, `api`, `decode`, `timeout`; `skipped`:
+    /// not sent, the address was unreachable less than 10 s ago.
     pub outcome: String,
 }
 
@@ -128,8 +153,29 @@ pub struct SubscriptionLabel {
     pub subscription: String,
 }
 
+/// The handles of one admission label set, resolved on its first request so
+/// that later ones take neither the family's lock nor a label lookup.
+type AdmissionSeries = (Counter, Histogram);
+
+const WEBHOOKS: usize = 4;
+const KINDS: usize = 5;
+const OPERATIONS: usize = 5;
+const OUTCOMES: usize = 5;
+const ADMISSION_SERIES: usize = WEBHOOKS * KINDS * OPERATIONS * OUTCOMES;
+
+impl AdmissionLabels {
+    /// A dense index over every combination of the four closed enums.
+    fn slot(&self) -> usize {
+        ((self.webhook as usize * KINDS + self.kind as usize) * OPERATIONS
+            + self.operation as usize)
+            * OUTCOMES
+            + self.outcome as usize
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
+    admission_series: Box<[OnceLock<AdmissionSeries>]>,
     pub admission_requests: Family<AdmissionLabels, Counter>,
     pub admission_duration: Family<AdmissionLabels, Histogram>,
     pub consumers: Gauge,
@@ -137,7 +183,9 @@ pub struct Metrics {
     pub prometheus_queries: Family<QueryLabels, Counter>,
     pub prometheus_query_duration: Family<AddressLabel, Histogram>,
     pub reconcile_duration: Histogram,
+    pub reconcile_pass_duration: Histogram,
     pub reconcile_errors: Family<ReasonLabel, Counter>,
+    pub prometheus_failing_consumers: Gauge,
     pub instances: Family<InstanceStateLabels, Gauge>,
     pub transitions: Family<EventLabel, Counter>,
     pub leader: Gauge,
@@ -226,11 +274,23 @@ impl Default for Metrics {
             "Time to reconcile one Consumer (metrics, prediction, status)",
             reconcile_duration.clone(),
         );
+        let reconcile_pass_duration = latency_histogram();
+        registry.register(
+            "reconcile_pass_duration_seconds",
+            "Time of one reconciler pass over every Consumer (it should stay well below --reconcile-interval)",
+            reconcile_pass_duration.clone(),
+        );
         let reconcile_errors = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "reconcile_errors",
             "Consumer reconciles that failed, by reason",
             reconcile_errors.clone(),
+        );
+        let prometheus_failing_consumers = Gauge::default();
+        registry.register(
+            "prometheus_failing_consumers",
+            "Consumers whose last Prometheus read failed (their MetricsAvailable condition says why)",
+            prometheus_failing_consumers.clone(),
         );
         let instances = Family::<InstanceStateLabels, Gauge>::default();
         registry.register(
@@ -325,6 +385,7 @@ impl Default for Metrics {
         );
         Metrics {
             registry: root,
+            admission_series: (0..ADMISSION_SERIES).map(|_| OnceLock::new()).collect(),
             events_journaled,
             event_deliveries,
             event_delivery_latency,
@@ -339,7 +400,9 @@ impl Default for Metrics {
             prometheus_queries,
             prometheus_query_duration,
             reconcile_duration,
+            reconcile_pass_duration,
             reconcile_errors,
+            prometheus_failing_consumers,
             instances,
             transitions,
             leader,
@@ -354,10 +417,14 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn observe_admission(&self, labels: AdmissionLabels, seconds: f64) {
-        self.admission_requests.get_or_create(&labels).inc();
-        self.admission_duration
-            .get_or_create(&labels)
-            .observe(seconds);
+        let (requests, duration) = self.admission_series[labels.slot()].get_or_init(|| {
+            (
+                self.admission_requests.get_or_create(&labels).clone(),
+                self.admission_duration.get_or_create(&labels).clone(),
+            )
+        });
+        requests.inc();
+        duration.observe(seconds);
     }
 
     pub fn observe_prometheus_query(&self, address: &str, failure: Option<&str>, seconds: f64) {
@@ -448,5 +515,56 @@ mod tests {
         }
         assert!(text.contains("# TYPE konsumer_leader gauge"), "{text}");
         assert_eq!(text.matches("# EOF").count(), 1);
+    }
+
+    #[test]
+    fn every_admission_label_set_has_its_own_slot() {
+        use std::collections::HashSet;
+        let webhooks = [
+            Webhook::mutate_workloads,
+            Webhook::mutate_consumers,
+            Webhook::validate_consumers,
+            Webhook::validate_scalingsubscriptions,
+        ];
+        let kinds = [
+            Kind::Pod,
+            Kind::Deployment,
+            Kind::Consumer,
+            Kind::ScalingSubscription,
+            Kind::Other,
+        ];
+        let operations = [
+            Operation::CREATE,
+            Operation::UPDATE,
+            Operation::DELETE,
+            Operation::CONNECT,
+            Operation::Other,
+        ];
+        let outcomes = [
+            Outcome::patched,
+            Outcome::allowed,
+            Outcome::denied,
+            Outcome::bad_request,
+            Outcome::overloaded,
+        ];
+        let mut seen = HashSet::new();
+        for webhook in webhooks {
+            for kind in kinds {
+                for operation in operations {
+                    for outcome in outcomes {
+                        let slot = AdmissionLabels {
+                            webhook,
+                            kind,
+                            operation,
+                            outcome,
+                        }
+                        .slot();
+                        assert!(slot < ADMISSION_SERIES, "{slot}");
+                        assert!(seen.insert(slot), "slot {slot} twice");
+                    }
+                }
+            }
+        }
+        assert_eq!(seen.len(), ADMISSION_SERIES);
     }
 }

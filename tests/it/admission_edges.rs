@@ -213,7 +213,7 @@ async fn a_cache_miss_is_bounded_by_the_apiserver_timeout() {
             Some(tls::server_config(cert, None).unwrap()),
             limits,
         ),
-        hyper_util::service::TowerToHyperService::new(admission::router(state)),
+        admission::service(state),
         shutdown.clone(),
     ));
     let client = client_trusting(&std::fs::read(dir.path().join("ca.crt")).unwrap());

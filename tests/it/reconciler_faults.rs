@@ -155,3 +155,150 @@ async fn a_consumer_deleted_and_recreated_is_read_at_once_not_after_min_sync() {
         "the old Consumer's last attempt was forgotten"
     );
 }
+
+/// Records its status writes in the index, as both real stores do.
+struct IndexStore {
+    index: Arc<ConsumerIndex>,
+    writes: Mutex<usize>,
+}
+
+#[async_trait]
+impl Store for IndexStore {
+    async fn get(&self, _: &str, _: &str) -> Result<Option<Arc<CachedConsumer>>, StoreError> {
+        Ok(None)
+    }
+    async fn write_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        status: &ConsumerStatus,
+    ) -> Result<(), StoreError> {
+        *self.writes.lock().unwrap() += 1;
+        self.index.set_status(namespace, name, status.clone());
+        Ok(())
+    }
+    fn kind(&self) -> &'static str {
+        "index"
+    }
+}
+
+/// Log lines, shared with the test.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Lines {
+    fn count(&self, level: &str, text: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(level) && l.contains(text))
+            .count()
+    }
+}
+
+#[tokio::test]
+async fn one_prometheus_outage_is_logged_once_and_unchanged_consumers_are_skipped() {
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let index = ConsumerIndex::new();
+    for name in ["alpha", "bravo", "charlie"] {
+        index.upsert(consumer(name));
+    }
+    let store = Arc::new(IndexStore {
+        index: index.clone(),
+        writes: Mutex::new(0),
+    });
+    let metrics = Arc::new(Metrics::default());
+    let start: jiff::Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
+    let now = Arc::new(Mutex::new(start));
+    let clock = now.clone();
+    let reconciler = Reconciler::new(
+        index,
+        store.clone(),
+        Arc::new(NoWorkloads),
+        PromClient::new(Duration::from_millis(500), metrics.clone()).unwrap(),
+        None,
+        metrics.clone(),
+        ReconcilerConfig {
+            interval: Duration::from_secs(10),
+            query_timeout: Duration::from_millis(500),
+            concurrency: 1,
+            gomemlimit_ratio: 0.8,
+            ..ReconcilerConfig::default()
+        },
+        Arc::new(move || *clock.lock().unwrap()),
+    );
+    let reconciles = || {
+        metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix("konsumer_reconcile_duration_seconds_count "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let at = |secs: i64| {
+        *now.lock().unwrap() = start + jiff::SignedDuration::from_secs(secs);
+    };
+
+    reconciler.pass().await;
+    assert_eq!(
+        lines.count("WARN", "Prometheus unavailable"),
+        1,
+        "three Consumers, one outage"
+    );
+    assert_eq!(
+        *store.writes.lock().unwrap(),
+        3,
+        "each says so in its status"
+    );
+    assert!(
+        metrics
+            .encode()
+            .contains("konsumer_prometheus_failing_consumers 3"),
+        "{}",
+        metrics.encode()
+    );
+    // Their statuses changed: reconciled once more, which changes nothing.
+    at(10);
+    reconciler.pass().await;
+    let after_second = reconciles();
+    assert_eq!(after_second, 6);
+    // Nothing changed since: skipped until their next Prometheus read is due.
+    at(20);
+    reconciler.pass().await;
+    at(30);
+    reconciler.pass().await;
+    assert_eq!(
+        reconciles(),
+        after_second,
+        "unchanged Consumers were reconciled"
+    );
+    // minSyncPeriod (1m) later they read again and fail the same way: no new line,
+    // no write; five minutes in, one summary.
+    at(70);
+    reconciler.pass().await;
+    assert_eq!(reconciles(), after_second + 3);
+    assert_eq!(*store.writes.lock().unwrap(), 3);
+    assert_eq!(lines.count("WARN", "Prometheus unavailable"), 1);
+    assert_eq!(lines.count("WARN", "Prometheus still unavailable"), 0);
+    at(310);
+    reconciler.pass().await;
+    assert_eq!(lines.count("WARN", "Prometheus unavailable"), 1);
+    assert_eq!(lines.count("WARN", "Prometheus still unavailable"), 1);
+}

@@ -1,0 +1,754 @@
+//! A workload AdmissionReview read in one pass: the few fields the decision reads
+//! are parsed (strictly), everything else is skipped by its brackets and quotes
+//! without being parsed. On a 24 KB Pod, most of the body (managedFields, probes,
+//! volumes, userInfo, status) is never looked at, which is where serde_json spends
+//! most of its time even with `IgnoredAny`.
+//!
+//! The reader only answers when it is sure to read what serde would: the same
+//! `Request<Workload, IgnoredAny>`. Anything unusual (an escape in a key, a
+//! struct written as an array, a duplicate field, a number where konsumer reads a
+//! label, a type serde would refuse) makes it give up, and the caller parses the
+//! body with serde, which also words the error. The one difference: a syntax error
+//! *inside a value konsumer skips* (say `tru` deep in managedFields) is not
+//! noticed; the values konsumer reads are checked as serde checks them.
+
+use std::borrow::Cow;
+
+use serde::de::IgnoredAny;
+
+use super::{GroupVersionKind, Request, Review};
+use crate::inject::workload::{
+    Container, EnvVar, Meta, PodSpec, PodTemplate, ResourcesView, Selected, Str, Workload,
+    WorkloadSpec, interesting,
+};
+
+/// The reader is not sure it reads what serde would; parse with serde.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unsure;
+
+type R<T> = Result<T, Unsure>;
+
+/// A workload review as serde would read it, or [`Unsure`].
+pub fn read_workload_review(body: &[u8]) -> R<Review<'_, Workload<'_>, IgnoredAny>> {
+    // Every string borrowed below is then valid UTF-8 as a whole.
+    let text = std::str::from_utf8(body).map_err(|_| Unsure)?;
+    let mut c = Cursor {
+        s: text,
+        b: body,
+        pos: 0,
+    };
+    let mut api_version = None;
+    let mut request = None;
+    let (mut seen_version, mut seen_request) = (false, false);
+    c.object(|c, key| {
+        match key {
+            "apiVersion" => {
+                once(&mut seen_version)?;
+                api_version = c.opt_str()?;
+            }
+            "request" => {
+                once(&mut seen_request)?;
+                request = if c.null()? { None } else { Some(c.request()?) };
+            }
+            _ => c.skip()?,
+        }
+        Ok(())
+    })?;
+    c.ws();
+    if c.pos != c.b.len() {
+        return Err(Unsure);
+    }
+    Ok(Review {
+        api_version,
+        request,
+    })
+}
+
+/// Eight bytes at a time: each function below sets the high bit of every byte of
+/// the word that matches. Only the lowest set bit is exact (a borrow can mark a
+/// byte above a match), and only the lowest is used: the first match.
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+fn eq(word: u64, byte: u8) -> u64 {
+    let x = word ^ (ONES * u64::from(byte));
+    x.wrapping_sub(ONES) & !x & HIGHS
+}
+
+fn below(word: u64, n: u8) -> u64 {
+    word.wrapping_sub(ONES * u64::from(n)) & !word & HIGHS
+}
+
+/// Ends a string being read: a quote, a backslash or a control character.
+fn string_stop(word: u64) -> u64 {
+    eq(word, b'"') | eq(word, b'\\') | below(word, 0x20)
+}
+
+/// Ends a string being skipped: a quote or a backslash.
+fn skip_stop(word: u64) -> u64 {
+    eq(word, b'"') | eq(word, b'\\')
+}
+
+/// A quote or a bracket: clearing bit 5 turns `{` into `[` and `}` into `]`.
+fn structure(word: u64) -> u64 {
+    let folded = word & 0xDFDF_DFDF_DFDF_DFDF;
+    eq(word, b'"') | eq(folded, b'[') | eq(folded, b']')
+}
+
+/// The first index at or after `from` where `mask` (or, for the last bytes,
+/// `one`) matches.
+#[inline(always)]
+fn find(b: &[u8], from: usize, mask: fn(u64) -> u64, one: fn(u8) -> bool) -> Option<usize> {
+    let mut i = from;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let m = mask(u64::from_le_bytes(word));
+        if m != 0 {
+            return Some(i + (m.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    b.get(i..)?.iter().position(|c| one(*c)).map(|p| i + p)
+}
+
+/// serde refuses a field given twice.
+fn once(seen: &mut bool) -> R<()> {
+    if std::mem::replace(seen, true) {
+        Err(Unsure)
+    } else {
+        Ok(())
+    }
+}
+
+struct Cursor<'a> {
+    s: &'a str,
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.b.get(self.pos) {
+            self.pos += 1;
+        }
+    }
+
+    /// The next byte after whitespace, not consumed.
+    fn peek(&mut self) -> R<u8> {
+        self.ws();
+        self.b.get(self.pos).copied().ok_or(Unsure)
+    }
+
+    fn eat(&mut self, byte: u8) -> R<()> {
+        if self.peek()? == byte {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(Unsure)
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> R<()> {
+        let end = self.pos + word.len();
+        if self.b.get(self.pos..end) != Some(word) {
+            return Err(Unsure);
+        }
+        // `nullx` is not `null`.
+        if self
+            .b
+            .get(end)
+            .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_')
+        {
+            return Err(Unsure);
+        }
+        self.pos = end;
+        Ok(())
+    }
+
+    /// Consumes a `null` if that is what comes next.
+    fn null(&mut self) -> R<bool> {
+        if self.peek()? == b'n' {
+            self.literal(b"null")?;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// A string without escapes or control characters, borrowed; anything else is
+    /// left to serde.
+    fn str(&mut self) -> R<&'a str> {
+        self.eat(b'"')?;
+        let start = self.pos;
+        let end = find(self.b, start, string_stop, |c| {
+            c == b'"' || c == b'\\' || c < 0x20
+        })
+        .ok_or(Unsure)?;
+        if self.b[end] != b'"' {
+            return Err(Unsure);
+        }
+        self.pos = end + 1;
+        self.s.get(start..end).ok_or(Unsure)
+    }
+
+    fn string(&mut self) -> R<Str<'a>> {
+        Ok(Str(Cow::Borrowed(self.str()?)))
+    }
+
+    fn opt_str(&mut self) -> R<Option<Str<'a>>> {
+        if self.null()? {
+            Ok(None)
+        } else {
+            self.string().map(Some)
+        }
+    }
+
+    fn opt_bool(&mut self) -> R<Option<bool>> {
+        match self.peek()? {
+            b'n' => self.literal(b"null").map(|()| None),
+            b't' => self.literal(b"true").map(|()| Some(true)),
+            b'f' => self.literal(b"false").map(|()| Some(false)),
+            _ => Err(Unsure),
+        }
+    }
+
+    /// `Option<IgnoredAny>`: whether a non-null value was there.
+    fn opt_any(&mut self) -> R<Option<IgnoredAny>> {
+        if self.null()? {
+            Ok(None)
+        } else {
+            self.skip().map(|()| Some(IgnoredAny))
+        }
+    }
+
+    /// Calls `field` for each key of an object, the cursor on its value; the
+    /// callback must consume the value.
+    fn object(&mut self, mut field: impl FnMut(&mut Self, &'a str) -> R<()>) -> R<()> {
+        self.eat(b'{')?;
+        if self.peek()? == b'}' {
+            self.pos += 1;
+            return Ok(());
+        }
+        loop {
+            let key = self.str()?;
+            self.eat(b':')?;
+            field(self, key)?;
+            match self.peek()? {
+                b',' => self.pos += 1,
+                b'}' => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                _ => return Err(Unsure),
+            }
+        }
+    }
+
+    /// `Option<Vec<T>>` from an array of objects.
+    fn opt_list<T>(&mut self, mut item: impl FnMut(&mut Self) -> R<T>) -> R<Option<Vec<T>>> {
+        if self.null()? {
+            return Ok(None);
+        }
+        self.eat(b'[')?;
+        let mut out = Vec::new();
+        if self.peek()? == b']' {
+            self.pos += 1;
+            return Ok(Some(out));
+        }
+        loop {
+            out.push(item(self)?);
+            match self.peek()? {
+                b',' => self.pos += 1,
+                b']' => {
+                    self.pos += 1;
+                    return Ok(Some(out));
+                }
+                _ => return Err(Unsure),
+            }
+        }
+    }
+
+    /// Skips one value by its quotes and brackets, without parsing it.
+    fn skip(&mut self) -> R<()> {
+        match self.peek()? {
+            b'"' => self.skip_string(),
+            b'{' | b'[' => self.skip_container(),
+            b',' | b':' | b'}' | b']' => Err(Unsure),
+            _ => {
+                // A number or a literal: up to the next delimiter.
+                let rest = &self.b[self.pos..];
+                let len = rest
+                    .iter()
+                    .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t'))
+                    .unwrap_or(rest.len());
+                self.pos += len;
+                Ok(())
+            }
+        }
+    }
+
+    fn skip_string(&mut self) -> R<()> {
+        self.pos += 1;
+        loop {
+            let at =
+                find(self.b, self.pos, skip_stop, |c| c == b'"' || c == b'\\').ok_or(Unsure)?;
+            if self.b[at] == b'"' {
+                self.pos = at + 1;
+                return Ok(());
+            }
+            self.pos = at + 2;
+        }
+    }
+
+    fn skip_container(&mut self) -> R<()> {
+        let mut depth = 0usize;
+        loop {
+            self.pos = find(self.b, self.pos, structure, |c| {
+                matches!(c, b'"' | b'{' | b'[' | b'}' | b']')
+            })
+            .ok_or(Unsure)?;
+            match self.b[self.pos] {
+                b'"' => self.skip_string()?,
+                b'{' | b'[' => {
+                    depth += 1;
+                    // serde_json refuses more than 128 levels; well below that, let
+                    // it decide.
+                    if depth > 64 {
+                        return Err(Unsure);
+                    }
+                    self.pos += 1;
+                }
+                _ => {
+                    depth -= 1;
+                    self.pos += 1;
+                    if depth == 0 {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    fn request(&mut self) -> R<Request<'a, Workload<'a>, IgnoredAny>> {
+        let mut uid = None;
+        let (mut kind, mut request_kind) = (None, None);
+        let (mut namespace, mut name, mut operation) = (None, None, None);
+        let mut dry_run = None;
+        let (mut object, mut old_object) = (None, None);
+        let mut seen = [false; 9];
+        self.object(|c, key| {
+            match key {
+                "uid" => {
+                    once(&mut seen[0])?;
+                    uid = Some(c.string()?);
+                }
+                "kind" => {
+                    once(&mut seen[1])?;
+                    kind = c.opt_gvk()?;
+                }
+                "requestKind" => {
+                    once(&mut seen[2])?;
+                    request_kind = c.opt_gvk()?;
+                }
+                "namespace" => {
+                    once(&mut seen[3])?;
+                    namespace = c.opt_str()?;
+                }
+                "name" => {
+                    once(&mut seen[4])?;
+                    name = c.opt_str()?;
+                }
+                "operation" => {
+                    once(&mut seen[5])?;
+                    operation = c.opt_str()?;
+                }
+                "dryRun" => {
+                    once(&mut seen[6])?;
+                    dry_run = c.opt_bool()?;
+                }
+                "object" => {
+                    once(&mut seen[7])?;
+                    object = if c.null()? { None } else { Some(c.workload()?) };
+                }
+                "oldObject" => {
+                    once(&mut seen[8])?;
+                    old_object = c.opt_any()?;
+                }
+                _ => c.skip()?,
+            }
+            Ok(())
+        })?;
+        Ok(Request {
+            uid: uid.ok_or(Unsure)?,
+            kind,
+            request_kind,
+            namespace,
+            name,
+            operation,
+            dry_run,
+            object,
+            old_object,
+        })
+    }
+
+    fn opt_gvk(&mut self) -> R<Option<GroupVersionKind<'a>>> {
+        if self.null()? {
+            return Ok(None);
+        }
+        let mut gvk = GroupVersionKind {
+            group: Str::default(),
+            version: Str::default(),
+            kind: Str::default(),
+        };
+        let mut seen = [false; 3];
+        self.object(|c, key| {
+            match key {
+                "group" => {
+                    once(&mut seen[0])?;
+                    gvk.group = c.string()?;
+                }
+                "version" => {
+                    once(&mut seen[1])?;
+                    gvk.version = c.string()?;
+                }
+                "kind" => {
+                    once(&mut seen[2])?;
+                    gvk.kind = c.string()?;
+                }
+                _ => c.skip()?,
+            }
+            Ok(())
+        })?;
+        Ok(Some(gvk))
+    }
+
+    fn workload(&mut self) -> R<Workload<'a>> {
+        let mut w = Workload::default();
+        let mut seen = [false; 2];
+        self.object(|c, key| {
+            match key {
+                "metadata" => {
+                    once(&mut seen[0])?;
+                    w.metadata = c.opt_meta()?;
+                }
+                "spec" => {
+                    once(&mut seen[1])?;
+                    w.spec = if c.null()? {
+                        None
+                    } else {
+                        Some(c.workload_spec()?)
+                    };
+                }
+                _ => c.skip()?,
+            }
+            Ok(())
+        })?;
+        Ok(w)
+    }
+
+    fn opt_meta(&mut self) -> R<Option<Meta<'a>>> {
+        if self.null()? {
+            return Ok(None);
+        }
+        let mut m = Meta::default();
+        let mut seen = [false; 4];
+        self.object(|c, key| {
+            match key {
+                "name" => {
+                    once(&mut seen[0])?;
+                    m.name = c.opt_str()?;
+                }
+                "deletionTimestamp" => {
+                    once(&mut seen[1])?;
+                    m.deletion_timestamp = c.opt_any()?;
+                }
+                "labels" => {
+                    once(&mut seen[2])?;
+                    m.labels = c.opt_selected()?;
+                }
+                "annotations" => {
+                    once(&mut seen[3])?;
+                    m.annotations = c.opt_selected()?;
+                }
+                _ => c.skip()?,
+            }
+            Ok(())
+        })?;
+        Ok(Some(m))
+    }
+
+    /// A map of which only the keys konsumer reads are kept (string values; a
+    /// number or a bool there is left to serde, which writes it as text).
+    fn opt_selected(&mut self) -> R<Option<Selected<'a>>> {
+        if self.null()? {
+            return Ok(None);
+        }
+        let mut entries = Vec::new();
+        self.object(|c, key| {
+            if interesting(key) {
+                let value = c.opt_str()?;
+                entries.push((Str(Cow::Borrowed(key)), value));
+            } else {
+                c.skip()?;
+            }
+            Ok(())
+        })?;
+        Ok(Some(Selected::from_entries(entries)))
+    }
+
+    fn workload_spec(&mut self) -> R<WorkloadSpec<'a>> {
+        let mut s = WorkloadSpec::default();
+        let mut seen = [false; 3];
+        self.object(|c, key| {
+            match key {
+                "containers" => {
+                    once(&mut seen[0])?;
+                    s.containers = c.opt_list(Self::container)?;
+                }
+                "initContainers" => {
+                    once(&mut seen[1])?;
+                    s.init_containers = c.opt_list(Self::container)?;
+                }
+                "template" => {
+                    once(&mut seen[2])?;
+                    s.template = if c.null()? {
+                        None
+                    } else {
+                        Some(c.pod_template()?)
+                    };
+                }
+                _ => c.skip()?,
+            }
+            Ok(())
+        })?;
+        Ok(s)
+    }
+
+    fn pod_template(&mut self) -> R<PodTemplate<'a>> {
+        let mut t = PodTemplate::default();
+        let mut seen = [false; 2];
+        self.object(|c, key| {
+            match key {
+                "metadata" => {
+                    once(&mut seen[0])?;
+                    t.metadata = c.opt_meta()?;
+                }
+                "spec" => {
+                    once(&mut seen[1])?;
+                    t.spec = if c.null()? { None } else { Some(c.pod_spec()?) };
+                }
+                _ => c.skip()?,
+            }
+            Ok(())
+        })?;
+        Ok(t)
+    }
+
+    fn pod_spec(&mut self) -> R<PodSpec<'a>> {
+        let mut s = PodSpec::default();
+        let mut seen = [false; 2];
+        self.object(|c, key| {
+            match key {
+                "containers" => {
+                    once(&mut seen[0])?;
+                    s.containers = c.opt_list(Self::container)?;
+                }
+                "initContainers" => {
+                    once(&mut seen[1])?;
+                    s.init_containers = c.opt_list(Self::container)?;
+                }
+                _ => c.skip()?,
+            }
+            Ok(())
+        })?;
+        Ok(s)
+    }
+
+    fn container(&mut self) -> R<Container<'a>> {
+        let mut name = Str::default();
+        let mut env = None;
+        let mut resources = None;
+        let mut seen = [false; 3];
+        self.object(|c, key| {
+            match key {
+                "name" => {
+                    once(&mut seen[0])?;
+                    name = c.string()?;
+                }
+                "env" => {
+                    once(&mut seen[1])?;
+                    env = c.opt_list(Self::env_var)?;
+                }
+                "resources" => {
+                    once(&mut seen[2])?;
+                    resources = if c.null()? {
+                        None
+                    } else {
+                        Some(c.resources()?)
+                    };
+                }
+                _ => c.skip()?,
+            }
+            Ok(())
+        })?;
+        Ok(Container {
+            name,
+            env,
+            resources,
+        })
+    }
+
+    fn env_var(&mut self) -> R<EnvVar<'a>> {
+        let mut e = EnvVar {
+            name: Str::default(),
+            value: None,
+            value_from: None,
+        };
+        let mut seen = [false; 3];
+        self.object(|c, key| {
+            match key {
+                "name" => {
+                    once(&mut seen[0])?;
+                    e.name = c.string()?;
+                }
+                "value" => {
+                    once(&mut seen[1])?;
+                    e.value = c.opt_str()?;
+                }
+                "valueFrom" => {
+                    once(&mut seen[2])?;
+                    e.value_from = c.opt_any()?;
+                }
+                _ => c.skip()?,
+            }
+            Ok(())
+        })?;
+        Ok(e)
+    }
+
+    fn resources(&mut self) -> R<ResourcesView<'a>> {
+        let mut r = ResourcesView::default();
+        let mut seen = [false; 2];
+        self.object(|c, key| {
+            match key {
+                "requests" => {
+                    once(&mut seen[0])?;
+                    r.requests = c.opt_selected()?;
+                }
+                "limits" => {
+                    once(&mut seen[1])?;
+                    r.limits = c.opt_selected()?;
+                }
+                _ => c.skip()?,
+            }
+            Ok(())
+        })?;
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn both(json: &str) -> (String, String) {
+        let fast = read_workload_review(json.as_bytes()).map(|r| format!("{r:?}"));
+        let full = serde_json::from_str::<Review<Workload, IgnoredAny>>(json)
+            .map(|r| format!("{r:?}"))
+            .map_err(|_| Unsure);
+        (
+            fast.unwrap_or_else(|_| "unsure".into()),
+            full.unwrap_or_else(|_| "error".into()),
+        )
+    }
+
+    #[test]
+    fn reads_what_serde_reads_from_every_captured_workload_review() {
+        for entry in std::fs::read_dir("tests/fixtures/admission").unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if !(name.starts_with("pod-") || name.starts_with("deployment-")) {
+                continue;
+            }
+            let body = std::fs::read_to_string(&path).unwrap();
+            let (fast, full) = both(&body);
+            assert_eq!(fast, full, "{name}");
+        }
+    }
+
+    #[test]
+    fn gives_up_where_serde_would_refuse_or_convert() {
+        for json in [
+            r#"{"request":{"uid":"u","uid":"v"}}"#,
+            r#"{"request":{"kind":{"kind":"Pod"}}}"#,
+            r#"{"request":{"uid":"u","dryRun":"yes"}}"#,
+            r#"{"request":{"uid":"u","object":{"metadata":{"labels":{"konsumerator.lwolf.org/instance":2}}}}}"#,
+            r#"{"request":{"uid":"u","object":{"metadata":[]}}}"#,
+            r#"{"request":{"u\u0069d":"u"}}"#,
+            r#"{"request":{"uid":"a\"b"}}"#,
+            r#"{"request":{"uid":"u"}} x"#,
+            r#"{"request":{"uid":"u","object":{"spec":{"containers":[{"name":null}]}}}}"#,
+            r#"{"request":{"uid":"u""#,
+        ] {
+            assert!(read_workload_review(json.as_bytes()).is_err(), "{json}");
+        }
+    }
+
+    #[test]
+    fn a_syntax_error_inside_a_skipped_value_goes_unnoticed_and_nowhere_else() {
+        // The one difference from serde, by design: values konsumer never reads are
+        // not parsed. The apiserver never sends such a body.
+        let skipped = r#"{"request":{"uid":"u","userInfo":{"extra":tru}}}"#;
+        assert!(serde_json::from_str::<Review<Workload, IgnoredAny>>(skipped).is_err());
+        assert!(read_workload_review(skipped.as_bytes()).is_ok());
+        // Where konsumer reads, it is as strict as serde.
+        let read = r#"{"request":{"uid":"u","dryRun":tru}}"#;
+        assert!(read_workload_review(read.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn the_word_scans_find_the_first_match_at_every_offset() {
+        let stops: &[u8] = b"\"\\\n{}[]";
+        for &stop in stops {
+            for len in 0..40 {
+                for at in 0..len {
+                    let mut b = vec![b'a'; len];
+                    b[at] = stop;
+                    // A second match later must not hide the first.
+                    if at + 3 < len {
+                        b[at + 3] = b'"';
+                    }
+                    let want = |f: fn(u8) -> bool| b.iter().position(|c| f(*c));
+                    assert_eq!(
+                        find(&b, 0, string_stop, |c| c == b'"' || c == b'\\' || c < 0x20),
+                        want(|c| c == b'"' || c == b'\\' || c < 0x20)
+                    );
+                    assert_eq!(
+                        find(&b, 0, skip_stop, |c| c == b'"' || c == b'\\'),
+                        want(|c| c == b'"' || c == b'\\')
+                    );
+                    let brackets = |c: u8| matches!(c, b'"' | b'{' | b'[' | b'}' | b']');
+                    assert_eq!(find(&b, 0, structure, brackets), want(brackets));
+                }
+            }
+        }
+        // Bytes that only look alike once folded are no brackets.
+        assert_eq!(find(b"{;}=", 1, structure, |c| c == b'}'), Some(2));
+        assert_eq!(
+            find(&[0x7C, 0x5C, 0xFB, 0xDB], 0, structure, |_| false),
+            None
+        );
+    }
+
+    #[test]
+    fn skips_what_it_does_not_read_whatever_it_holds() {
+        let json = r#" {"kind":"AdmissionReview","request":{"userInfo":{"a":["}",{"b":"\"]"}],"n":-1.5e3,"t":true},
+            "uid":"u","object":{"metadata":{"labels":{"app":"x\\y","konsumerator.lwolf.org/consumer":"orders"},
+            "managedFields":[{"f:spec":{"k:{\"name\":\"c\"}":{}}}]},"spec":{"containers":[{"name":"c","env":[{"name":"A","valueFrom":{"x":null}},{"name":"B","value":null}],
+            "resources":{"limits":{"cpu":"1","nvidia.com/gpu":3}}}]}},"oldObject":null,"dryRun":false}} "#;
+        let (fast, full) = both(json);
+        assert_ne!(fast, "unsure");
+        assert_eq!(fast, full);
+    }
+}
