@@ -207,7 +207,15 @@ pub async fn start(
     };
     let cert = tls::ReloadingCert::new(cert_files)?;
     cert.spawn_reloader(config.tls_reload_every, metrics.clone(), shutdown.clone());
-    let tls_config = tls::server_config(cert, config.client_ca.as_deref())?;
+    let client_ca = match &config.client_ca {
+        None => None,
+        Some(path) => {
+            let ca = tls::ReloadingClientCa::new(path)?;
+            ca.spawn_reloader(config.tls_reload_every, shutdown.clone());
+            Some(ca)
+        }
+    };
+    let tls_config = tls::server_config(cert, client_ca)?;
 
     // Fill the cache before serving: readiness waits for it anyway.
     match &backend {

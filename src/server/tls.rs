@@ -14,6 +14,7 @@ use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_util::sync::CancellationToken;
@@ -335,51 +336,168 @@ impl ResolvesServerCert for ReloadingCert {
     }
 }
 
+/// Builds the verifier of `--client-ca` from its PEM content.
+fn client_verifier(path: &Path, pem: &[u8]) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let invalid = |message: String| TlsError::Invalid {
+        flag: "--client-ca",
+        path: path.display().to_string(),
+        message,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| invalid(pem_words(&e)))?;
+        roots
+            .add(cert)
+            .map_err(|e| invalid(format!("not a usable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(invalid("no CERTIFICATE block".into()));
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| invalid(e.to_string()))
+}
+
+/// The CAs of `--client-ca`, re-read like the serving certificate: a new
+/// bundle (the apiserver's client certificate re-issued under a new CA) is
+/// used for the next handshake without a restart; one that does not parse is
+/// reported once and the current CAs keep verifying.
+pub struct ReloadingClientCa {
+    path: PathBuf,
+    current: RwLock<(Vec<u8>, Arc<dyn ClientCertVerifier>)>,
+    refused: Mutex<Option<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for ReloadingClientCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingClientCa")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReloadingClientCa {
+    pub fn new(path: &Path) -> Result<Arc<Self>, TlsError> {
+        let pem = read_pem("--client-ca", path)?;
+        let verifier = client_verifier(path, &pem)?;
+        Ok(Arc::new(ReloadingClientCa {
+            path: path.to_path_buf(),
+            current: RwLock::new((pem, verifier)),
+            refused: Mutex::new(None),
+        }))
+    }
+
+    fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone()
+    }
+
+    /// Reloads when the file's content changed. Returns whether new CAs are
+    /// used; `Err` (once per bad content) when the new file cannot be.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let pem = read_pem("--client-ca", &self.path)?;
+        if self.current.read().unwrap_or_else(|e| e.into_inner()).0 == pem {
+            return Ok(false);
+        }
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if refused.as_ref() == Some(&pem) {
+            return Ok(false);
+        }
+        let verifier = match client_verifier(&self.path, &pem) {
+            Ok(v) => v,
+            Err(e) => {
+                *refused = Some(pem);
+                return Err(e);
+            }
+        };
+        *refused = None;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = (pem, verifier);
+        Ok(true)
+    }
+
+    /// Checks the file every `every` until `shutdown`.
+    pub fn spawn_reloader(self: &Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                match this.reload_if_changed() {
+                    Ok(true) => {
+                        tracing::info!(client_ca = %this.path.display(), "client CA bundle reloaded")
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "new client CA bundle not used; the current CAs keep verifying")
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl ClientCertVerifier for ReloadingClientCa {
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    // The hints would borrow from a bundle that may be swapped; clients with a
+    // single certificate (the apiserver) do not need them.
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.verifier()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.verifier().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.verifier().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.verifier().supported_verify_schemes()
+    }
+}
+
 /// rustls server config: HTTP/1.1 only (the apiserver does not use HTTP/2 for
 /// webhooks), certificate from `resolver`; with `client_ca`, a client
 /// certificate signed by one of its CAs is required (`--client-ca`).
 pub fn server_config(
     resolver: Arc<dyn ResolvesServerCert>,
-    client_ca: Option<&Path>,
+    client_ca: Option<Arc<ReloadingClientCa>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let builder =
         ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
-        Some(path) => {
-            let pem = read_pem("--client-ca", path)?;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| TlsError::Invalid {
-                    flag: "--client-ca",
-                    path: path.display().to_string(),
-                    message: pem_words(&e),
-                })?;
-                roots.add(cert).map_err(|e| TlsError::Invalid {
-                    flag: "--client-ca",
-                    path: path.display().to_string(),
-                    message: format!("not a usable CA certificate: {e}"),
-                })?;
-            }
-            if roots.is_empty() {
-                return Err(TlsError::Invalid {
-                    flag: "--client-ca",
-                    path: path.display().to_string(),
-                    message: "no CERTIFICATE block".into(),
-                });
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider(),
-            )
-            .build()
-            .map_err(|e| TlsError::Invalid {
-                flag: "--client-ca",
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
-            builder.with_client_cert_verifier(verifier)
-        }
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
     };
     let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

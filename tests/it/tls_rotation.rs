@@ -222,13 +222,53 @@ async fn a_client_ca_admits_a_signed_client_certificate_and_refuses_none() {
     s.stop().await;
 }
 
+#[tokio::test]
+async fn a_rewritten_client_ca_is_used_without_a_restart_and_a_broken_one_is_ignored() {
+    let first = client_pki();
+    let second = client_pki();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("client-ca.crt");
+    std::fs::write(&ca_file, &first.ca_pem).unwrap();
+    let s = LocalServer::start_with(&[("orders.yaml", &orders_yaml())], |c| {
+        c.client_ca = Some(ca_file.clone());
+        c.tls_reload_every = Duration::from_millis(100);
+    })
+    .await;
+    let running = s.running.as_ref().unwrap();
+    let port = running.webhook_addr.port();
+    let server_ca = std::fs::read_to_string(running.generated_ca.as_ref().unwrap()).unwrap();
+    assert!(exchange(port, &server_ca, Some(&first)).await.is_ok());
+    assert!(exchange(port, &server_ca, Some(&second)).await.is_err());
+
+    // The apiserver's client certificate re-issued under a new CA.
+    std::fs::write(&ca_file, &second.ca_pem).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while exchange(port, &server_ca, Some(&second)).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new client CA was not used"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        exchange(port, &server_ca, Some(&first)).await.is_err(),
+        "the replaced CA still verifies"
+    );
+
+    // A half-written bundle is ignored: the current CAs keep verifying.
+    std::fs::write(&ca_file, "-----BEGIN CERTIFICATE-----\nMIIB").unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(exchange(port, &server_ca, Some(&second)).await.is_ok());
+    s.stop().await;
+}
+
 #[test]
 fn a_client_ca_file_without_certificates_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("client-ca.crt");
     std::fs::write(&ca, "not a certificate\n").unwrap();
     let (files, _) = tls::ensure_local(dir.path()).unwrap();
-    let cert = tls::ReloadingCert::new(files).unwrap();
-    let err = tls::server_config(cert, Some(&ca)).unwrap_err().to_string();
+    tls::ReloadingCert::new(files).unwrap();
+    let err = tls::ReloadingClientCa::new(&ca).unwrap_err().to_string();
     assert!(err.starts_with("--client-ca:"), "{err}");
 }
