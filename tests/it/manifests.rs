@@ -753,3 +753,96 @@ fn the_rendered_rbac_is_the_one_the_mocked_apiserver_enforces() {
         serde_saphyr::from_multiple(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert_eq!(rendered, Rbac::permissions(&raw));
 }
+
+#[test]
+fn the_guest_overlay_runs_konsumer_in_guest_mode_in_one_namespace_as_hardened_as_the_base() {
+    let docs = render(&repo().join("manifests/guest"));
+    let d = deployment(&docs);
+    let namespace = konsumer_namespace(&docs);
+    // Only namespaced objects, all in konsumer's namespace: a namespace admin can
+    // apply it.
+    for doc in &docs {
+        let kind = doc["kind"].as_str().unwrap();
+        assert!(
+            [
+                "ServiceAccount",
+                "Role",
+                "RoleBinding",
+                "Deployment",
+                "Service",
+                "PodDisruptionBudget"
+            ]
+            .contains(&kind),
+            "{kind} in the guest overlay"
+        );
+        assert_eq!(doc["metadata"]["namespace"], namespace.as_str(), "{kind}");
+    }
+    // `--namespace=$(POD_NAMESPACE)`, expanded as the kubelet does.
+    let c = container(&docs);
+    let env: Vec<&str> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert!(env.contains(&"POD_NAMESPACE"));
+    let args: Vec<String> = strs(&c["args"])
+        .into_iter()
+        .map(|a| a.replace("$(POD_NAMESPACE)", &namespace))
+        .collect();
+    let cli = Cli::try_parse_from(std::iter::once("konsumer".to_string()).chain(args.clone()))
+        .unwrap_or_else(|e| panic!("the guest Deployment's args {args:?} do not parse: {e}"));
+    let config = match cli.command {
+        konsumer::cli::Command::Serve(serve) => (*serve).into_config().unwrap(),
+        other => panic!("the guest Deployment runs {other:?}, not serve"),
+    };
+    assert!(config.guest);
+    match &config.mode {
+        konsumer::config::Mode::Kube {
+            namespace: Some(ns),
+        } => assert_eq!(ns, &namespace),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        container_port(&docs, "webhook"),
+        i64::from(config.webhook_addr.port())
+    );
+    assert_eq!(
+        container_port(&docs, "admin"),
+        i64::from(config.admin_addr.port())
+    );
+    // The identity the RoleBinding grants is the one the Pods run as.
+    let binding = one(&docs, "RoleBinding", "konsumer-guest");
+    assert_eq!(
+        binding["subjects"][0]["name"],
+        d["spec"]["template"]["spec"]["serviceAccountName"]
+    );
+    // The same hardening, probes, resources and drain as the base Deployment.
+    let base = cert_manager();
+    let base_spec = &deployment(base)["spec"]["template"]["spec"];
+    let spec = &d["spec"]["template"]["spec"];
+    for key in [
+        "securityContext",
+        "terminationGracePeriodSeconds",
+        "volumes",
+    ] {
+        assert_eq!(spec[key], base_spec[key], "spec.{key}");
+    }
+    let base_c = container(base);
+    for key in [
+        "image",
+        "securityContext",
+        "resources",
+        "livenessProbe",
+        "readinessProbe",
+        "startupProbe",
+        "volumeMounts",
+    ] {
+        assert_eq!(c[key], base_c[key], "container.{key}");
+    }
+    let pdb = one(&docs, "PodDisruptionBudget", "konsumer");
+    assert!(labels_match(
+        &pdb["spec"]["selector"],
+        &d["spec"]["template"]["metadata"]["labels"]
+    ));
+}
