@@ -6,7 +6,9 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --profile dist --locked --bin konsumer
+# `--build-arg FEATURES=otlp` for OTLP trace export (`--otlp-endpoint`).
+ARG FEATURES=""
+RUN cargo build --profile dist --locked --bin konsumer ${FEATURES:+--features "$FEATURES"}
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/dist/konsumer /usr/local/bin/konsumer

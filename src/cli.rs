@@ -50,6 +50,11 @@ pub struct Cli {
         default_value = "info"
     )]
     pub log_level: String,
+    /// Export traces (a span per admission request) over OTLP/HTTP to this
+    /// collector base URL (`http://otel-collector:4318`; spans go to `/v1/traces`).
+    /// Needs a build with `--features otlp`; off by default.
+    #[arg(long, global = true, env = "KONSUMER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -413,10 +418,14 @@ fn crd(args: CrdArgs) -> anyhow::Result<()> {
 
 /// Runs a parsed command line; errors are printed, not panicked.
 pub async fn run(cli: Cli) -> ExitCode {
-    if let Err(e) = telemetry::init(cli.log_format, &cli.log_level) {
-        eprintln!("error: {e:#}");
-        return ExitCode::from(2);
-    }
+    let telemetry =
+        match telemetry::init(cli.log_format, &cli.log_level, cli.otlp_endpoint.as_deref()) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        };
     let result = match cli.command {
         Command::Serve(args) => match (*args).into_config() {
             Ok(config) => crate::server::run(config).await,
@@ -425,8 +434,13 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Crd(args) => crd(args),
         Command::Certs(args) => certs::run(args),
         Command::Plan(args) => plan::run(args).await.context("plan"),
-        Command::Validate(args) => return validate::run(args),
+        Command::Validate(args) => {
+            let code = validate::run(args);
+            telemetry.shutdown();
+            return code;
+        }
     };
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

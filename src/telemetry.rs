@@ -1,6 +1,8 @@
 //! Logs (plain or JSON, by flag) and the metrics registry.
 
 pub mod metrics;
+#[cfg(feature = "otlp")]
+mod otlp;
 pub mod process;
 
 use std::io::IsTerminal;
@@ -17,11 +19,36 @@ pub enum LogFormat {
     Json,
 }
 
+/// What [`init`] set up that needs a word at exit: the trace exporter, which
+/// sends its last batch in [`Telemetry::shutdown`].
+#[derive(Default)]
+pub struct Telemetry {
+    #[cfg(feature = "otlp")]
+    otlp: Option<otlp::Exporter>,
+}
+
+impl Telemetry {
+    pub fn shutdown(self) {
+        #[cfg(feature = "otlp")]
+        if let Some(exporter) = self.otlp {
+            exporter.shutdown();
+        }
+    }
+}
+
 /// Installs the global subscriber; `level` is a tracing filter (`info`,
-/// `konsumer=debug,kube=warn`). A second call is a no-op.
-pub fn init(format: LogFormat, level: &str) -> anyhow::Result<()> {
+/// `konsumer=debug,kube=warn`); with `otlp_endpoint` (`--features otlp`), spans
+/// are also exported over OTLP/HTTP. A second call is a no-op.
+pub fn init(
+    format: LogFormat,
+    level: &str,
+    otlp_endpoint: Option<&str>,
+) -> anyhow::Result<Telemetry> {
     let filter =
         EnvFilter::try_new(level).map_err(|e| anyhow::anyhow!("--log-level {level:?}: {e}"))?;
+    if let Some(endpoint) = otlp_endpoint {
+        return with_otlp(format, filter, endpoint);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
@@ -32,5 +59,37 @@ pub fn init(format: LogFormat, level: &str) -> anyhow::Result<()> {
     };
     // Tests start several servers in one process; the first subscriber stays.
     let _ = result;
-    Ok(())
+    Ok(Telemetry::default())
+}
+
+#[cfg(not(feature = "otlp"))]
+fn with_otlp(_: LogFormat, _: EnvFilter, _: &str) -> anyhow::Result<Telemetry> {
+    anyhow::bail!(
+        "--otlp-endpoint: this konsumer was built without trace export; build it with \
+         `cargo build --release --features otlp`, or leave the flag out"
+    )
+}
+
+#[cfg(feature = "otlp")]
+fn with_otlp(format: LogFormat, filter: EnvFilter, endpoint: &str) -> anyhow::Result<Telemetry> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let exporter = otlp::exporter(endpoint)?;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(exporter.layer())
+        .try_init();
+    Ok(Telemetry {
+        otlp: Some(exporter),
+    })
 }

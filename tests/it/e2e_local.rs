@@ -134,7 +134,7 @@ impl Drop for Binary {
     }
 }
 
-fn copy_example(to: &Path) {
+pub fn copy_example(to: &Path) {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/local");
     for entry in std::fs::read_dir(example).unwrap() {
         let path = entry.unwrap().path();

@@ -86,9 +86,13 @@ fi"##,
     }
 
     fn run(&self, envs: &[(&str, &str)]) -> Output {
+        self.run_with(envs, &["--extra"])
+    }
+
+    fn run_with(&self, envs: &[(&str, &str)], args: &[&str]) -> Output {
         let mut cmd = Command::new("/bin/bash");
         cmd.arg(self.dir.path().join("repo/scripts/test"))
-            .arg("--extra")
+            .args(args)
             .env_clear()
             .env("PATH", self.bin())
             .env("LOG", self.dir.path())
@@ -190,4 +194,17 @@ fn a_kubectl_with_an_old_kustomize_does_not_count() {
     let out = m.run(&[]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("kubectl with kustomize v5"));
+}
+
+#[test]
+fn without_arguments_it_also_runs_the_tests_of_the_optional_otlp_build() {
+    let m = Machine::fresh();
+    m.stub("prometheus", "true");
+    m.stub("kubectl", r#"printf '%s' '{"kustomizeVersion": "v5.5.0"}'"#);
+    let out = m.run_with(&[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        m.log("cargo"),
+        "test --locked\ntest --locked --features otlp --test it otlp::\n"
+    );
 }

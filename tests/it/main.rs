@@ -21,6 +21,7 @@ mod largest_consumer;
 mod managed_kube;
 mod managed_local;
 mod manifests;
+mod otlp;
 mod prometheus_client;
 mod prometheus_harness;
 mod rbac;
