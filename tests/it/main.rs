@@ -15,6 +15,7 @@ mod fake_apiserver;
 mod fresh_machine;
 mod guest_mode;
 mod hostile;
+mod http_api;
 mod image;
 mod kube_mode;
 mod largest_consumer;
