@@ -316,6 +316,8 @@ impl ServeArgs {
         let api_auth = match (&self.api_token_file, &mode) {
             _ if self.no_api => None,
             (Some(file), _) => Some(ApiAuth::TokenFile(file.clone())),
+            // Guest mode may not create TokenReviews (cluster-scoped): tokens only.
+            (None, Mode::Kube { .. }) if self.guest => None,
             (None, Mode::Kube { .. }) => Some(ApiAuth::Kube),
             // Local mode has no one to ask: no token file, no api.
             (None, Mode::Local { .. }) => None,

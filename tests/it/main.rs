@@ -16,6 +16,7 @@ mod fresh_machine;
 mod guest_mode;
 mod hostile;
 mod http_api;
+mod http_api_kube;
 mod image;
 mod kube_mode;
 mod largest_consumer;

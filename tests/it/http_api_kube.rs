@@ -1,0 +1,369 @@
+//! The HTTP API in kube mode against the mocked API server: callers checked by
+//! TokenReview and SubjectAccessReview (the exchanges of
+//! `tests/fixtures/apiserver/08-*.json`), subscriptions created as a
+//! ScalingSubscription and a Secret it owns.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use konsumer::config::{Mode, ServeConfig, TlsSource};
+use konsumer::http_api::{ApiAuth, ApiConfig};
+use konsumer::reconciler::leader::LeaseConfig;
+use konsumer::server::{self, Backend, Running, tls};
+use konsumer::store::ConsumerIndex;
+use konsumer::store::kube::KubeStore;
+use serde_json::{Value, json};
+
+use crate::delivery_local::config;
+use crate::fake_apiserver::FakeApiServer;
+use crate::http_api::{conforms, template_of};
+use crate::support::*;
+
+const TOKEN: &str = "sa-token-ci";
+const USER: &str = "system:serviceaccount:streams:ci";
+
+struct Kube {
+    running: Option<Running>,
+    client: reqwest::Client,
+    base: String,
+    _certs: tempfile::TempDir,
+}
+
+impl Kube {
+    async fn start(fake: &Arc<FakeApiServer>, auth_cache_ttl: Duration) -> Kube {
+        let certs = tempfile::tempdir().unwrap();
+        let (files, _) = tls::ensure_local(certs.path()).unwrap();
+        let mut cfg = ServeConfig::local_for_tests(certs.path().to_path_buf());
+        cfg.mode = Mode::Kube { namespace: None };
+        cfg.tls = TlsSource::Files(files);
+        cfg.delivery = Some(config(true));
+        cfg.lease = LeaseConfig {
+            name: "konsumer-leader".into(),
+            namespace: "konsumer-system".into(),
+            identity: "api-test".into(),
+            duration: Duration::from_secs(15),
+            grace: Duration::from_secs(5),
+        };
+        cfg.api = Some(ApiConfig {
+            auth_cache_ttl,
+            ..ApiConfig::new("127.0.0.1:0".parse().unwrap(), ApiAuth::Kube)
+        });
+        let index = ConsumerIndex::new();
+        let store = Arc::new(KubeStore::new(fake.another_client(), None, index.clone()));
+        let running = server::start(cfg, index.clone(), Backend::kube(store))
+            .await
+            .unwrap();
+        index.wait_synced().await;
+        let ca = std::fs::read(certs.path().join("ca.crt")).unwrap();
+        Kube {
+            client: client_trusting(&ca),
+            base: format!("https://localhost:{}", running.api_addr.unwrap().port()),
+            running: Some(running),
+            _certs: certs,
+        }
+    }
+
+    async fn call(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.client.request(
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            format!("{}{path}", self.base),
+        );
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let value: Value = resp.json().await.unwrap();
+        conforms(template_of(method, path), method, status, &value);
+        (status, value)
+    }
+
+    async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+    }
+}
+
+fn setup() -> Arc<FakeApiServer> {
+    let (_, fake) = FakeApiServer::start();
+    // What the operator does for a team's namespace (manifests/base/rbac.yaml).
+    fake.bind_in_namespace("streams", "konsumer-secret-reader");
+    fake.bind_in_namespace("streams", "konsumer-secret-writer");
+    let orders: Value = serde_saphyr::from_str(&orders_yaml()).unwrap();
+    fake.apply(orders);
+    // As 08-tokenreview.json answers for a ServiceAccount token.
+    fake.add_token(
+        TOKEN,
+        json!({"username": USER, "uid": "e3da2fdf-2260-49f6-a57f-a1b1a0c63c2f",
+               "groups": ["system:serviceaccounts", "system:serviceaccounts:streams", "system:authenticated"],
+               "extra": {"authentication.kubernetes.io/credential-id": ["JTI=76d63a36-15ce-4fba-8bcb-69925c13ddbb"]}}),
+    );
+    for verb in ["get", "list", "create", "update", "delete"] {
+        fake.grant(
+            USER,
+            verb,
+            "konsumer.dev",
+            "scalingsubscriptions",
+            Some("streams"),
+        );
+    }
+    fake.grant(
+        USER,
+        "create",
+        "konsumer.dev",
+        "scalingsubscriptions/test",
+        Some("streams"),
+    );
+    fake.grant(
+        USER,
+        "get",
+        "konsumerator.lwolf.org",
+        "consumers",
+        Some("streams"),
+    );
+    fake.grant(
+        USER,
+        "list",
+        "konsumerator.lwolf.org",
+        "consumers",
+        Some("streams"),
+    );
+    fake
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_are_authenticated_by_tokenreview_and_authorized_by_subjectaccessreview() {
+    let fake = setup();
+    let k = Kube::start(&fake, Duration::from_secs(10)).await;
+    let (status, p) = k
+        .call(None, "GET", "/v1/namespaces/streams/consumers/orders", None)
+        .await;
+    assert_eq!(status, 401, "{p}");
+    let (status, p) = k
+        .call(
+            Some("garbage"),
+            "GET",
+            "/v1/namespaces/streams/consumers/orders",
+            None,
+        )
+        .await;
+    assert_eq!(status, 401, "{p}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("invalid bearer token"),
+        "{p}"
+    );
+
+    let (status, c) = k
+        .call(
+            Some(TOKEN),
+            "GET",
+            "/v1/namespaces/streams/consumers/orders",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{c}");
+    // Cached: more requests, no more reviews.
+    for _ in 0..5 {
+        k.call(
+            Some(TOKEN),
+            "GET",
+            "/v1/namespaces/streams/consumers/orders",
+            None,
+        )
+        .await;
+    }
+    let reviews = fake.reviews();
+    let token_reviews: Vec<&Value> = reviews
+        .iter()
+        .filter(|r| r["kind"] == "TokenReview")
+        .collect();
+    assert_eq!(token_reviews.len(), 2, "one per token: {reviews:#?}");
+    let sars: Vec<&Value> = reviews
+        .iter()
+        .filter(|r| r["kind"] == "SubjectAccessReview")
+        .collect();
+    assert_eq!(sars.len(), 1, "{sars:#?}");
+    // The SubjectAccessReview carries the identity the TokenReview gave, as in 08-subjectaccessreview.json.
+    let spec = &sars[0]["spec"];
+    assert_eq!(spec["user"], USER);
+    assert_eq!(spec["uid"], "e3da2fdf-2260-49f6-a57f-a1b1a0c63c2f");
+    assert_eq!(spec["groups"][2], "system:authenticated");
+    assert_eq!(
+        spec["extra"]["authentication.kubernetes.io/credential-id"][0],
+        "JTI=76d63a36-15ce-4fba-8bcb-69925c13ddbb"
+    );
+    assert_eq!(
+        spec["resourceAttributes"],
+        json!({"namespace": "streams", "verb": "get", "group": "konsumerator.lwolf.org", "resource": "consumers", "name": "orders"})
+    );
+    assert!(
+        !sars[0].to_string().contains(TOKEN),
+        "no token in a SubjectAccessReview"
+    );
+
+    // Another namespace: 403 naming the permission.
+    let (status, p) = k
+        .call(Some(TOKEN), "GET", "/v1/namespaces/other/consumers", None)
+        .await;
+    assert_eq!(status, 403, "{p}");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(USER)
+            && detail.contains("list consumers (konsumerator.lwolf.org) in namespace \"other\""),
+        "{detail}"
+    );
+    // All namespaces: only those it may list.
+    let (status, all) = k.call(Some(TOKEN), "GET", "/v1/consumers", None).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["items"][0]["name"], "orders");
+    k.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_created_through_the_api_is_a_scalingsubscription_with_a_secret_it_owns() {
+    let fake = setup();
+    let k = Kube::start(&fake, Duration::from_millis(200)).await;
+    let (status, created) = k
+        .call(
+            Some(TOKEN),
+            "POST",
+            "/v1/namespaces/streams/subscriptions",
+            Some(
+                json!({"metadata": {"name": "feed", "labels": {"team": "payments"}},
+                        "spec": {"url": "https://hooks.example.com/konsumer"}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{created:#}");
+    let secret = created["secret"].as_str().unwrap();
+    let stored = fake.subscription("streams", "feed").unwrap();
+    assert_eq!(
+        stored["spec"]["secretRef"],
+        json!({"name": "feed-whsec", "key": "secret"})
+    );
+    assert_eq!(stored["metadata"]["labels"]["team"], "payments");
+    let s = fake.secret("streams", "feed-whsec").unwrap();
+    assert_eq!(
+        s["metadata"]["ownerReferences"],
+        json!([{"apiVersion": "konsumer.dev/v1alpha1", "kind": "ScalingSubscription", "name": "feed",
+                "uid": stored["metadata"]["uid"], "controller": true}])
+    );
+    let value = base64::engine::general_purpose::STANDARD
+        .decode(s["data"]["secret"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(value, secret.as_bytes());
+
+    let (status, got) = k
+        .call(
+            Some(TOKEN),
+            "GET",
+            "/v1/namespaces/streams/subscriptions/feed",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(!got.to_string().contains(secret));
+    let (status, dup) = k
+        .call(Some(TOKEN), "POST", "/v1/namespaces/streams/subscriptions",
+              Some(json!({"metadata": {"name": "feed"}, "spec": {"url": "https://hooks.example.com/x"}})))
+        .await;
+    assert_eq!(status, 409, "{dup}");
+
+    let mut changed = got.clone();
+    changed["spec"]["timeout"] = json!("20s");
+    let (status, replaced) = k
+        .call(
+            Some(TOKEN),
+            "PUT",
+            "/v1/namespaces/streams/subscriptions/feed",
+            Some(changed),
+        )
+        .await;
+    assert_eq!(status, 200, "{replaced}");
+    assert_eq!(
+        fake.subscription("streams", "feed").unwrap()["spec"]["timeout"],
+        "20s"
+    );
+
+    // Not granted: 403 that names the subresource.
+    let (status, p) = k
+        .call(
+            Some(TOKEN),
+            "POST",
+            "/v1/namespaces/streams/subscriptions/feed/rotate-secret",
+            None,
+        )
+        .await;
+    assert_eq!(status, 403, "{p}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("resources: [\"scalingsubscriptions/rotate-secret\"], verbs: [\"create\"]"),
+        "{p}"
+    );
+    fake.grant(
+        USER,
+        "create",
+        "konsumer.dev",
+        "scalingsubscriptions/rotate-secret",
+        Some("streams"),
+    );
+    // A denial is cached no longer than an allowance.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, r) = k
+        .call(
+            Some(TOKEN),
+            "POST",
+            "/v1/namespaces/streams/subscriptions/feed/rotate-secret?grace=2h",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    let rotated = base64::engine::general_purpose::STANDARD
+        .decode(
+            fake.secret("streams", "feed-whsec").unwrap()["data"]["secret"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(rotated).unwrap(),
+        format!("{} {secret}", r["secret"].as_str().unwrap())
+    );
+
+    let (status, _) = k
+        .call(
+            Some(TOKEN),
+            "DELETE",
+            "/v1/namespaces/streams/subscriptions/feed",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(fake.subscription("streams", "feed").is_none());
+    let (status, _) = k
+        .call(
+            Some(TOKEN),
+            "DELETE",
+            "/v1/namespaces/streams/subscriptions/feed",
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    k.stop().await;
+}
