@@ -77,6 +77,8 @@ pub struct ApiConfig {
     pub gomemlimit_ratio: f64,
     /// Guest mode: no ScalingSubscriptions.
     pub guest: bool,
+    /// How often rotated secrets whose grace ended are retired.
+    pub retire_every: Duration,
 }
 
 impl ApiConfig {
@@ -91,6 +93,7 @@ impl ApiConfig {
             konsumer_namespace: "default".into(),
             gomemlimit_ratio: 0.8,
             guest: false,
+            retire_every: Duration::from_secs(30),
         }
     }
 }

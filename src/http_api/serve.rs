@@ -67,6 +67,7 @@ pub async fn spawn(
         .await
         .with_context(|| format!("--api-addr {}", config.addr))?;
     let addr = listener.local_addr()?;
+    let retire_every = config.retire_every.max(Duration::from_millis(10));
     let state = ApiState::new(
         parts.index,
         auth,
@@ -93,7 +94,7 @@ pub async fn spawn(
     ));
     // Rotated secrets' grace ends even when nobody calls the api.
     tasks.spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(30));
+        let mut every = tokio::time::interval(retire_every);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,

@@ -408,7 +408,19 @@ pub async fn replace(state: &ApiState, call: &Call) -> Result<Response, Problem>
     call.query.only(&[])?;
     authorize(state, call, access("update", None, call, true)).await?;
     let current = existing(state, call).await?;
-    let sub = read_object(state, call, Some(&current))?;
+    let mut sub = read_object(state, call, Some(&current))?;
+    // A rotation under way stays under way whatever annotations the body brings.
+    if let Some(at) = current
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(RETIRE_ANNOTATION))
+    {
+        sub.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(RETIRE_ANNOTATION.into(), at.clone());
+    }
     let replaced = objects(state)?.replace(sub).await.map_err(object_problem)?;
     if let Some(d) = &state.deliveries {
         d.wake();

@@ -802,6 +802,27 @@ async fn consumers_are_listed_in_pages_with_their_status_plan_and_journal() {
         )
         .await;
     assert_eq!(seqs(&e2), vec![4, 5]);
+
+    // Counted by route template and status class, never by the path itself.
+    let metrics = reqwest::get(format!("http://{}/metrics", s.running().admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("konsumer_api_requests_total{")
+                && l.contains("route=\"/v1/namespaces/{namespace}/consumers/{name}/events\"")
+        })
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(
+        line.contains("method=\"GET\"") && line.contains("status_class=\"2xx\""),
+        "{line}"
+    );
+    assert!(!metrics.contains("consumers/orders"), "a path in a label");
+    assert!(metrics.contains("konsumer_api_request_duration_seconds_bucket{"));
     s.stop().await;
 }
 
@@ -1105,4 +1126,185 @@ async fn the_files_in_the_directory_stay_the_users_and_stale_writes_conflict() {
         "{p}"
     );
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_secrets_stop_signing_when_the_grace_ends() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens_dir = tempfile::tempdir().unwrap();
+    let s = ApiServer::start_with(dir.path(), &write_tokens(tokens_dir.path()), |c| {
+        if let Some(api) = c.api.as_mut() {
+            api.retire_every = Duration::from_millis(100);
+        }
+    })
+    .await;
+    let (_, created) = s
+        .call(
+            "POST",
+            "/v1/namespaces/streams/subscriptions",
+            Some(subscription("feed", &rx.url())),
+        )
+        .await;
+    let old = created["secret"].as_str().unwrap().to_string();
+    let (_, r) = s
+        .call(
+            "POST",
+            "/v1/namespaces/streams/subscriptions/feed/rotate-secret?grace=1s",
+            None,
+        )
+        .await;
+    let new = r["secret"].as_str().unwrap().to_string();
+    let (_, got) = s
+        .call("GET", "/v1/namespaces/streams/subscriptions/feed", None)
+        .await;
+    assert!(
+        got["metadata"]["annotations"]["konsumer.dev/previous-secrets-expire"].is_string(),
+        "{got}"
+    );
+    let signatures = || async {
+        let before = rx.count();
+        s.call(
+            "POST",
+            "/v1/namespaces/streams/subscriptions/feed/test",
+            None,
+        )
+        .await;
+        let last = rx.requests()[before].clone();
+        last.headers["webhook-signature"]
+            .to_str()
+            .unwrap()
+            .split(' ')
+            .count()
+    };
+    assert_eq!(signatures().await, 2, "both sign during the grace");
+    wait_until("the old secret to retire", || async {
+        signatures().await == 1
+    })
+    .await;
+    let before = rx.count();
+    s.call(
+        "POST",
+        "/v1/namespaces/streams/subscriptions/feed/test",
+        None,
+    )
+    .await;
+    let last = rx.requests()[before].clone();
+    standardwebhooks::Webhook::new(&new)
+        .unwrap()
+        .verify(&last.body, &last.headers)
+        .unwrap();
+    assert!(
+        standardwebhooks::Webhook::new(&old)
+            .unwrap()
+            .verify(&last.body, &last.headers)
+            .is_err()
+    );
+    let (_, got) = s
+        .call("GET", "/v1/namespaces/streams/subscriptions/feed", None)
+        .await;
+    assert!(
+        got["metadata"]["annotations"]
+            .get("konsumer.dev/previous-secrets-expire")
+            .is_none(),
+        "{got}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_the_readme_session_and_never_logs_a_token_or_secret() {
+    use crate::e2e_local::Binary;
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/local/orders.yaml"),
+        dir.path().join("orders.yaml"),
+    )
+    .unwrap();
+    let tokens_dir = tempfile::tempdir().unwrap();
+    let tokens = write_tokens(tokens_dir.path());
+    let konsumer = Binary::serve_local(
+        dir.path(),
+        &[
+            "--api-addr",
+            "127.0.0.1:0",
+            "--api-token-file",
+            tokens.to_str().unwrap(),
+            "--egress-allow",
+            "127.0.0.1/32",
+            "--no-reconciler",
+            "--log-level",
+            "debug",
+        ],
+    );
+    let addr = konsumer
+        .logs()
+        .iter()
+        .find(|l| l["message"] == "HTTP API serving")
+        .and_then(|l| l["addr"].as_str().map(String::from))
+        .expect("the api logs where it serves");
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let ca = std::fs::read(dir.path().join(".konsumer/tls/ca.crt")).unwrap();
+    let s = ApiServer {
+        running: None,
+        client: client_trusting(&ca),
+        base: format!("https://localhost:{port}"),
+    };
+    let (status, created) = s
+        .call(
+            "POST",
+            "/v1/namespaces/streams/subscriptions",
+            Some(json!({"metadata": {"name": "feed"}, "spec": {"url": rx.url()}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let secret = created["secret"].as_str().unwrap().to_string();
+    let (_, test) = s
+        .call(
+            "POST",
+            "/v1/namespaces/streams/subscriptions/feed/test",
+            None,
+        )
+        .await;
+    assert_eq!(test["statusCode"], 200, "{test}");
+    let (_, deliveries) = s
+        .call(
+            "GET",
+            "/v1/namespaces/streams/subscriptions/feed/deliveries?limit=2",
+            None,
+        )
+        .await;
+    assert!(!deliveries["items"].as_array().unwrap().is_empty());
+    let (_, rotated) = s
+        .call(
+            "POST",
+            "/v1/namespaces/streams/subscriptions/feed/rotate-secret",
+            None,
+        )
+        .await;
+    let new = rotated["secret"].as_str().unwrap().to_string();
+    rx.events(&[&secret]);
+    let lines = konsumer.log_lines();
+    assert_eq!(konsumer.terminate().code(), Some(0));
+    let logs: String = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| l.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        logs.contains("ScalingSubscription created through the api"),
+        "{logs}"
+    );
+    for (what, value) in [
+        ("the first secret", &secret),
+        ("the rotated secret", &new),
+        ("the api token", &TOKEN.to_string()),
+    ] {
+        assert!(!logs.contains(value.as_str()), "{what} was logged");
+        let bare = value.trim_start_matches("whsec_");
+        assert!(!logs.contains(bare), "{what} was logged without its prefix");
+    }
 }

@@ -367,3 +367,41 @@ async fn a_subscription_created_through_the_api_is_a_scalingsubscription_with_a_
     assert_eq!(status, 404);
     k.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_secret_writer_binding_a_create_says_so_and_leaves_no_subscription_behind() {
+    let (_, fake) = FakeApiServer::start();
+    fake.expect_forbidden();
+    fake.add_token(
+        TOKEN,
+        json!({"username": USER, "groups": ["system:authenticated"]}),
+    );
+    fake.grant(
+        USER,
+        "create",
+        "konsumer.dev",
+        "scalingsubscriptions",
+        Some("streams"),
+    );
+    let k = Kube::start(&fake, Duration::from_secs(10)).await;
+    let (status, p) = k
+        .call(
+            Some(TOKEN),
+            "POST",
+            "/v1/namespaces/streams/subscriptions",
+            Some(json!({"metadata": {"name": "feed"}, "spec": {"url": "https://hooks.example.com/x"}})),
+        )
+        .await;
+    assert_eq!(status, 500, "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("RBAC"), "{p}");
+    assert!(
+        fake.subscription("streams", "feed").is_none(),
+        "the create was undone"
+    );
+    assert!(
+        fake.forbidden().iter().any(|f| f.contains("/secrets")),
+        "{:?}",
+        fake.forbidden()
+    );
+    k.stop().await;
+}
