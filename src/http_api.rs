@@ -107,6 +107,8 @@ pub struct ApiState {
     pub objects: Option<Arc<dyn Objects>>,
     /// `None` with `--no-delivery`.
     pub deliveries: Option<Deliveries>,
+    /// Whether this replica delivers now (kube mode: the lease); `None`: always.
+    pub is_leader: Option<tokio::sync::watch::Receiver<bool>>,
     pub metrics: Arc<Metrics>,
     pub config: Arc<ApiConfig>,
     slots: Arc<tokio::sync::Semaphore>,
@@ -127,6 +129,7 @@ impl ApiState {
             auth: Arc::new(auth),
             objects,
             deliveries,
+            is_leader: None,
             metrics,
             config: Arc::new(config),
         }

@@ -447,6 +447,7 @@ pub async fn start(
                 client,
                 local: local_subs.clone(),
                 deliveries: deliveries.clone(),
+                is_leader: leadership.as_ref().map(|l| l.is_leader.clone()),
                 metrics: metrics.clone(),
                 tls: tls::server_config(cert, None)?,
                 limits: timeouts(listener::Limits::webhook(api.max_connections)),

@@ -39,6 +39,8 @@ pub struct Problem {
     pub title: &'static str,
     pub detail: String,
     pub causes: Vec<Cause>,
+    /// Seconds after which a retry may succeed (`Retry-After`).
+    pub retry_after: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -60,6 +62,7 @@ impl Problem {
             title,
             detail: format!("konsumer: {detail}"),
             causes: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -150,6 +153,13 @@ impl Problem {
         )
     }
 
+    /// `unavailable`, with `Retry-After`.
+    pub fn retry_later(detail: impl Into<String>, secs: u32) -> Self {
+        let mut p = Problem::unavailable(detail);
+        p.retry_after = Some(secs);
+        p
+    }
+
     pub fn internal(detail: impl Into<String>) -> Self {
         Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -201,6 +211,9 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(
                 header::WWW_AUTHENTICATE,

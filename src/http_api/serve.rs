@@ -30,6 +30,8 @@ pub struct Parts {
     /// Local mode's subscriptions.
     pub local: Option<Arc<LocalSubscriptions>>,
     pub deliveries: Option<Deliveries>,
+    /// Whether this replica delivers now (the lease).
+    pub is_leader: Option<tokio::sync::watch::Receiver<bool>>,
     pub metrics: Arc<Metrics>,
     pub tls: Arc<ServerConfig>,
     pub limits: listener::Limits,
@@ -68,7 +70,7 @@ pub async fn spawn(
         .with_context(|| format!("--api-addr {}", config.addr))?;
     let addr = listener.local_addr()?;
     let retire_every = config.retire_every.max(Duration::from_millis(10));
-    let state = ApiState::new(
+    let mut state = ApiState::new(
         parts.index,
         auth,
         objects,
@@ -76,6 +78,7 @@ pub async fn spawn(
         parts.metrics.clone(),
         config,
     );
+    state.is_leader = parts.is_leader;
     let displaced = parts
         .metrics
         .connections_displaced

@@ -84,6 +84,18 @@ fn deliveries(state: &ApiState) -> Result<&Deliveries, Problem> {
     })
 }
 
+/// Delivery history and cursors live in the delivering replica's memory: another
+/// replica sends the caller to retry (the Service picks a replica per connection).
+fn leader_only(state: &ApiState) -> Result<(), Problem> {
+    match &state.is_leader {
+        Some(rx) if !*rx.borrow() => Err(Problem::retry_later(
+            "this replica does not deliver scaling events now (another one holds the lease) and only that one knows the deliveries and moves cursors; retry on a new connection",
+            1,
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn unknown(field: String) -> Cause {
     Cause {
         message: format!("unknown field \"{field}\""),
@@ -606,6 +618,7 @@ pub async fn deliveries_list(state: &ApiState, call: &Call) -> Result<Response, 
     authorize(state, call, access("get", None, call, true)).await?;
     let request = page::request(&call.query)?;
     existing(state, call).await?;
+    leader_only(state)?;
     let attempts = state
         .deliveries
         .as_ref()
@@ -700,6 +713,7 @@ pub async fn redeliver(state: &ApiState, call: &Call) -> Result<Response, Proble
         ));
     }
     let cursor = body.from_sequence - 1;
+    leader_only(state)?;
     deliveries
         .rewind(call.namespace(), call.name(), &consumer, cursor)
         .await

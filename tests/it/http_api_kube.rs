@@ -32,6 +32,10 @@ struct Kube {
 
 impl Kube {
     async fn start(fake: &Arc<FakeApiServer>, auth_cache_ttl: Duration) -> Kube {
+        Self::start_as(fake, auth_cache_ttl, "api-test").await
+    }
+
+    async fn start_as(fake: &Arc<FakeApiServer>, auth_cache_ttl: Duration, identity: &str) -> Kube {
         let certs = tempfile::tempdir().unwrap();
         let (files, _) = tls::ensure_local(certs.path()).unwrap();
         let mut cfg = ServeConfig::local_for_tests(certs.path().to_path_buf());
@@ -41,7 +45,7 @@ impl Kube {
         cfg.lease = LeaseConfig {
             name: "konsumer-leader".into(),
             namespace: "konsumer-system".into(),
-            identity: "api-test".into(),
+            identity: identity.into(),
             duration: Duration::from_secs(15),
             grace: Duration::from_secs(5),
         };
@@ -404,4 +408,63 @@ async fn without_the_secret_writer_binding_a_create_says_so_and_leaves_no_subscr
         fake.forbidden()
     );
     k.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_delivering_replica_answers_for_deliveries_and_redelivery() {
+    let fake = setup();
+    fake.grant(
+        USER,
+        "create",
+        "konsumer.dev",
+        "scalingsubscriptions/redeliver",
+        Some("streams"),
+    );
+    let a = Kube::start_as(&fake, Duration::from_secs(10), "replica-a").await;
+    let mut leading = a.running.as_ref().unwrap().is_leader.clone().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), leading.wait_for(|l| *l))
+        .await
+        .expect("replica a leads")
+        .unwrap();
+    let b = Kube::start_as(&fake, Duration::from_secs(10), "replica-b").await;
+    assert!(
+        !*b.running
+            .as_ref()
+            .unwrap()
+            .is_leader
+            .clone()
+            .unwrap()
+            .borrow()
+    );
+    let (status, created) = b
+        .call(Some(TOKEN), "POST", "/v1/namespaces/streams/subscriptions",
+              Some(json!({"metadata": {"name": "feed"}, "spec": {"url": "https://hooks.example.com/x"}})))
+        .await;
+    assert_eq!(status, 201, "{created}");
+
+    let path = "/v1/namespaces/streams/subscriptions/feed/deliveries";
+    let (status, p) = b.call(Some(TOKEN), "GET", path, None).await;
+    assert_eq!(status, 503, "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("retry"), "{p}");
+    let raw = b
+        .client
+        .get(format!("{}{path}", b.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.headers()["retry-after"], "1");
+    let (status, p) = b
+        .call(
+            Some(TOKEN),
+            "POST",
+            "/v1/namespaces/streams/subscriptions/feed/redeliver",
+            Some(json!({"consumer": "orders", "fromSequence": 1})),
+        )
+        .await;
+    assert_eq!(status, 503, "{p}");
+    let (status, d) = a.call(Some(TOKEN), "GET", path, None).await;
+    assert_eq!(status, 200, "{d}");
+    b.stop().await;
+    a.stop().await;
 }
