@@ -1099,6 +1099,21 @@ async fn the_files_in_the_directory_stay_the_users_and_stale_writes_conflict() {
     assert_eq!(replaced["spec"]["timeout"], "7s");
     assert_eq!(replaced["metadata"]["generation"], 2);
     assert_eq!(replaced["spec"]["secretRef"], created["spec"]["secretRef"]);
+    // Files' and the api's subscriptions list together, in pages.
+    let (_, p1) = s
+        .call("GET", "/v1/namespaces/streams/subscriptions?limit=1", None)
+        .await;
+    assert_eq!(p1["items"][0]["metadata"]["name"], "feed");
+    let token = p1["metadata"]["continue"].as_str().unwrap().to_string();
+    let (_, p2) = s
+        .call(
+            "GET",
+            &format!("/v1/namespaces/streams/subscriptions?limit=1&continue={token}"),
+            None,
+        )
+        .await;
+    assert_eq!(p2["items"][0]["metadata"]["name"], "from-file");
+    assert!(p2["metadata"].get("continue").is_none(), "{p2}");
     let mut renamed = changed.clone();
     renamed["metadata"]["name"] = json!("other");
     let (status, p) = s
@@ -1307,4 +1322,50 @@ async fn the_binary_serves_the_readme_session_and_never_logs_a_token_or_secret()
         let bare = value.trim_start_matches("whsec_");
         assert!(!logs.contains(bare), "{what} was logged without its prefix");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_api_concurrency_limit_wait_then_get_429() {
+    let rx = Receiver::start().await;
+    rx.delay(Duration::from_secs(3));
+    let dir = tempfile::tempdir().unwrap();
+    let tokens_dir = tempfile::tempdir().unwrap();
+    let s = ApiServer::start_with(dir.path(), &write_tokens(tokens_dir.path()), |c| {
+        if let Some(api) = c.api.as_mut() {
+            api.max_concurrent = 1;
+        }
+    })
+    .await;
+    let (status, _) = s
+        .call(
+            "POST",
+            "/v1/namespaces/streams/subscriptions",
+            Some(subscription("feed", &rx.url())),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let s = std::sync::Arc::new(s);
+    let slow = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            s.call(
+                "POST",
+                "/v1/namespaces/streams/subscriptions/feed/test",
+                None,
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let (status, p) = s.call("GET", "/v1/consumers", None).await;
+    assert_eq!(status, 429, "{p}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "it waited for a slot first"
+    );
+    let (status, _) = slow.await.unwrap();
+    assert_eq!(status, 200);
+    let (status, _) = s.call("GET", "/v1/consumers", None).await;
+    assert_eq!(status, 200, "the slot is free again");
 }
