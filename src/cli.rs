@@ -262,6 +262,15 @@ pub struct ServeArgs {
     /// in kube mode it replaces TokenReview/SubjectAccessReview.
     #[arg(long, env = "KONSUMER_API_TOKEN_FILE", value_name = "FILE")]
     pub api_token_file: Option<PathBuf>,
+    /// Kube mode: accept only bearer tokens meant for this audience (repeatable;
+    /// `kubectl create token SA --audience konsumer`). Default: the apiserver's own.
+    #[arg(
+        long = "api-audience",
+        env = "KONSUMER_API_AUDIENCE",
+        value_name = "AUDIENCE",
+        value_delimiter = ','
+    )]
+    pub api_audiences: Vec<String>,
     /// Do not start the HTTP API.
     #[arg(long, env = "KONSUMER_NO_API", conflicts_with = "api_token_file")]
     pub no_api: bool,
@@ -336,6 +345,7 @@ impl ServeArgs {
             konsumer_namespace: lease_namespace.clone(),
             gomemlimit_ratio: self.gomemlimit_ratio,
             guest: self.guest,
+            audiences: self.api_audiences.clone(),
             ..ApiConfig::new(
                 self.api_addr.unwrap_or(SocketAddr::from((host, 9443))),
                 auth,

@@ -79,6 +79,9 @@ pub struct ApiConfig {
     pub guest: bool,
     /// How often rotated secrets whose grace ended are retired.
     pub retire_every: Duration,
+    /// Kube mode: the audiences a bearer token must be meant for (TokenReview
+    /// `spec.audiences`); empty: the apiserver's.
+    pub audiences: Vec<String>,
 }
 
 impl ApiConfig {
@@ -94,6 +97,7 @@ impl ApiConfig {
             gomemlimit_ratio: 0.8,
             guest: false,
             retire_every: Duration::from_secs(30),
+            audiences: Vec::new(),
         }
     }
 }

@@ -155,6 +155,8 @@ type TokenCache = Mutex<HashMap<[u8; 32], Cached<Result<Identity, String>>>>;
 struct Kube {
     client: kube::Client,
     ttl: Duration,
+    /// Audiences a token must be meant for (empty: the apiserver's own).
+    audiences: Vec<String>,
     tokens: TokenCache,
     decisions: Mutex<HashMap<(String, Access), Cached<bool>>>,
 }
@@ -204,11 +206,12 @@ impl Auth {
         }
     }
 
-    pub fn kube(client: kube::Client, ttl: Duration) -> Auth {
+    pub fn kube(client: kube::Client, ttl: Duration, audiences: Vec<String>) -> Auth {
         Auth {
             mode: Mode::Kube(Kube {
                 client,
                 ttl,
+                audiences,
                 tokens: Mutex::new(HashMap::new()),
                 decisions: Mutex::new(HashMap::new()),
             }),
@@ -297,7 +300,7 @@ impl Kube {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_string()),
-                audiences: None,
+                audiences: (!self.audiences.is_empty()).then(|| self.audiences.clone()),
             },
             ..TokenReview::default()
         };
@@ -311,6 +314,20 @@ impl Kube {
                 )
             })?;
         let status = answer.status.unwrap_or_default();
+        // As the TokenReview API asks of its clients: the token must be meant for
+        // one of the audiences asked for.
+        let meant_for_us = self.audiences.is_empty()
+            || status
+                .audiences
+                .iter()
+                .flatten()
+                .any(|a| self.audiences.contains(a));
+        if !meant_for_us && status.authenticated == Some(true) {
+            return Ok(Err(format!(
+                "the token is not meant for audience {:?} (--api-audience)",
+                self.audiences
+            )));
+        }
         if status.authenticated == Some(true)
             && let Some(user) = status.user
             && let Some(username) = user.username.filter(|u| !u.is_empty())

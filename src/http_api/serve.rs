@@ -53,7 +53,11 @@ pub async fn spawn(
             );
             Auth::token_file(path.clone())
         }
-        (ApiAuth::Kube, Some(client)) => Auth::kube(client.clone(), config.auth_cache_ttl),
+        (ApiAuth::Kube, Some(client)) => Auth::kube(
+            client.clone(),
+            config.auth_cache_ttl,
+            config.audiences.clone(),
+        ),
         (ApiAuth::Kube, None) => {
             anyhow::bail!("the api needs --api-token-file in local mode")
         }

@@ -63,8 +63,8 @@ struct State {
     subscription_watchers: Vec<mpsc::UnboundedSender<Bytes>>,
     /// (namespace, name) -> Secret
     secrets: BTreeMap<(String, String), Value>,
-    /// Bearer tokens the TokenReview accepts -> `status.user`.
-    tokens: BTreeMap<String, Value>,
+    /// Bearer tokens the TokenReview accepts -> (`status.user`, audiences minted for).
+    tokens: BTreeMap<String, (Value, Vec<String>)>,
     /// (user, verb, group, resource[/sub], namespace or None for every one)
     grants: Vec<(String, String, String, String, Option<String>)>,
     /// Every TokenReview and SubjectAccessReview received.
@@ -208,7 +208,19 @@ impl FakeApiServer {
 
     /// A token the TokenReview accepts as `user` (a `status.user` object).
     pub fn add_token(&self, token: &str, user: Value) {
-        self.state.lock().unwrap().tokens.insert(token.into(), user);
+        self.add_token_for(
+            token,
+            user,
+            &["https://kubernetes.default.svc.cluster.local"],
+        );
+    }
+
+    /// A token minted for `audiences` (`kubectl create token --audience`).
+    pub fn add_token_for(&self, token: &str, user: Value, audiences: &[&str]) {
+        self.state.lock().unwrap().tokens.insert(
+            token.into(),
+            (user, audiences.iter().map(|a| a.to_string()).collect()),
+        );
     }
 
     /// RBAC grants `user` `verb` on `group`/`resource` in `namespace` (None: all).
@@ -1230,9 +1242,26 @@ fn token_review(fake: &FakeApiServer, body: &[u8]) -> Response<MockBody> {
     let mut state = fake.state.lock().unwrap();
     state.reviews.push(review.clone());
     let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let asked: Vec<String> = review["spec"]["audiences"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
     let status = match state.tokens.get(token) {
-        Some(user) => json!({"authenticated": true, "user": user,
-                             "audiences": ["https://kubernetes.default.svc.cluster.local"]}),
+        Some((user, minted)) if asked.is_empty() => {
+            json!({"authenticated": true, "user": user, "audiences": minted})
+        }
+        Some((user, minted)) if minted.iter().any(|m| asked.contains(m)) => {
+            json!({"authenticated": true, "user": user, "audiences": asked})
+        }
+        // The recorded wording of an audience mismatch.
+        Some((_, minted)) => json!({"user": {}, "error": format!(
+            "[invalid bearer token, token audiences {} is invalid for the target audiences {}]",
+            json!(minted), json!(asked)
+        )}),
         None => json!({"user": {}, "error": "invalid bearer token"}),
     };
     json_response(

@@ -36,6 +36,15 @@ impl Kube {
     }
 
     async fn start_as(fake: &Arc<FakeApiServer>, auth_cache_ttl: Duration, identity: &str) -> Kube {
+        Self::start_with(fake, auth_cache_ttl, identity, Vec::new()).await
+    }
+
+    async fn start_with(
+        fake: &Arc<FakeApiServer>,
+        auth_cache_ttl: Duration,
+        identity: &str,
+        audiences: Vec<String>,
+    ) -> Kube {
         let certs = tempfile::tempdir().unwrap();
         let (files, _) = tls::ensure_local(certs.path()).unwrap();
         let mut cfg = ServeConfig::local_for_tests(certs.path().to_path_buf());
@@ -51,6 +60,7 @@ impl Kube {
         };
         cfg.api = Some(ApiConfig {
             auth_cache_ttl,
+            audiences,
             ..ApiConfig::new("127.0.0.1:0".parse().unwrap(), ApiAuth::Kube)
         });
         let index = ConsumerIndex::new();
@@ -467,4 +477,41 @@ async fn only_the_delivering_replica_answers_for_deliveries_and_redelivery() {
     assert_eq!(status, 200, "{d}");
     b.stop().await;
     a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_audience_only_tokens_minted_for_konsumer_are_accepted() {
+    let fake = setup();
+    fake.add_token_for(
+        "minted-for-konsumer",
+        json!({"username": USER, "groups": ["system:authenticated"]}),
+        &["konsumer"],
+    );
+    let k = Kube::start_with(
+        &fake,
+        Duration::from_secs(10),
+        "api-test",
+        vec!["konsumer".into()],
+    )
+    .await;
+    let path = "/v1/namespaces/streams/consumers/orders";
+    let (status, p) = k.call(Some(TOKEN), "GET", path, None).await;
+    assert_eq!(status, 401, "a token for the apiserver's audience: {p}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("is invalid for the target audiences"),
+        "{p}"
+    );
+    let (status, c) = k.call(Some("minted-for-konsumer"), "GET", path, None).await;
+    assert_eq!(status, 200, "{c}");
+    let asked: Vec<Value> = fake
+        .reviews()
+        .iter()
+        .filter(|r| r["kind"] == "TokenReview")
+        .map(|r| r["spec"]["audiences"].clone())
+        .collect();
+    assert!(asked.iter().all(|a| *a == json!(["konsumer"])), "{asked:?}");
+    k.stop().await;
 }
