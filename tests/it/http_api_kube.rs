@@ -515,3 +515,133 @@ async fn with_an_audience_only_tokens_minted_for_konsumer_are_accepted() {
     assert!(asked.iter().all(|a| *a == json!(["konsumer"])), "{asked:?}");
     k.stop().await;
 }
+
+/// A mocked apiserver that answers each request with the next recorded response of
+/// `exchanges` verbatim, and keeps the bodies konsumer sent.
+fn replay(exchanges: Vec<Value>) -> (kube::Client, Arc<std::sync::Mutex<Vec<Value>>>) {
+    use crate::fake_apiserver::MockBody;
+    use http_body_util::BodyExt;
+    let (service, mut handle) =
+        tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<MockBody>>();
+    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = sent.clone();
+    tokio::spawn(async move {
+        for e in exchanges {
+            let Some((request, respond)) = handle.next_request().await else {
+                return;
+            };
+            let body = request.into_body().collect_bytes().await.unwrap();
+            kept.lock()
+                .unwrap()
+                .push(serde_json::from_slice::<Value>(&body).unwrap());
+            let r = &e["response"];
+            respond.send_response(
+                http::Response::builder()
+                    .status(r["status"].as_u64().unwrap() as u16)
+                    .header("content-type", "application/json")
+                    .body(
+                        http_body_util::Full::new(bytes::Bytes::from(r["body"].to_string()))
+                            .boxed(),
+                    )
+                    .unwrap(),
+            );
+        }
+    });
+    (kube::Client::new(service, "default"), sent)
+}
+
+fn recorded(name: &str) -> Vec<Value> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/apiserver")
+        .join(name);
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    v["exchanges"].as_array().unwrap().clone()
+}
+
+fn bearer(token: &str) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    h
+}
+
+/// The request konsumer sent, as the recording shows it (token redacted, no empty metadata).
+fn as_recorded(mut sent: Value) -> Value {
+    if let Some(t) = sent.pointer_mut("/spec/token") {
+        *t = json!("<redacted>");
+    }
+    if let Some(o) = sent.as_object_mut()
+        && o.get("metadata") == Some(&json!({}))
+    {
+        o.remove("metadata");
+    }
+    sent
+}
+
+#[tokio::test]
+async fn konsumer_reads_the_recorded_tokenreview_and_subjectaccessreview_answers() {
+    use konsumer::http_api::auth::{Access, Auth};
+    let reviews = recorded("08-tokenreview.json");
+    // No audience asked: the valid token, then the garbage one.
+    let (client, sent) = replay(reviews[..2].to_vec());
+    let auth = Auth::kube(client, Duration::from_secs(10), Vec::new());
+    let who = auth.authenticate(&bearer("sa-token")).await.unwrap();
+    assert_eq!(who.username, "system:serviceaccount:cap-a:cap-api-client");
+    assert_eq!(
+        who.uid.as_deref(),
+        Some("e3da2fdf-2260-49f6-a57f-a1b1a0c63c2f")
+    );
+    assert_eq!(who.groups.len(), 3);
+    assert_eq!(
+        who.extra["authentication.kubernetes.io/credential-id"].len(),
+        1
+    );
+    let p = auth.authenticate(&bearer("garbage")).await.unwrap_err();
+    assert_eq!(p.status, 401);
+    assert!(p.detail.contains("invalid bearer token"), "{}", p.detail);
+    let sent = sent.lock().unwrap().clone();
+    for (i, s) in sent.into_iter().enumerate() {
+        assert_eq!(as_recorded(s), reviews[i]["request"]["body"], "request {i}");
+    }
+    // With --api-audience konsumer: a token for the apiserver is refused, one for konsumer taken.
+    let (client, sent) = replay(reviews[2..4].to_vec());
+    let auth = Auth::kube(client, Duration::from_secs(10), vec!["konsumer".into()]);
+    let p = auth.authenticate(&bearer("sa-token")).await.unwrap_err();
+    assert!(
+        p.detail.contains("is invalid for the target audiences"),
+        "{}",
+        p.detail
+    );
+    auth.authenticate(&bearer("konsumer-token")).await.unwrap();
+    let sent = sent.lock().unwrap().clone();
+    for (i, s) in sent.into_iter().enumerate() {
+        assert_eq!(
+            as_recorded(s),
+            reviews[2 + i]["request"]["body"],
+            "request {}",
+            2 + i
+        );
+    }
+
+    // The identity the TokenReview gave, in the SubjectAccessReviews recorded for it.
+    let sars = recorded("08-subjectaccessreview.json");
+    let (client, sent) = replay(sars[3..5].to_vec());
+    let authz = Auth::kube(client, Duration::from_secs(10), Vec::new());
+    let access = |verb| Access {
+        verb,
+        group: "konsumer.dev",
+        resource: "scalingsubscriptions",
+        subresource: None,
+        namespace: Some("cap-a".into()),
+        name: None,
+    };
+    assert!(authz.allowed(&who, &access("get")).await.unwrap());
+    assert!(!authz.allowed(&who, &access("list")).await.unwrap());
+    let sent = sent.lock().unwrap().clone();
+    for (i, s) in sent.into_iter().enumerate() {
+        assert_eq!(
+            as_recorded(s),
+            sars[3 + i]["request"]["body"],
+            "SubjectAccessReview {i}"
+        );
+    }
+}
