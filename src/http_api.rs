@@ -7,10 +7,10 @@
 pub mod auth;
 mod consumers;
 pub mod objects;
-pub mod page;
+pub(crate) mod page;
 pub mod problem;
-pub mod secrets;
-pub mod serve;
+pub(crate) mod secrets;
+pub(crate) mod serve;
 mod subscriptions;
 
 use std::collections::BTreeMap;
