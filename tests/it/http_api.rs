@@ -1369,3 +1369,113 @@ async fn requests_beyond_the_api_concurrency_limit_wait_then_get_429() {
     let (status, _) = s.call("GET", "/v1/consumers", None).await;
     assert_eq!(status, 200, "the slot is free again");
 }
+
+/// A random JSON value of any type, `depth` levels at most.
+fn random_value(rng: &mut fastrand::Rng, depth: u32) -> Value {
+    match rng.u8(0..if depth == 0 { 5 } else { 7 }) {
+        0 => Value::Null,
+        1 => json!(rng.bool()),
+        2 => json!(rng.i64(..)),
+        3 => json!(rng.f64() * 1e6),
+        4 => {
+            let pool = [
+                "",
+                "https://h.example/x",
+                "http://127.0.0.1:1/",
+                "../..",
+                "5s",
+                "9999h",
+                "whsec_x",
+                "dev.konsumer.subscription.ping.v1",
+                "\u{0}",
+                "é",
+            ];
+            json!(pool[rng.usize(..pool.len())])
+        }
+        5 => Value::Array(
+            (0..rng.usize(0..4))
+                .map(|_| random_value(rng, depth - 1))
+                .collect(),
+        ),
+        _ => {
+            let keys = [
+                "url",
+                "secretRef",
+                "types",
+                "timeout",
+                "contentMode",
+                "consumerSelector",
+                "namespaceSelector",
+                "caSecretRef",
+                "name",
+                "key",
+                "matchLabels",
+                "matchExpressions",
+                "operator",
+                "values",
+                "bogus",
+            ];
+            Value::Object(
+                (0..rng.usize(0..5))
+                    .map(|_| {
+                        (
+                            keys[rng.usize(..keys.len())].to_string(),
+                            random_value(rng, depth - 1),
+                        )
+                    })
+                    .collect(),
+            )
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bodies_get_a_4xx_or_a_subscription_never_a_5xx() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens_dir = tempfile::tempdir().unwrap();
+    let s = ApiServer::start(dir.path(), &write_tokens(tokens_dir.path())).await;
+    let mut rng = fastrand::Rng::with_seed(9);
+    let mut created = 0;
+    for i in 0..300 {
+        let body: Vec<u8> = match i % 4 {
+            0 => (0..rng.usize(0..200)).map(|_| rng.u8(..)).collect(),
+            1 => json!({"metadata": {"name": format!("s{i}")}, "spec": random_value(&mut rng, 4)})
+                .to_string()
+                .into_bytes(),
+            2 => random_value(&mut rng, 5).to_string().into_bytes(),
+            _ => format!(
+                "{}{}",
+                "[".repeat(rng.usize(100..400)),
+                "]".repeat(rng.usize(0..400))
+            )
+            .into_bytes(),
+        };
+        for (method, path) in [
+            ("POST", "/v1/namespaces/streams/subscriptions".to_string()),
+            (
+                "POST",
+                "/v1/namespaces/streams/subscriptions/feed/redeliver".to_string(),
+            ),
+        ] {
+            // send() fails the test on any 5xx and checks every answer against the document.
+            let (status, _, _) = s
+                .send(
+                    method,
+                    &path,
+                    Some(TOKEN),
+                    Some(body.clone()),
+                    "application/json",
+                )
+                .await;
+            assert!(
+                (400..500).contains(&status) || status == 201,
+                "{method} {path}: {status}"
+            );
+            if status == 201 {
+                created += 1;
+            }
+        }
+    }
+    assert!(created < 300, "most random bodies are refused");
+    s.stop().await;
+}
