@@ -134,12 +134,14 @@ impl Problem {
     }
 
     pub fn too_many_requests(detail: impl Into<String>) -> Self {
-        Problem::new(
+        let mut p = Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
             "overloaded",
             "Too many requests",
             detail.into(),
-        )
+        );
+        p.retry_after = Some(1);
+        p
     }
 
     /// konsumer could not reach what it depends on (the Kubernetes API, its

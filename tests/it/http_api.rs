@@ -1358,8 +1358,9 @@ async fn requests_beyond_the_api_concurrency_limit_wait_then_get_429() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    let (status, p) = s.call("GET", "/v1/consumers", None).await;
+    let (status, headers, p) = s.send("GET", "/v1/consumers", Some(TOKEN), None, "").await;
     assert_eq!(status, 429, "{p}");
+    assert_eq!(headers["retry-after"], "1");
     assert!(
         started.elapsed() >= Duration::from_millis(900),
         "it waited for a slot first"
