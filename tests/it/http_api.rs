@@ -408,6 +408,24 @@ async fn without_a_token_file_the_api_does_not_start_in_local_mode() {
     let api = with.api.unwrap();
     assert_eq!(api.addr, "127.0.0.1:9443".parse().unwrap());
     assert_eq!(api.auth, ApiAuth::TokenFile("/tmp/t".into()));
+    // Kube mode: on every address, TokenReview/SubjectAccessReview; guest mode: tokens only.
+    let kube = cli(&["--tls-cert", "/tmp/c", "--tls-key", "/tmp/k"])
+        .api
+        .unwrap();
+    assert_eq!(kube.addr, "0.0.0.0:9443".parse().unwrap());
+    assert_eq!(kube.auth, ApiAuth::Kube);
+    let guest = cli(&[
+        "--tls-cert",
+        "/tmp/c",
+        "--tls-key",
+        "/tmp/k",
+        "--guest",
+        "--namespace",
+        "team",
+    ]);
+    assert!(guest.api.is_none());
+    let off = cli(&["--tls-cert", "/tmp/c", "--tls-key", "/tmp/k", "--no-api"]);
+    assert!(off.api.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
