@@ -645,3 +645,85 @@ async fn konsumer_reads_the_recorded_tokenreview_and_subjectaccessreview_answers
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_ping_is_signed_with_the_secret_konsumer_made_and_stale_writes_conflict() {
+    let rx = crate::receiver::Receiver::start().await;
+    let fake = setup();
+    let k = Kube::start(&fake, Duration::from_secs(10)).await;
+    let (status, created) = k
+        .call(
+            Some(TOKEN),
+            "POST",
+            "/v1/namespaces/streams/subscriptions",
+            Some(json!({"metadata": {"name": "feed"}, "spec": {"url": rx.url()}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let secret = created["secret"].as_str().unwrap().to_string();
+    // The delivery side sees the subscription through its watch; then the ping goes out.
+    let started = std::time::Instant::now();
+    let test = loop {
+        let (status, test) = k
+            .call(
+                Some(TOKEN),
+                "POST",
+                "/v1/namespaces/streams/subscriptions/feed/test",
+                None,
+            )
+            .await;
+        if status == 200 {
+            break test;
+        }
+        assert_eq!(status, 404, "{test}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never seen by the watch"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(test["statusCode"], 200, "{test}");
+    let pings: Vec<_> = rx
+        .events(&[&secret])
+        .into_iter()
+        .filter(|e| e.type_ == "dev.konsumer.subscription.ping.v1")
+        .collect();
+    assert_eq!(pings.len(), 1);
+
+    // A PUT from an old read conflicts, as the apiserver says.
+    let (_, got) = k
+        .call(
+            Some(TOKEN),
+            "GET",
+            "/v1/namespaces/streams/subscriptions/feed",
+            None,
+        )
+        .await;
+    let mut first = got.clone();
+    first["spec"]["timeout"] = json!("20s");
+    let (status, _) = k
+        .call(
+            Some(TOKEN),
+            "PUT",
+            "/v1/namespaces/streams/subscriptions/feed",
+            Some(first),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut stale = got;
+    stale["spec"]["timeout"] = json!("30s");
+    let (status, p) = k
+        .call(
+            Some(TOKEN),
+            "PUT",
+            "/v1/namespaces/streams/subscriptions/feed",
+            Some(stale),
+        )
+        .await;
+    assert_eq!(status, 409, "{p}");
+    assert_eq!(
+        fake.subscription("streams", "feed").unwrap()["spec"]["timeout"],
+        "20s"
+    );
+    k.stop().await;
+}
