@@ -1345,7 +1345,7 @@ async fn the_binary_serves_the_readme_session_and_never_logs_a_token_or_secret()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_beyond_the_api_concurrency_limit_wait_then_get_429() {
     let rx = Receiver::start().await;
-    rx.delay(Duration::from_secs(3));
+    rx.delay(Duration::from_secs(4));
     let dir = tempfile::tempdir().unwrap();
     let tokens_dir = tempfile::tempdir().unwrap();
     let s = ApiServer::start_with(dir.path(), &write_tokens(tokens_dir.path()), |c| {
@@ -1363,6 +1363,7 @@ async fn requests_beyond_the_api_concurrency_limit_wait_then_get_429() {
         .await;
     assert_eq!(status, 201);
     let s = std::sync::Arc::new(s);
+    let before = rx.count();
     let slow = {
         let s = s.clone();
         tokio::spawn(async move {
@@ -1374,7 +1375,10 @@ async fn requests_beyond_the_api_concurrency_limit_wait_then_get_429() {
             .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The receiver holds the ping 4 s (it counts a request once answered): a second
+    // in, the one slot is taken.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(rx.count(), before, "the ping is still in flight");
     let started = Instant::now();
     let (status, headers, p) = s.send("GET", "/v1/consumers", Some(TOKEN), None, "").await;
     assert_eq!(status, 429, "{p}");
