@@ -324,6 +324,15 @@ fn every_event_type_is_a_documented_webhook() {
         }
     }
     assert_eq!(hooks.len(), EventType::ALL.len());
+    // The scaling states the status carries.
+    let states: Vec<Value> = konsumer::api::ScalingState::ALL
+        .iter()
+        .map(|s| serde_json::to_value(s).unwrap())
+        .collect();
+    assert_eq!(
+        DOC["components"]["schemas"]["InstanceStatus"]["properties"]["state"]["enum"],
+        Value::Array(states)
+    );
 }
 
 /// Concrete paths for every route.
@@ -764,11 +773,50 @@ async fn consumers_are_listed_in_pages_with_their_status_plan_and_journal() {
     assert!(p2["metadata"].get("continue").is_none(), "{p2}");
     assert_eq!(p2["items"][0]["instances"], 4);
 
+    // A status as the reconciler writes it: every part checked against the document.
+    let status: konsumer::api::ConsumerStatus = serde_json::from_value(json!({
+        "observedGeneration": 1, "expected": 4, "running": 3, "paused": 0, "lagging": 1,
+        "missing": 1, "unavailable": 0, "outdated": 0, "redundant": 0,
+        "lastSyncTime": "2026-11-30T04:40:00Z",
+        "lastSyncState": {"0": {"productionRate": 120, "consumptionRate": 118, "messageBehind": 40}},
+        "instances": [{"id": 0, "partitions": [0, 1, 2], "state": "PENDING_SCALE_UP",
+                       "since": "2026-11-30T04:39:00Z",
+                       "resources": [{"containerName": "consumer", "requests": {"cpu": "250m", "memory": "128Mi"},
+                                      "limits": {"cpu": "500m", "memory": "256Mi"}}],
+                       "pending": [{"containerName": "consumer", "requests": {"cpu": "300m"}}],
+                       "saturation": "100m"}],
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Reconciled", "message": "ok",
+                        "lastTransitionTime": "2026-11-30T04:39:00Z"}]
+    }))
+    .unwrap();
+    s.running()
+        .store
+        .write_status("streams", "orders", &status)
+        .await
+        .unwrap();
+    wait_until("the status", || async {
+        s.call("GET", "/v1/namespaces/streams/consumers/orders", None)
+            .await
+            .1["summary"]["running"]
+            == 3
+    })
+    .await;
     let (status, orders) = s
         .call("GET", "/v1/namespaces/streams/consumers/orders", None)
         .await;
     assert_eq!(status, 200);
     assert_eq!(orders["name"], "orders");
+    assert_eq!(
+        orders["status"]["instances"][0]["state"],
+        "PENDING_SCALE_UP"
+    );
+    let (_, listed) = s
+        .call("GET", "/v1/namespaces/streams/consumers", None)
+        .await;
+    assert_eq!(
+        listed["items"][2]["conditions"][0]["type"], "Ready",
+        "{listed}"
+    );
     assert!(orders["status"].get("journal").is_none());
 
     // The plan is `konsumer plan --offline`'s answer (the same function).
@@ -1501,4 +1549,27 @@ async fn random_bodies_get_a_4xx_or_a_subscription_never_a_5xx() {
     }
     assert!(created < 300, "most random bodies are refused");
     s.stop().await;
+}
+
+#[test]
+fn without_a_token_file_the_log_says_how_to_turn_the_api_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let konsumer = crate::e2e_local::Binary::serve_local(dir.path(), &["--no-reconciler"]);
+    let logs = konsumer.logs();
+    let off = logs
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("HTTP API is off"))
+        })
+        .unwrap_or_else(|| panic!("{logs:#?}"));
+    assert!(
+        off["message"]
+            .as_str()
+            .unwrap()
+            .contains("--api-token-file FILE")
+    );
+    assert!(!logs.iter().any(|l| l["message"] == "HTTP API serving"));
+    assert_eq!(konsumer.terminate().code(), Some(0));
 }
