@@ -56,6 +56,21 @@ pub fn conforms(template: &str, method: &str, status: u16, body: &Value) {
     );
 }
 
+/// Fails unless `value` matches `#/components/schemas/{name}` of the document.
+pub fn conforms_to(name: &str, value: &Value) {
+    let root = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$ref": format!("#/components/schemas/{name}"),
+        "components": DOC["components"],
+    });
+    let validator = jsonschema::validator_for(&root).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{name}: {errors:#?}\n{value:#}");
+}
+
 /// The route template a concrete path matches.
 pub fn template_of(method: &str, path: &str) -> &'static str {
     let path = path.split('?').next().unwrap_or(path);
@@ -937,6 +952,15 @@ async fn redeliver_moves_the_cursor_back_and_a_real_receiver_gets_the_events_aga
         scaled(e) == vec![1, 2, 3, 4, 3, 4]
     })
     .await;
+
+    // What the receiver got is what the document's webhooks section describes.
+    for got in rx.requests() {
+        let body: Value = serde_json::from_slice(&got.body).unwrap();
+        conforms_to("CloudEvent", &body);
+        for h in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+            assert!(got.headers.contains_key(h), "{h}");
+        }
+    }
 
     // Outside the journal, unknown Consumers, other namespaces: clear 4xx.
     let (status, p) = s
