@@ -325,6 +325,17 @@ fn kube_error(what: &str, e: kube::Error) -> ObjectError {
         kube::Error::Api(s) if s.code == 409 => {
             ObjectError::Conflict(format!("{what}: {}", s.message))
         }
+        kube::Error::Api(s) if s.code == 403 && what.starts_with("Secret ") => {
+            let ns = what
+                .trim_start_matches("Secret ")
+                .split('/')
+                .next()
+                .unwrap_or_default();
+            ObjectError::Forbidden(format!(
+                "konsumer's own ServiceAccount may not write {what} ({}); an operator must bind konsumer's ClusterRole konsumer-secret-writer in namespace {ns:?} (RBAC, manifests/base/rbac.yaml)",
+                s.message
+            ))
+        }
         kube::Error::Api(s) if s.code == 403 => ObjectError::Forbidden(format!(
             "konsumer's own ServiceAccount may not change {what} ({}); its RBAC (manifests/base/rbac.yaml) needs fixing",
             s.message

@@ -407,7 +407,12 @@ async fn without_the_secret_writer_binding_a_create_says_so_and_leaves_no_subscr
         )
         .await;
     assert_eq!(status, 500, "{p}");
-    assert!(p["detail"].as_str().unwrap().contains("RBAC"), "{p}");
+    assert!(
+        p["detail"].as_str().unwrap().contains(
+            "bind konsumer's ClusterRole konsumer-secret-writer in namespace \"streams\""
+        ),
+        "{p}"
+    );
     assert!(
         fake.subscription("streams", "feed").is_none(),
         "the create was undone"
