@@ -17,6 +17,7 @@ use crate::admission::AdmissionConfig;
 use crate::api::duration::parse_go_duration;
 use crate::config::{ConnectionConfig, Mode, ServeConfig, TlsSource};
 use crate::delivery::{DeliveryConfig, EgressConfig};
+use crate::http_api::{ApiAuth, ApiConfig};
 use crate::reconciler::ReconcilerConfig;
 use crate::reconciler::leader::LeaseConfig;
 use crate::scaling_events::egress::EgressPolicy;
@@ -257,6 +258,33 @@ pub struct ServeArgs {
     /// (subscription, Consumer) pairs delivered at once.
     #[arg(long, env = "KONSUMER_DELIVERY_CONCURRENCY", default_value_t = 32, value_parser = positive_count)]
     pub delivery_concurrency: usize,
+    /// Address of the TLS HTTP API listener
+    /// [default: 0.0.0.0:9443; 127.0.0.1:9443 with --local].
+    #[arg(long, env = "KONSUMER_API_ADDR")]
+    pub api_addr: Option<SocketAddr>,
+    /// Bearer tokens the HTTP API accepts, one per line (re-read when it
+    /// changes). Needed in local mode, where the api does not start without it;
+    /// in kube mode it replaces TokenReview/SubjectAccessReview.
+    #[arg(long, env = "KONSUMER_API_TOKEN_FILE", value_name = "FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// Kube mode: accept only bearer tokens meant for this audience (repeatable;
+    /// `kubectl create token SA --audience konsumer`). Default: the apiserver's own.
+    #[arg(
+        long = "api-audience",
+        env = "KONSUMER_API_AUDIENCE",
+        value_name = "AUDIENCE",
+        value_delimiter = ','
+    )]
+    pub api_audiences: Vec<String>,
+    /// Do not start the HTTP API.
+    #[arg(long, env = "KONSUMER_NO_API", conflicts_with = "api_token_file")]
+    pub no_api: bool,
+    /// HTTP API requests handled at once; more wait up to a second, then get 429.
+    #[arg(long, env = "KONSUMER_API_MAX_CONCURRENT_REQUESTS", default_value_t = 64, value_parser = positive_count)]
+    pub api_max_concurrent_requests: usize,
+    /// HTTP API connections open at once.
+    #[arg(long, env = "KONSUMER_API_MAX_CONNECTIONS", default_value_t = 256, value_parser = positive_count)]
+    pub api_max_connections: usize,
 }
 
 fn egress_allow(s: &str) -> Result<ipnet::IpNet, String> {
@@ -299,6 +327,15 @@ impl ServeArgs {
         };
         let webhook_addr = self.webhook_addr.unwrap_or(SocketAddr::from((host, 8443)));
         let admin_addr = self.admin_addr.unwrap_or(SocketAddr::from((host, 8080)));
+        let api_auth = match (&self.api_token_file, &mode) {
+            _ if self.no_api => None,
+            (Some(file), _) => Some(ApiAuth::TokenFile(file.clone())),
+            // Guest mode may not create TokenReviews (cluster-scoped): tokens only.
+            (None, Mode::Kube { .. }) if self.guest => None,
+            (None, Mode::Kube { .. }) => Some(ApiAuth::Kube),
+            // Local mode has no one to ask: no token file, no api.
+            (None, Mode::Local { .. }) => None,
+        };
         // Guest mode has permissions in its namespace only: the Lease is there.
         let lease_namespace = match (self.guest, &guest_namespace) {
             (true, Some(ns)) => ns.clone(),
@@ -307,6 +344,18 @@ impl ServeArgs {
                 std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE).ok(),
             ),
         };
+        let api = api_auth.map(|auth| ApiConfig {
+            max_concurrent: self.api_max_concurrent_requests,
+            max_connections: self.api_max_connections,
+            konsumer_namespace: lease_namespace.clone(),
+            gomemlimit_ratio: self.gomemlimit_ratio,
+            guest: self.guest,
+            audiences: self.api_audiences.clone(),
+            ..ApiConfig::new(
+                self.api_addr.unwrap_or(SocketAddr::from((host, 9443))),
+                auth,
+            )
+        });
         Ok(ServeConfig {
             mode,
             webhook_addr,
@@ -357,6 +406,7 @@ impl ServeArgs {
                 duration: self.lease_duration,
                 grace: (self.lease_duration / 3).max(Duration::from_secs(1)),
             },
+            api,
             guest: self.guest,
         })
     }

@@ -84,6 +84,8 @@ pub struct ServeConfig {
     pub guest: bool,
     /// Delivery of scaling events to ScalingSubscriptions; `None`: none.
     pub delivery: Option<DeliveryConfig>,
+    /// The HTTP API listener (`--api-addr`); `None`: not started.
+    pub api: Option<crate::http_api::ApiConfig>,
 }
 
 impl ServeConfig {
@@ -110,6 +112,7 @@ impl ServeConfig {
             },
             guest: false,
             delivery: None,
+            api: None,
         }
     }
 }

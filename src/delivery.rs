@@ -24,7 +24,7 @@ use jiff::Timestamp;
 use crate::api::{ScalingSubscription, SubscriptionStatus};
 
 pub use connector::{Connector, EgressConfig};
-pub use worker::{AttemptRecord, Deliveries, PingResult, RewindError, SubscriptionView};
+pub use worker::{AttemptRecord, Deliveries, PingError, PingResult, RewindError, SubscriptionView};
 
 /// Tunables of the delivery worker.
 #[derive(Clone, Debug)]

@@ -16,6 +16,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod http_api;
 pub mod inject;
 pub mod manage;
 pub mod manifest;

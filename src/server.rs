@@ -91,6 +91,8 @@ type Parts = (
 pub struct Running {
     pub webhook_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The HTTP API listener, when it runs.
+    pub api_addr: Option<SocketAddr>,
     /// The CA that signed the serving certificate, when konsumer generated it.
     pub generated_ca: Option<PathBuf>,
     pub index: Arc<ConsumerIndex>,
@@ -215,7 +217,7 @@ pub async fn start(
             Some(ca)
         }
     };
-    let tls_config = tls::server_config(cert, client_ca)?;
+    let tls_config = tls::server_config(cert.clone(), client_ca)?;
 
     // Fill the cache before serving: readiness waits for it anyway.
     match &backend {
@@ -389,10 +391,15 @@ pub async fn start(
         let reconciler = Arc::new(reconciler);
         tasks.spawn(reconciler.run(leadership.is_leader.clone(), stop_leading.clone()));
     }
+    // One reader of the local subscriptions for delivery and the api both.
+    let local_subs = match &backend {
+        Backend::Local(store) => Some(Arc::new(LocalSubscriptions::new(store.clone()))),
+        _ => None,
+    };
     let deliveries = match (&config.delivery, &leadership) {
         (Some(dc), Some(leadership)) => {
             let source: Option<Arc<dyn SubscriptionSource>> = match &backend {
-                Backend::Local(store) => Some(Arc::new(LocalSubscriptions::new(store.clone()))),
+                Backend::Local(_) => local_subs.clone().map(|s| s as Arc<dyn SubscriptionSource>),
                 Backend::Kube { store, .. } => {
                     let namespace = match &config.mode {
                         Mode::Kube { namespace } => namespace.clone(),
@@ -434,10 +441,42 @@ pub async fn start(
         }
         _ => None,
     };
-    tracing::info!(%webhook_addr, %admin_addr, store = backend.store().kind(), "konsumer serving");
+    let api_addr = match &config.api {
+        Some(api) => {
+            let client = match &backend {
+                Backend::Local(_) => None,
+                Backend::Kube { store, .. } => Some(store.client().clone()),
+                Backend::Guest { store, .. } => Some(store.client().clone()),
+            };
+            let parts = crate::http_api::serve::Parts {
+                index: index.clone(),
+                client,
+                local: local_subs.clone(),
+                deliveries: deliveries.clone(),
+                is_leader: leadership.as_ref().map(|l| l.is_leader.clone()),
+                metrics: metrics.clone(),
+                tls: tls::server_config(cert, None)?,
+                limits: timeouts(listener::Limits::webhook(api.max_connections)),
+            };
+            Some(
+                crate::http_api::serve::spawn(api.clone(), parts, &mut tasks, shutdown.clone())
+                    .await?,
+            )
+        }
+        None => {
+            if let Mode::Local { .. } = config.mode {
+                tracing::info!(
+                    "the HTTP API is off: start with --api-token-file FILE (one bearer token per line) to serve it on --api-addr"
+                );
+            }
+            None
+        }
+    };
+    tracing::info!(%webhook_addr, %admin_addr, ?api_addr, store = backend.store().kind(), "konsumer serving");
     Ok(Running {
         webhook_addr,
         admin_addr,
+        api_addr,
         generated_ca,
         index,
         metrics,

@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::{SecretValue, SourceError, SubscriptionSource};
 use crate::api::subscription::SUBSCRIPTION_GROUP;
 use crate::api::{ScalingSubscription, SubscriptionStatus};
-use crate::store::local::{LocalStore, is_manifest};
+use crate::store::local::{ApiTable, LocalStore, is_manifest};
 
 type Stamp = Option<(SystemTime, u64)>;
 
@@ -39,6 +39,15 @@ pub struct LocalSubscriptions {
     store: Arc<LocalStore>,
     cache: Mutex<Cache>,
     statuses: tokio::sync::Mutex<Option<HashMap<String, SubscriptionStatus>>>,
+    /// What the HTTP API made, loaded from the embedded store on first use.
+    api: tokio::sync::Mutex<Option<ApiObjects>>,
+}
+
+/// ScalingSubscriptions and Secrets made through the HTTP API (`namespace/name`).
+#[derive(Default, Clone)]
+struct ApiObjects {
+    subscriptions: BTreeMap<String, ScalingSubscription>,
+    secrets: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 fn stamp(path: &Path) -> Stamp {
@@ -136,6 +145,7 @@ impl LocalSubscriptions {
             store,
             cache: Mutex::new(Cache::default()),
             statuses: tokio::sync::Mutex::new(None),
+            api: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -178,6 +188,138 @@ impl LocalSubscriptions {
     }
 }
 
+/// The HTTP API's objects: kept in the embedded store, served beside the files'.
+impl LocalSubscriptions {
+    async fn api_objects(
+        &self,
+    ) -> Result<tokio::sync::MutexGuard<'_, Option<ApiObjects>>, SourceError> {
+        let mut guard = self.api.lock().await;
+        if guard.is_none() {
+            let mut objects = ApiObjects::default();
+            for (key, bytes) in self.store.api_rows(ApiTable::Subscriptions).await? {
+                match serde_json::from_slice::<ScalingSubscription>(&bytes) {
+                    Ok(s) => {
+                        objects.subscriptions.insert(key, s);
+                    }
+                    Err(e) => {
+                        tracing::warn!(subscription = %key, error = %e, "ignoring an unreadable stored ScalingSubscription")
+                    }
+                }
+            }
+            for (key, bytes) in self.store.api_rows(ApiTable::Secrets).await? {
+                match serde_json::from_slice::<BTreeMap<String, String>>(&bytes) {
+                    Ok(v) => {
+                        objects.secrets.insert(key, v);
+                    }
+                    // Never the value: only that it could not be read.
+                    Err(_) => tracing::warn!(secret = %key, "ignoring an unreadable stored Secret"),
+                }
+            }
+            *guard = Some(objects);
+        }
+        Ok(guard)
+    }
+
+    /// The file that defines subscription `key`, if one does.
+    pub fn defined_in_file(&self, key: &str) -> bool {
+        self.scan()
+            .iter()
+            .any(|f| f.subscriptions.iter().any(|s| s.key() == key))
+    }
+
+    /// Whether the HTTP API made subscription `key`.
+    pub async fn is_api_subscription(&self, key: &str) -> Result<bool, SourceError> {
+        let guard = self.api_objects().await?;
+        Ok(guard
+            .as_ref()
+            .is_some_and(|o| o.subscriptions.contains_key(key)))
+    }
+
+    /// Creates or replaces a subscription made through the API (status apart).
+    pub async fn put_api_subscription(&self, sub: &ScalingSubscription) -> Result<(), SourceError> {
+        let mut stored = sub.clone();
+        stored.status = None;
+        let key = stored.key();
+        let bytes = serde_json::to_vec(&stored).map_err(|e| SourceError::Other(e.to_string()))?;
+        let mut guard = self.api_objects().await?;
+        self.store
+            .put_api_row(ApiTable::Subscriptions, &key, bytes)
+            .await?;
+        guard
+            .get_or_insert_with(ApiObjects::default)
+            .subscriptions
+            .insert(key, stored);
+        Ok(())
+    }
+
+    /// Deletes a subscription made through the API, its status, and the Secret
+    /// the API made for it.
+    pub async fn delete_api_subscription(&self, key: &str) -> Result<bool, SourceError> {
+        let mut guard = self.api_objects().await?;
+        let objects = guard.get_or_insert_with(ApiObjects::default);
+        let Some(sub) = objects.subscriptions.get(key).cloned() else {
+            return Ok(false);
+        };
+        self.store
+            .delete_api_row(ApiTable::Subscriptions, key)
+            .await?;
+        objects.subscriptions.remove(key);
+        if let Some(secret) = sub.spec.secret_ref.as_ref().and_then(|r| r.name.as_deref()) {
+            let secret_key = format!(
+                "{}/{secret}",
+                sub.metadata.namespace.as_deref().unwrap_or("default")
+            );
+            if objects.secrets.contains_key(&secret_key) {
+                self.store
+                    .delete_api_row(ApiTable::Secrets, &secret_key)
+                    .await?;
+                objects.secrets.remove(&secret_key);
+            }
+        }
+        drop(guard);
+        if let Some(statuses) = self.statuses.lock().await.as_mut() {
+            statuses.remove(key);
+        }
+        Ok(true)
+    }
+
+    /// A Secret made through the API (`namespace/name`), when there is one.
+    pub async fn api_secret(
+        &self,
+        key: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, SourceError> {
+        let guard = self.api_objects().await?;
+        Ok(guard.as_ref().and_then(|o| o.secrets.get(key).cloned()))
+    }
+
+    pub async fn put_api_secret(
+        &self,
+        key: &str,
+        values: &BTreeMap<String, String>,
+    ) -> Result<(), SourceError> {
+        let bytes = serde_json::to_vec(values).map_err(|e| SourceError::Other(e.to_string()))?;
+        let mut guard = self.api_objects().await?;
+        self.store
+            .put_api_row(ApiTable::Secrets, key, bytes)
+            .await?;
+        guard
+            .get_or_insert_with(ApiObjects::default)
+            .secrets
+            .insert(key.to_string(), values.clone());
+        Ok(())
+    }
+
+    /// Whether a Secret `namespace/name` exists in the files or the API's store.
+    pub async fn secret_exists(&self, key: &str) -> Result<bool, SourceError> {
+        let in_files = self.scan().iter().any(|f| {
+            f.secrets
+                .iter()
+                .any(|((ns, n), _)| format!("{ns}/{n}") == key)
+        });
+        Ok(in_files || self.api_secret(key).await?.is_some())
+    }
+}
+
 #[async_trait]
 impl SubscriptionSource for LocalSubscriptions {
     async fn subscriptions(&self) -> Result<Vec<Arc<ScalingSubscription>>, SourceError> {
@@ -196,6 +338,16 @@ impl SubscriptionSource for LocalSubscriptions {
                 s.status = statuses.get(&key).cloned();
                 out.push(Arc::new(s));
             }
+        }
+        let api = self.api_objects().await?;
+        for (key, s) in api.iter().flat_map(|o| o.subscriptions.iter()) {
+            if !seen.insert(key.clone()) {
+                tracing::warn!(subscription = %key, "ScalingSubscription made through the api is also defined in a file; the file wins");
+                continue;
+            }
+            let mut s = s.clone();
+            s.status = statuses.get(key).cloned();
+            out.push(Arc::new(s));
         }
         Ok(out)
     }
@@ -218,6 +370,14 @@ impl SubscriptionSource for LocalSubscriptions {
                     });
                 }
             }
+        }
+        if let Some(values) = self.api_secret(&format!("{namespace}/{name}")).await? {
+            return Ok(match values.get(key) {
+                Some(v) => SecretValue::Found(v.clone()),
+                None => SecretValue::Missing(format!(
+                    "Secret {namespace}/{name} (made through the api) has no key {key:?}"
+                )),
+            });
         }
         Ok(SecretValue::Missing(format!(
             "Secret {namespace}/{name} not found in {}",

@@ -22,6 +22,26 @@ type Table = TableDefinition<'static, &'static str, &'static [u8]>;
 
 const SUBSCRIPTION_STATUS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("subscription_status");
+/// ScalingSubscriptions and Secrets made through the HTTP API (the files in DIR
+/// stay the user's): `namespace/name` -> JSON.
+const API_SUBSCRIPTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_subscriptions");
+const API_SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_secrets");
+
+/// The tables of objects made through the HTTP API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiTable {
+    Subscriptions,
+    Secrets,
+}
+
+impl ApiTable {
+    fn table(self) -> Table {
+        match self {
+            ApiTable::Subscriptions => API_SUBSCRIPTIONS,
+            ApiTable::Secrets => API_SECRETS,
+        }
+    }
+}
 
 /// konsumer's own files inside the local directory.
 pub const STATE_DIR: &str = ".konsumer";
@@ -610,6 +630,44 @@ impl LocalStore {
     ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(status)?;
         self.put(SUBSCRIPTION_STATUS, key.to_string(), bytes).await
+    }
+
+    /// Every row of an HTTP API table.
+    pub async fn api_rows(&self, table: ApiTable) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.rows(table.table()).await
+    }
+
+    pub async fn put_api_row(
+        &self,
+        table: ApiTable,
+        key: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.put(table.table(), key.to_string(), bytes).await
+    }
+
+    /// Removes a row of an HTTP API table, and with a subscription its status.
+    pub async fn delete_api_row(&self, table: ApiTable, key: &str) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        let key = key.to_string();
+        tokio::task::spawn_blocking(move || {
+            db.run(|db| -> Result<(), DbFailure> {
+                let txn = db.begin_write()?;
+                {
+                    let mut t = txn.open_table(table.table())?;
+                    t.remove(key.as_str())?;
+                    if table == ApiTable::Subscriptions {
+                        let mut status = txn.open_table(SUBSCRIPTION_STATUS)?;
+                        status.remove(key.as_str())?;
+                    }
+                }
+                txn.commit()?;
+                Ok(())
+            })
+        })
+        .await
+        .map_err(|e| self.db_error(e))?
+        .map_err(|e| self.db_error(e))
     }
 }
 

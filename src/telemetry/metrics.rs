@@ -173,9 +173,21 @@ impl AdmissionLabels {
     }
 }
 
+/// A request to the HTTP API: its route template (never the path itself), method
+/// and status class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    pub route: String,
+    pub method: String,
+    /// `2xx`, `4xx`, `5xx`.
+    pub status_class: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     admission_series: Box<[OnceLock<AdmissionSeries>]>,
+    pub api_requests: Family<ApiLabels, Counter>,
+    pub api_duration: Family<ApiLabels, Histogram>,
     pub admission_requests: Family<AdmissionLabels, Counter>,
     pub admission_duration: Family<AdmissionLabels, Histogram>,
     pub consumers: Gauge,
@@ -383,9 +395,25 @@ impl Default for Metrics {
             "Connections to subscriber addresses the egress guard refused",
             egress_refusals.clone(),
         );
+        let api_requests = Family::<ApiLabels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "HTTP API requests answered, by route template, method and status class",
+            api_requests.clone(),
+        );
+        let api_duration = Family::<ApiLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "api_request_duration_seconds",
+            "Time to answer an HTTP API request, by route template, method and status class",
+            api_duration.clone(),
+        );
         Metrics {
             registry: root,
             admission_series: (0..ADMISSION_SERIES).map(|_| OnceLock::new()).collect(),
+            api_requests,
+            api_duration,
             events_journaled,
             event_deliveries,
             event_delivery_latency,

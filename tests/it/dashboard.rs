@@ -114,6 +114,13 @@ fn scrape() -> String {
     };
     m.events_pending.get_or_create(&subscription).set(1);
     m.subscription_failing.get_or_create(&subscription).set(0);
+    let api = ApiLabels {
+        route: "/v1/namespaces/{namespace}/consumers/{name}".into(),
+        method: "GET".into(),
+        status_class: "2xx".into(),
+    };
+    m.api_requests.get_or_create(&api).inc();
+    m.api_duration.get_or_create(&api).observe(0.001);
     m.encode()
 }
 

@@ -63,6 +63,12 @@ struct State {
     subscription_watchers: Vec<mpsc::UnboundedSender<Bytes>>,
     /// (namespace, name) -> Secret
     secrets: BTreeMap<(String, String), Value>,
+    /// Bearer tokens the TokenReview accepts -> (`status.user`, audiences minted for).
+    tokens: BTreeMap<String, (Value, Vec<String>)>,
+    /// (user, verb, group, resource[/sub], namespace or None for every one)
+    grants: Vec<(String, String, String, String, Option<String>)>,
+    /// Every TokenReview and SubjectAccessReview received.
+    reviews: Vec<Value>,
 }
 
 /// Who konsumer is to the apiserver (its ServiceAccount in the manifests).
@@ -198,6 +204,55 @@ impl FakeApiServer {
         state
             .secrets
             .insert((namespace.into(), name.into()), secret);
+    }
+
+    /// A token the TokenReview accepts as `user` (a `status.user` object).
+    pub fn add_token(&self, token: &str, user: Value) {
+        self.add_token_for(
+            token,
+            user,
+            &["https://kubernetes.default.svc.cluster.local"],
+        );
+    }
+
+    /// A token minted for `audiences` (`kubectl create token --audience`).
+    pub fn add_token_for(&self, token: &str, user: Value, audiences: &[&str]) {
+        self.state.lock().unwrap().tokens.insert(
+            token.into(),
+            (user, audiences.iter().map(|a| a.to_string()).collect()),
+        );
+    }
+
+    /// RBAC grants `user` `verb` on `group`/`resource` in `namespace` (None: all).
+    pub fn grant(
+        &self,
+        user: &str,
+        verb: &str,
+        group: &str,
+        resource: &str,
+        namespace: Option<&str>,
+    ) {
+        self.state.lock().unwrap().grants.push((
+            user.into(),
+            verb.into(),
+            group.into(),
+            resource.into(),
+            namespace.map(String::from),
+        ));
+    }
+
+    /// The TokenReviews and SubjectAccessReviews konsumer sent.
+    pub fn reviews(&self) -> Vec<Value> {
+        self.state.lock().unwrap().reviews.clone()
+    }
+
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.state
+            .lock()
+            .unwrap()
+            .secrets
+            .get(&(namespace.into(), name.into()))
+            .cloned()
     }
 
     /// A kube client talking to a new fake, and the fake.
@@ -622,6 +677,19 @@ async fn answer(fake: &FakeApiServer, request: Request<Body>) -> Response<MockBo
             parts.headers.get("content-type"),
             param("fieldManager"),
         );
+    }
+    if path == "/apis/authentication.k8s.io/v1/tokenreviews" && parts.method == Method::POST {
+        return token_review(fake, &body);
+    }
+    if path == "/apis/authorization.k8s.io/v1/subjectaccessreviews" && parts.method == Method::POST
+    {
+        return access_review(fake, &body);
+    }
+    if let Some(rest) = path.strip_prefix(SECRETS)
+        && parts.method != Method::GET
+        && rest.contains("/secrets")
+    {
+        return secret_write(fake, &parts.method, rest, &body);
     }
     if let Some(rest) = path.strip_prefix(SECRETS)
         && let [ns, "secrets", name] = rest.split('/').collect::<Vec<_>>().as_slice()
@@ -1058,12 +1126,245 @@ fn subscription_answer(
                 .retain(|w| w.send(line.clone()).is_ok());
             json_response(StatusCode::OK, &object)
         }
+        (Method::GET, ["namespaces", ns, "scalingsubscriptions", name]) => {
+            match fake.subscription(ns, name) {
+                Some(o) => json_response(StatusCode::OK, &o),
+                None => subscription_not_found(name),
+            }
+        }
+        (Method::POST, ["namespaces", ns, "scalingsubscriptions"]) => {
+            let mut sub: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+            let name = sub["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if fake.subscription(ns, &name).is_some() {
+                return json_response(
+                    StatusCode::CONFLICT,
+                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                            "message": format!("scalingsubscriptions.konsumer.dev {name:?} already exists"),
+                            "reason": "AlreadyExists",
+                            "details": {"name": name, "group": "konsumer.dev", "kind": "scalingsubscriptions"},
+                            "code": 409}),
+                );
+            }
+            sub["metadata"]["namespace"] = json!(ns);
+            if let Some(o) = sub.as_object_mut() {
+                o.remove("status");
+            }
+            fake.apply_subscription(sub);
+            json_response(StatusCode::CREATED, &fake.subscription(ns, &name).unwrap())
+        }
+        (Method::PUT, ["namespaces", ns, "scalingsubscriptions", name]) => {
+            let mut sub: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+            let Some(current) = fake.subscription(ns, name) else {
+                return subscription_not_found(name);
+            };
+            if sub["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
+                return json_response(
+                    StatusCode::CONFLICT,
+                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                            "message": format!("Operation cannot be fulfilled on scalingsubscriptions.konsumer.dev {name:?}: the object has been modified; please apply your changes to the latest version and try again"),
+                            "reason": "Conflict",
+                            "details": {"name": name, "group": "konsumer.dev", "kind": "scalingsubscriptions"},
+                            "code": 409}),
+                );
+            }
+            // The main resource ignores status; the generation moves with the spec only.
+            let spec_changed = sub["spec"] != current["spec"];
+            if let Some(o) = sub.as_object_mut() {
+                o.remove("status");
+            }
+            fake.apply_subscription(sub);
+            let mut state = fake.state.lock().unwrap();
+            let stored = state
+                .subscriptions
+                .get_mut(&(ns.to_string(), name.to_string()))
+                .unwrap();
+            if !spec_changed {
+                stored["metadata"]["generation"] = current["metadata"]["generation"].clone();
+            }
+            let stored = stored.clone();
+            json_response(StatusCode::OK, &stored)
+        }
+        (Method::DELETE, ["namespaces", ns, "scalingsubscriptions", name]) => {
+            let mut state = fake.state.lock().unwrap();
+            match state
+                .subscriptions
+                .remove(&(ns.to_string(), name.to_string()))
+            {
+                Some(gone) => {
+                    let line =
+                        Bytes::from(format!("{}\n", json!({"type": "DELETED", "object": gone})));
+                    state
+                        .subscription_watchers
+                        .retain(|w| w.send(line.clone()).is_ok());
+                    json_response(
+                        StatusCode::OK,
+                        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                                "details": {"name": name, "group": "konsumer.dev", "kind": "scalingsubscriptions",
+                                            "uid": gone["metadata"]["uid"]}}),
+                    )
+                }
+                None => {
+                    drop(state);
+                    subscription_not_found(name)
+                }
+            }
+        }
         _ => json_response(
             StatusCode::METHOD_NOT_ALLOWED,
             &status_error(
                 405,
                 "MethodNotAllowed",
                 format!("{method} {rest} is not supported here"),
+                "",
+            ),
+        ),
+    }
+}
+
+fn subscription_not_found(name: &str) -> Response<MockBody> {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": format!("scalingsubscriptions.konsumer.dev {name:?} not found"),
+                "reason": "NotFound",
+                "details": {"name": name, "group": "konsumer.dev", "kind": "scalingsubscriptions"},
+                "code": 404}),
+    )
+}
+
+/// TokenReview as in `08-tokenreview.json`: always 201; an unknown token gets
+/// `status: {user: {}, error: "invalid bearer token"}` with no `authenticated`.
+fn token_review(fake: &FakeApiServer, body: &[u8]) -> Response<MockBody> {
+    let review: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let mut state = fake.state.lock().unwrap();
+    state.reviews.push(review.clone());
+    let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let asked: Vec<String> = review["spec"]["audiences"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let status = match state.tokens.get(token) {
+        Some((user, minted)) if asked.is_empty() => {
+            json!({"authenticated": true, "user": user, "audiences": minted})
+        }
+        Some((user, minted)) if minted.iter().any(|m| asked.contains(m)) => {
+            json!({"authenticated": true, "user": user, "audiences": asked})
+        }
+        // The recorded wording of an audience mismatch.
+        Some((_, minted)) => json!({"user": {}, "error": format!(
+            "[invalid bearer token, token audiences {} is invalid for the target audiences {}]",
+            json!(minted), json!(asked)
+        )}),
+        None => json!({"user": {}, "error": "invalid bearer token"}),
+    };
+    json_response(
+        StatusCode::CREATED,
+        &json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {"creationTimestamp": null}, "spec": review["spec"], "status": status}),
+    )
+}
+
+/// SubjectAccessReview as in `08-subjectaccessreview.json`: 201; allowed with an
+/// RBAC reason, or `status: {allowed: false}` alone.
+fn access_review(fake: &FakeApiServer, body: &[u8]) -> Response<MockBody> {
+    let review: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let mut state = fake.state.lock().unwrap();
+    state.reviews.push(review.clone());
+    let spec = &review["spec"];
+    let a = &spec["resourceAttributes"];
+    let resource = match a["subresource"].as_str() {
+        Some(sub) if !sub.is_empty() => format!("{}/{sub}", a["resource"].as_str().unwrap_or("")),
+        _ => a["resource"].as_str().unwrap_or("").to_string(),
+    };
+    let allowed = state.grants.iter().any(|(user, verb, group, res, ns)| {
+        spec["user"] == user.as_str()
+            && a["verb"] == verb.as_str()
+            && a["group"].as_str().unwrap_or("") == group
+            && *res == resource
+            && ns.as_deref().is_none_or(|n| a["namespace"] == n)
+    });
+    let status = if allowed {
+        json!({"allowed": true, "reason": format!("RBAC: allowed by RoleBinding \"test\" to User {:?}", spec["user"])})
+    } else {
+        json!({"allowed": false})
+    };
+    json_response(
+        StatusCode::CREATED,
+        &json!({"kind": "SubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
+                "metadata": {"creationTimestamp": null}, "spec": spec, "status": status}),
+    )
+}
+
+/// Secret create and replace (as `05-secrets-get.json` shows them stored).
+fn secret_write(
+    fake: &FakeApiServer,
+    method: &Method,
+    rest: &str,
+    body: &[u8],
+) -> Response<MockBody> {
+    let segments: Vec<&str> = rest.split('/').collect();
+    let mut secret: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let mut state = fake.state.lock().unwrap();
+    state.resource_version += 1;
+    let rv = state.resource_version.to_string();
+    match (method.clone(), segments.as_slice()) {
+        (Method::POST, [ns, "secrets"]) => {
+            let name = secret["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if state.secrets.contains_key(&(ns.to_string(), name.clone())) {
+                return json_response(
+                    StatusCode::CONFLICT,
+                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                            "message": format!("secrets {name:?} already exists"), "reason": "AlreadyExists",
+                            "details": {"name": name, "kind": "secrets"}, "code": 409}),
+                );
+            }
+            secret["kind"] = json!("Secret");
+            secret["apiVersion"] = json!("v1");
+            secret["metadata"]["namespace"] = json!(ns);
+            secret["metadata"]["uid"] = json!(format!("uid-secret-{name}"));
+            secret["metadata"]["resourceVersion"] = json!(rv);
+            secret["metadata"]["creationTimestamp"] = json!("2026-11-30T04:32:08Z");
+            state.secrets.insert((ns.to_string(), name), secret.clone());
+            json_response(StatusCode::CREATED, &secret)
+        }
+        (Method::PUT, [ns, "secrets", name]) => {
+            let key = (ns.to_string(), name.to_string());
+            let Some(current) = state.secrets.get(&key) else {
+                return json_response(
+                    StatusCode::NOT_FOUND,
+                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                            "message": format!("secrets {name:?} not found"), "reason": "NotFound",
+                            "details": {"name": name, "kind": "secrets"}, "code": 404}),
+                );
+            };
+            if secret["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
+                return json_response(
+                    StatusCode::CONFLICT,
+                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                            "message": format!("Operation cannot be fulfilled on secrets {name:?}: the object has been modified; please apply your changes to the latest version and try again"),
+                            "reason": "Conflict", "details": {"name": name, "kind": "secrets"}, "code": 409}),
+                );
+            }
+            secret["metadata"]["resourceVersion"] = json!(rv);
+            state.secrets.insert(key, secret.clone());
+            json_response(StatusCode::OK, &secret)
+        }
+        _ => json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &status_error(
+                405,
+                "MethodNotAllowed",
+                format!("{method} secrets {rest}"),
                 "",
             ),
         ),

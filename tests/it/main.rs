@@ -15,6 +15,8 @@ mod fake_apiserver;
 mod fresh_machine;
 mod guest_mode;
 mod hostile;
+mod http_api;
+mod http_api_kube;
 mod image;
 mod kube_mode;
 mod largest_consumer;

@@ -26,9 +26,6 @@ use crate::support::*;
 /// it lands; the test fails once one is served and still listed).
 const PENDING_ROUTES: &[&str] = &[];
 
-/// The api listener's port (`--api-addr`, issue 9, not built yet).
-const API_PORT: i64 = 9443;
-
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -504,7 +501,11 @@ async fn the_deployment_runs_konsumer_as_hardened_as_the_issue_asks() {
         container_port(docs, "admin"),
         i64::from(config.admin_addr.port())
     );
-    assert_eq!(container_port(docs, "api"), API_PORT);
+    let api = config
+        .api
+        .as_ref()
+        .expect("the Deployment runs the api listener");
+    assert_eq!(container_port(docs, "api"), i64::from(api.addr.port()));
     // Probes hit the admin listener's routes.
     let s = LocalServer::orders().await;
     for (probe, path) in [("livenessProbe", "/livez"), ("readinessProbe", "/readyz")] {
