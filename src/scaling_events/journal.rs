@@ -502,7 +502,10 @@ mod tests {
         assert_eq!(first.data["deployment"], "orders-1");
         assert_eq!(first.data["partitions"], json!([2, 3]));
         assert_eq!(first.data["resources"]["to"][0]["requests"]["cpu"], "2");
-        assert_eq!(first.data["resources"]["from"][0]["requests"]["cpu"], "100m");
+        assert_eq!(
+            first.data["resources"]["from"][0]["requests"]["cpu"],
+            "100m"
+        );
         append(&mut j, vec![first, event(5)], at());
         // The same rollout again (the write failed, or konsumer restarted
         // between the status write and the Deployment write): already said.

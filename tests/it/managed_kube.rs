@@ -373,7 +373,10 @@ async fn a_new_recommendation_rolls_one_deployment_at_a_time_the_next_once_the_f
         .nth(1)
         .map(|(i, _)| i)
         .unwrap();
-    assert!(journaled < rolled, "write-ahead: the event before the rollout");
+    assert!(
+        journaled < rolled,
+        "write-ahead: the event before the rollout"
+    );
     m.running.stop().await;
 }
 
