@@ -444,3 +444,108 @@ async fn the_binary_serves_every_receiver_scenario_at_once_and_a_restart_goes_on
     );
     assert!(second.terminate().success());
 }
+
+/// A private CA and a server certificate for 127.0.0.1 signed by it (PEM):
+/// (ca, chain, key).
+fn private_pki() -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(DnType::CommonName, "receivers' private CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_ca_is_trusted_only_through_ca_secret_ref_and_egress_proxy_carries_every_request()
+{
+    use base64::Engine;
+    let (ca, chain, key) = private_pki();
+    let trusted = Receiver::start_tls(&chain, &key).await;
+    let untrusted = Receiver::start_tls(&chain, &key).await;
+    let proxy = crate::receiver::ConnectProxy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c1.yaml"), consumer("c1")).unwrap();
+    let ca_b64 = base64::engine::general_purpose::STANDARD.encode(&ca);
+    let subs = [
+        subscription(
+            "private-ca",
+            &trusted.url(),
+            "  caSecretRef: {name: receiver-ca, key: ca.crt}\n",
+        ),
+        subscription("system-roots", &untrusted.url(), ""),
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: receiver-ca, namespace: streams}}\ndata:\n  ca.crt: {ca_b64}\n---\n"
+        ),
+    ]
+    .concat();
+    std::fs::write(dir.path().join("feeds.yaml"), subs + &secret()).unwrap();
+    journal(dir.path(), &[("c1", 2)], None).await;
+
+    let proxy_url = proxy.url();
+    let args = [
+        "--no-reconciler",
+        "--egress-allow",
+        "127.0.0.0/8",
+        "--egress-proxy",
+        proxy_url.as_str(),
+    ];
+    let bin = Binary::serve_local(dir.path(), &args);
+    // Delivered with the CA from caSecretRef...
+    let got = trusted
+        .wait_for(
+            "the resync over TLS",
+            Duration::from_secs(20),
+            &[SECRET],
+            |e| e.iter().any(|e| e.answered == 200),
+        )
+        .await;
+    assert_eq!(got[0].type_, EventType::Resync.as_str());
+    assert_eq!(got[0].sequence(), 2);
+    // ...refused without it: the handshake fails, nothing reaches the receiver.
+    let started = std::time::Instant::now();
+    while proxy
+        .targets()
+        .iter()
+        .filter(|t| **t == untrusted.addr.to_string())
+        .count()
+        < 3
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no retries towards the untrusted receiver: {:?}",
+            proxy.targets()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(untrusted.count(), 0);
+    // Every request went through the proxy.
+    assert!(
+        proxy.targets().contains(&trusted.addr.to_string()),
+        "{:?}",
+        proxy.targets()
+    );
+    assert!(bin.terminate().success());
+    let stored = statuses(dir.path()).await;
+    let (status, reason, message) = condition(&stored["streams/system-roots"], "Failing");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "ReceiverErrors"),
+        "{message}"
+    );
+    assert!(
+        message.to_lowercase().contains("certificate") || message.contains("UnknownIssuer"),
+        "{message}"
+    );
+    let (status, _, message) = condition(&stored["streams/private-ca"], "Ready");
+    assert_eq!(status, "True", "{message}");
+}
