@@ -424,7 +424,11 @@ fn main() {
     rt.block_on(async {
         konsumer::server::tls::provider();
         println!("| delivery, 1,000 Consumers × 10 subscribers | | |\n|---|---|---|");
-        in_process().await;
+        // `ONLY=memory`: the RSS part alone (e.g. under `--profile dev`, whose
+        // dependencies are built already, to compare two commits quickly).
+        if std::env::var("ONLY").as_deref() != Ok("memory") {
+            in_process().await;
+        }
         let empty = memory(false).await;
         let full = memory(true).await;
         println!("| RSS, 1,000 Consumers, empty journals, no subscriptions (baseline) | {:.1} MiB |", empty as f64 / 1024.0);

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::{SecretValue, SourceError, SubscriptionSource};
 use crate::api::subscription::SUBSCRIPTION_GROUP;
-use crate::api::{ScalingSubscription, SubscriptionStatus};
+use crate::api::{JournalEntry, ScalingSubscription, SubscriptionStatus};
 use crate::store::local::{LocalStore, is_manifest};
 
 type Stamp = Option<(SystemTime, u64)>;
@@ -234,6 +234,14 @@ impl SubscriptionSource for LocalSubscriptions {
             .map(|(_, l)| l);
         // A namespace without a manifest exists all the same, with no labels.
         Some(declared.unwrap_or_default())
+    }
+
+    async fn journal(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Vec<JournalEntry>>, SourceError> {
+        Ok(Some(self.store.journal(namespace, name).await?))
     }
 
     async fn write_status(

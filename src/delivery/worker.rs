@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::connector::{BODY_KEPT, Connector, ConnectorError, Sent, truncate};
 use super::{Clock, DeliveryConfig, SecretValue, SourceError, SubscriptionSource};
 use crate::api::subscription::{DISABLED, FAILING, LastAttempt, READY};
-use crate::api::{ScalingSubscription, SubscriptionStatus};
+use crate::api::{JournalEntry, ScalingSubscription, SubscriptionStatus};
 use crate::scaling::status::set_condition;
 use crate::scaling_events::cloudevent::{self, ConsumerRef, ContentMode};
 use crate::scaling_events::journal::{self, Resume};
@@ -409,12 +409,15 @@ impl Deliveries {
             .index
             .get(cns, cname)
             .ok_or_else(|| RewindError::NoConsumer(consumer.to_string()))?;
-        let journal = cached
-            .consumer
-            .status
-            .as_ref()
-            .and_then(|s| s.journal.clone())
-            .unwrap_or_default();
+        let journal = match self.inner.source.journal(cns, cname).await? {
+            Some(whole) => whole,
+            None => cached
+                .consumer
+                .status
+                .as_ref()
+                .and_then(|s| s.journal.clone())
+                .unwrap_or_default(),
+        };
         let head = journal::head(&journal);
         let first = journal.first().map_or(head + 1, |e| e.sequence);
         let low = first - 1;
@@ -452,6 +455,18 @@ impl Deliveries {
             .insert(consumer.to_string(), sequence);
         self.inner.source.write_status(&sub, &status).await?;
         Ok(())
+    }
+}
+
+/// Events pending for a cursor, from the journal the cache holds: in local mode
+/// only its recent entries, so a cursor behind them counts as far behind as the
+/// whole journal could be (it may have fallen off it: then one resync is due).
+fn pending(cached: &[JournalEntry], cursor: Option<i64>) -> usize {
+    match (journal::resume(cached, cursor), cursor) {
+        (Resume::Resync { head }, Some(c)) if c < head && cached.len() < journal::MAX_ENTRIES => {
+            ((head - c) as usize).min(journal::MAX_ENTRIES)
+        }
+        _ => journal::pending(cached, cursor),
     }
 }
 
@@ -808,7 +823,7 @@ impl Inner {
                         None => s.pairs.entry(ckey.clone()).or_default(),
                     };
                     seen.insert(ckey.as_str());
-                    let pending = journal::pending(journal, pair.cursor);
+                    let pending = pending(journal, pair.cursor);
                     pending_total += pending as i64;
                     if pending == 0
                         || target.is_none()
@@ -900,6 +915,9 @@ impl Inner {
         ckey: &str,
         cancel: &CancellationToken,
     ) {
+        // The whole journal, read from the source while this pair is behind the
+        // recent entries the cache holds (local mode); dropped when the pair ends.
+        let mut whole: Option<Vec<JournalEntry>> = None;
         loop {
             if cancel.is_cancelled() {
                 return;
@@ -921,10 +939,38 @@ impl Inner {
                 uid: consumer.metadata.uid.as_deref().unwrap_or_default(),
             };
             let now = (self.clock)();
-            let (event, next, decided) = match journal::resume(journal, cursor) {
+            let mut resume = journal::resume(journal, cursor);
+            let mut from_whole = false;
+            if matches!(resume, Resume::Resync { .. })
+                && cursor.is_some_and(|c| c < journal::head(journal))
+            {
+                let held = whole
+                    .as_deref()
+                    .is_some_and(|w| matches!(journal::resume(w, cursor), Resume::From(_)));
+                if !held {
+                    match self.source.journal(ns, name).await {
+                        Ok(w) => whole = w,
+                        Err(e) => {
+                            // Not a resync: the events may well be there.
+                            tracing::warn!(consumer = %ckey, error = %e, "cannot read the journal; retrying");
+                            return;
+                        }
+                    }
+                }
+                if let Some(r @ Resume::From(_)) =
+                    whole.as_deref().map(|w| journal::resume(w, cursor))
+                {
+                    resume = r;
+                    from_whole = true;
+                }
+            }
+            let (event, next, decided) = match resume {
                 Resume::UpToDate => return,
                 Resume::From(i) => {
-                    let e = &journal[i];
+                    let e = match (&whole, from_whole) {
+                        (Some(w), true) => &w[i],
+                        _ => &journal[i],
+                    };
                     (cloudevent::from_entry(&cref, e), e.sequence, Some(e.time.0))
                 }
                 Resume::Resync { head } => (cloudevent::resync(&cref, status, now), head, None),

@@ -21,6 +21,33 @@ pub const MAX_ENTRIES: usize = 64;
 /// etcd's 1.5 MiB object limit.
 pub const MAX_BYTES: usize = 256 * 1024;
 
+/// Entries a store that keeps whole journals elsewhere (local mode: its
+/// database) holds in memory per Consumer: the head, and the events a subscriber
+/// that keeps up reads, without a read from the database.
+pub const RECENT: usize = 4;
+
+/// The newest [`RECENT`] entries of `journal`.
+pub fn recent(journal: &[JournalEntry]) -> Vec<JournalEntry> {
+    journal[journal.len().saturating_sub(RECENT)..].to_vec()
+}
+
+/// A stored journal with `written` over it: `written` is what a status write
+/// carries (the recent entries it started from, plus any it appended), so the
+/// stored entries before its first sequence stay, the rest are replaced; then
+/// trimmed as [`append`] trims.
+pub fn merge(stored: Vec<JournalEntry>, written: &[JournalEntry]) -> Vec<JournalEntry> {
+    let Some(first) = written.first().map(|e| e.sequence) else {
+        return stored;
+    };
+    let mut out: Vec<JournalEntry> = stored
+        .into_iter()
+        .take_while(|e| e.sequence < first)
+        .collect();
+    out.extend_from_slice(written);
+    trim(&mut out);
+    out
+}
+
 /// An event to record, from whatever decided it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewEvent {
@@ -42,6 +69,10 @@ pub fn append(
     events: Vec<NewEvent>,
     at: Timestamp,
 ) -> std::ops::RangeInclusive<i64> {
+    // Whole seconds: what a stored status keeps (`metav1.Time`), so that an event
+    // read back after a restart or by a new leader has the time, and so the id,
+    // it was first sent with.
+    let at = Timestamp::from_second(at.as_second()).unwrap_or(at);
     let first = head(journal) + 1;
     let mut next = first;
     for e in events {
@@ -525,5 +556,48 @@ mod tests {
         let j = next.expect("a status write").journal.unwrap();
         assert_eq!(j[0].type_, "dev.konsumer.instance.applied.v1");
         assert_eq!(j[0].instance, Some(0));
+    }
+
+    #[test]
+    fn a_write_of_the_recent_entries_plus_new_ones_merges_over_the_whole_journal() {
+        let mut stored = Vec::new();
+        append(&mut stored, (0..64).map(event).collect(), at());
+        let mut cached = recent(&stored);
+        assert_eq!(cached.len(), RECENT);
+        assert_eq!(head(&cached), 64);
+        append(&mut cached, vec![event(64), event(65)], at());
+        let merged = merge(stored.clone(), &cached);
+        assert_eq!(merged.len(), MAX_ENTRIES);
+        assert_eq!(merged.first().unwrap().sequence, 3);
+        assert_eq!(head(&merged), 66);
+        assert!(
+            merged
+                .windows(2)
+                .all(|w| w[1].sequence == w[0].sequence + 1)
+        );
+        // A write that appended nothing changes nothing; an empty one keeps all.
+        assert_eq!(merge(stored.clone(), &recent(&stored)), stored);
+        assert_eq!(merge(stored.clone(), &[]), stored);
+        // A first write (nothing stored) is the journal written.
+        assert_eq!(merge(Vec::new(), &cached), cached);
+    }
+
+    #[test]
+    fn an_entry_read_back_from_a_stored_status_has_the_same_time_and_id() {
+        let mut j = Vec::new();
+        let precise: Timestamp = "2026-11-22T12:00:00.123456789Z".parse().unwrap();
+        append(&mut j, vec![event(1)], precise);
+        let stored: Vec<JournalEntry> =
+            serde_json::from_str(&serde_json::to_string(&j).unwrap()).unwrap();
+        assert_eq!(stored, j);
+        let c = crate::scaling_events::ConsumerRef {
+            namespace: "streams",
+            name: "orders",
+            uid: "",
+        };
+        assert_eq!(
+            crate::scaling_events::cloudevent::from_entry(&c, &stored[0]).id,
+            crate::scaling_events::cloudevent::from_entry(&c, &j[0]).id
+        );
     }
 }
