@@ -199,8 +199,8 @@ pub fn from_transition(t: &Transition, next: &ConsumerStatus) -> NewEvent {
         _ => t.new.clone(),
     };
     let (behind, production, consumption) = sum_metrics(&t.partitions, next);
+    // `instance` is the entry's own field (and the event's subject).
     let mut data = Map::new();
-    data.insert("instance".into(), json!(t.instance));
     data.insert("partitions".into(), json!(t.partitions));
     if let Some(d) = dir {
         data.insert("direction".into(), json!(direction(d)));
