@@ -142,15 +142,26 @@ impl SubState {
                 )
             })
             .collect();
-        // A subscription disabled before a restart stays so until its spec changes.
+        // A subscription disabled before a restart stays so until its spec
+        // changes, also if it changed while konsumer was not running (local
+        // files have no generation): the status keeps the spec's hash.
         let spec = spec_fingerprint(sub);
-        let disabled = stored
+        let disabled_here = stored
             .conditions
             .iter()
             .flatten()
-            .find(|c| c.type_ == DISABLED && c.status == "True")
-            .filter(|c| c.observed_generation == sub.metadata.generation)
-            .map(|_| spec.clone());
+            .any(|c| c.type_ == DISABLED && c.status == "True");
+        let same_spec = match &stored.disabled_spec_hash {
+            Some(hash) => *hash == spec_hash(&spec),
+            // Written by an earlier version: the generation is all there is.
+            None => stored
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == DISABLED)
+                .is_some_and(|c| c.observed_generation == sub.metadata.generation),
+        };
+        let disabled = (disabled_here && same_spec).then(|| spec.clone());
         SubState {
             uid: sub.metadata.uid.clone(),
             spec,
@@ -170,6 +181,16 @@ impl SubState {
 
 fn spec_fingerprint(sub: &ScalingSubscription) -> String {
     serde_json::to_string(&sub.spec).unwrap_or_default()
+}
+
+/// What the status keeps of a spec (never the spec itself: its URL may carry a
+/// token in the query).
+fn spec_hash(fingerprint: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, fingerprint.as_bytes());
+    d.as_ref()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A subscription ready to deliver to.
@@ -1138,6 +1159,7 @@ impl Inner {
         );
         let mut conditions = status.conditions.take().unwrap_or_default();
         let generation = s.generation;
+        status.disabled_spec_hash = s.disabled.as_deref().map(spec_hash);
         match &s.disabled {
             Some(_) => set_condition(
                 &mut conditions,

@@ -181,6 +181,8 @@ async fn the_binary_serves_every_receiver_scenario_at_once_and_a_restart_goes_on
     throttled.script([Reply::With(429, vec![("retry-after", "2".into())])]);
     let gone = Receiver::start().await;
     gone.script([Reply::Status(410)]);
+    let revived = Receiver::start().await;
+    revived.script([Reply::Status(410)]);
     let behind = Receiver::start().await;
     let fresh = Receiver::start().await;
     // A port nobody listens on.
@@ -200,6 +202,7 @@ async fn the_binary_serves_every_receiver_scenario_at_once_and_a_restart_goes_on
         subscription("hang", &hang.url(), "  timeout: 1s\n"),
         subscription("throttled", &throttled.url(), ""),
         subscription("gone", &gone.url(), only_c2),
+        subscription("revived", &revived.url(), only_c2),
         subscription("refused", &refused_url, only_c2),
         subscription("behind", &behind.url(), ""),
         subscription("fresh", &fresh.url(), ""),
@@ -221,6 +224,7 @@ async fn the_binary_serves_every_receiver_scenario_at_once_and_a_restart_goes_on
         "hang",
         "throttled",
         "gone",
+        "revived",
         "refused",
     ] {
         cursors.insert(s.to_string(), following(C1_CURSOR));
@@ -346,6 +350,7 @@ async fn the_binary_serves_every_receiver_scenario_at_once_and_a_restart_goes_on
     // 410 Gone: one request, never another.
     assert_eq!(gone.count(), 1);
     assert_eq!(gone.requests()[0].answered, 410);
+    assert_eq!(revived.count(), 1);
     // Connection refused: Failing, with the cause, counted in the metrics.
     let started = std::time::Instant::now();
     loop {
@@ -367,12 +372,15 @@ async fn the_binary_serves_every_receiver_scenario_at_once_and_a_restart_goes_on
     assert!(first.terminate().success());
 
     let stored = statuses(dir.path()).await;
-    let (status, reason, message) = condition(&stored["streams/gone"], "Disabled");
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("True", "Gone"),
-        "{message}"
-    );
+    for sub in ["streams/gone", "streams/revived"] {
+        let (status, reason, message) = condition(&stored[sub], "Disabled");
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("True", "Gone"),
+            "{message}"
+        );
+        assert!(stored[sub].disabled_spec_hash.is_some());
+    }
     let (status, reason, message) = condition(&stored["streams/refused"], "Failing");
     assert_eq!(
         (status.as_str(), reason.as_str()),
@@ -398,6 +406,20 @@ async fn the_binary_serves_every_receiver_scenario_at_once_and_a_restart_goes_on
     )
     .await;
     let before_gone = gone.count();
+    // One of the two disabled subscriptions gets a new spec while konsumer is
+    // down (files have no generation: only the stored spec hash tells).
+    let feeds = std::fs::read_to_string(dir.path().join("feeds.yaml")).unwrap();
+    let revived_doc = subscription("revived", &revived.url(), only_c2);
+    let changed = subscription(
+        "revived",
+        &revived.url(),
+        &format!("{only_c2}  timeout: 5s\n"),
+    );
+    std::fs::write(
+        dir.path().join("feeds.yaml"),
+        feeds.replacen(&revived_doc, &changed, 1),
+    )
+    .unwrap();
     let second = Binary::serve_local(dir.path(), &args);
     settled(
         &happy,
@@ -435,6 +457,9 @@ async fn the_binary_serves_every_receiver_scenario_at_once_and_a_restart_goes_on
         want_fresh.get_mut(c).unwrap().extend(range(11, 13));
     }
     settled(&fresh, "the new subscriber after the restart", &want_fresh).await;
+    // The changed one delivers again, from where it stood.
+    let want_revived = BTreeMap::from([("streams/c2".to_string(), range(1, 13))]);
+    settled(&revived, "the re-enabled subscription", &want_revived).await;
     // Disabled stays disabled across the restart while its spec is unchanged.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
