@@ -68,6 +68,10 @@ pub enum RewindError {
     #[error("Consumer {0} not found")]
     NoConsumer(String),
     #[error(
+        "this konsumer replica does not deliver scaling events (it is not the leader, or has just started): a cursor it wrote would be overwritten by the leader's; send the rewind of {0} to the replica holding the leader Lease"
+    )]
+    NotLeading(String),
+    #[error(
         "sequence {sequence} is not in the journal of Consumer {consumer} (it holds {first}..{head}); the cursor can move to {low}..{head}"
     )]
     OutOfJournal {
@@ -221,6 +225,8 @@ struct Inner {
     slots: Arc<Semaphore>,
     /// A pair waited for a free slot in the last tick.
     starved: std::sync::atomic::AtomicBool,
+    /// This replica delivers (its cursors are the ones that count).
+    leading: std::sync::atomic::AtomicBool,
     state: Mutex<HashMap<String, SubState>>,
 }
 
@@ -255,6 +261,7 @@ impl Deliveries {
             inner: Arc::new(Inner {
                 slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
                 starved: std::sync::atomic::AtomicBool::new(false),
+                leading: std::sync::atomic::AtomicBool::new(false),
                 index,
                 source,
                 connector,
@@ -283,7 +290,11 @@ impl Deliveries {
                 }
             }
             tracing::info!("leading: delivering scaling events");
+            inner
+                .leading
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             let cancel = shutdown.child_token();
+            let leading = LeadingGuard(inner.clone());
             // If this task is aborted, the delivery tasks it spawned stop too.
             let _stop_deliveries = cancel.clone().drop_guard();
             let lost = async {
@@ -299,6 +310,7 @@ impl Deliveries {
                 _ = inner.clone().lead(cancel.clone()) => false,
             };
             cancel.cancel();
+            drop(leading);
             // Wait for in-flight attempts to notice, then (still the leader, on
             // shutdown) write the cursors they moved.
             let _ = inner
@@ -463,7 +475,12 @@ impl Deliveries {
                 return Ok(());
             }
         }
-        // Not delivering here: the leader picks the cursor up from the status.
+        // The leader has not taken this subscription up yet: it will start from
+        // the cursor in the status. A replica that does not lead must not write
+        // one: the leader's next status write would undo it without a word.
+        if !self.inner.leading.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(RewindError::NotLeading(key));
+        }
         let subs = self.inner.source.subscriptions().await?;
         let sub = subs
             .into_iter()
@@ -488,6 +505,17 @@ fn pending(cached: &[JournalEntry], cursor: Option<i64>) -> usize {
             ((head - c) as usize).min(journal::MAX_ENTRIES)
         }
         _ => journal::pending(cached, cursor),
+    }
+}
+
+/// Marks the worker as not leading when the leading loop ends in any way.
+struct LeadingGuard(Arc<Inner>);
+
+impl Drop for LeadingGuard {
+    fn drop(&mut self) {
+        self.0
+            .leading
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -322,3 +322,55 @@ async fn namespace_selector_is_honoured_only_for_subscriptions_in_konsumers_name
     );
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewind_on_a_replica_that_does_not_lead_is_refused_not_silently_undone() {
+    let rx = Receiver::start().await;
+    let (_, fake) = FakeApiServer::start();
+    fake.bind_in_namespace("streams", "konsumer-secret-reader");
+    fake.apply(consumer_with_journal());
+    fake.add_secret("streams", "feed-secret", "secret", SECRET);
+    fake.apply_subscription(subscription(&rx.url()));
+    let certs_a = tempfile::tempdir().unwrap();
+    let a = replica(&fake, "replica-a", certs_a.path()).await;
+    wait_leading(&a, Duration::from_secs(10)).await;
+    let certs_b = tempfile::tempdir().unwrap();
+    let b = replica(&fake, "replica-b", certs_b.path()).await;
+    rx.wait_for("every event", Duration::from_secs(20), &[SECRET], |e| {
+        acknowledged_by_consumer(e)
+            .get("streams/orders")
+            .is_some_and(|l| l.len() == EVENTS)
+    })
+    .await;
+    assert!(!*b.is_leader.clone().unwrap().borrow());
+
+    // B would write a cursor that A's next status write undoes: it says so.
+    let refused = b
+        .deliveries
+        .as_ref()
+        .unwrap()
+        .rewind("streams", "feed", "streams/orders", 10)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("not the leader"), "{refused}");
+    // The leader rewinds: the events after 10 come again, with their ids.
+    let before = rx.count();
+    a.deliveries
+        .as_ref()
+        .unwrap()
+        .rewind("streams", "feed", "streams/orders", 10)
+        .await
+        .unwrap();
+    let got = rx
+        .wait_for(
+            "the events after the rewound cursor",
+            Duration::from_secs(20),
+            &[SECRET],
+            |e| e.len() >= before + EVENTS - 10,
+        )
+        .await;
+    let again: Vec<i64> = got[before..].iter().map(|e| e.sequence()).collect();
+    assert_eq!(again, (11..=EVENTS as i64).collect::<Vec<_>>());
+    b.stop().await;
+    a.stop().await;
+}
