@@ -678,7 +678,7 @@ impl LocalStore {
             None => None,
         };
         let db = self.db.clone();
-        let (kept, _) = tokio::task::spawn_blocking(move || {
+        let kept = tokio::task::spawn_blocking(move || {
             db.run(|db| {
                 let txn = db.begin_write()?;
                 let mut kept = kept;
@@ -707,7 +707,7 @@ impl LocalStore {
                 txn.open_table(STATUS)?
                     .insert(key.as_str(), bytes.as_slice())?;
                 txn.commit()?;
-                Ok((kept, ()))
+                Ok(kept)
             })
         })
         .await
