@@ -361,11 +361,13 @@ async fn a_new_recommendation_rolls_one_deployment_at_a_time_the_next_once_the_f
     assert_eq!(applied[1]["instance"], 2);
     assert!(applied[1]["sequence"].as_i64() > applied[0]["sequence"].as_i64());
     let seen = fake.seen();
-    let first_at = |what: &dyn Fn(&Seen) -> bool| seen.iter().position(|r| what(r)).unwrap();
-    let journaled = first_at(&|r| {
-        r.path.ends_with("/consumers/orders/status")
-            && String::from_utf8_lossy(&r.body).contains("instance.applied")
-    });
+    let journaled = seen
+        .iter()
+        .position(|r| {
+            r.path.ends_with("/consumers/orders/status")
+                && String::from_utf8_lossy(&r.body).contains("instance.applied")
+        })
+        .unwrap();
     let rolled = seen
         .iter()
         .enumerate()
