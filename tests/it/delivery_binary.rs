@@ -300,8 +300,8 @@ async fn the_binary_serves_every_receiver_scenario_at_once_and_a_restart_goes_on
         );
     }
 
-    // A receiver that hangs past the 1s timeout: a failed attempt (the only
-    // timeout of this run), then every event all the same.
+    // A receiver that hangs past the 1s timeout: a failed attempt (counted as a
+    // timeout), then every event all the same.
     settled(&hang, "the hanging receiver", &expected(0)).await;
     let metrics = reqwest::get(format!("http://{}/metrics", first.admin))
         .await
