@@ -389,7 +389,18 @@ async fn memory(full: bool) -> u64 {
                 .unwrap();
         }
     }
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_konsumer"))
+    // `RSS_WRAP=heaptrack`: run the binary under a profiler (its RSS then means
+    // nothing; its heap profile says where the memory goes).
+    let wrap = std::env::var("RSS_WRAP").ok().filter(|w| !w.is_empty());
+    let mut command = match &wrap {
+        Some(w) => {
+            let mut c = std::process::Command::new(w);
+            c.arg(env!("CARGO_BIN_EXE_konsumer"));
+            c
+        }
+        None => std::process::Command::new(env!("CARGO_BIN_EXE_konsumer")),
+    };
+    let mut child = command
         .args(["--log-level", "warn", "serve", "--no-reconciler", "--local"])
         .arg(dir.path())
         .args([
@@ -407,7 +418,17 @@ async fn memory(full: bool) -> u64 {
     tokio::time::sleep(Duration::from_secs(20)).await;
     let rss = rss_kib(child.id());
     let delivered = seen.count.load(Ordering::Relaxed);
-    let _ = child.kill();
+    match &wrap {
+        // The profiler writes its file when the program ends normally.
+        Some(_) => {
+            let _ = std::process::Command::new("pkill")
+                .args(["-TERM", "-P", &child.id().to_string()])
+                .status();
+        }
+        None => {
+            let _ = child.kill();
+        }
+    }
     let _ = child.wait();
     if full {
         println!("|   (the 9 live subscribers got {delivered} events meanwhile) |");
@@ -424,7 +445,11 @@ fn main() {
     rt.block_on(async {
         konsumer::server::tls::provider();
         println!("| delivery, 1,000 Consumers × 10 subscribers | | |\n|---|---|---|");
-        in_process().await;
+        // `ONLY=memory`: the RSS part alone (e.g. under `--profile dev`, whose
+        // dependencies are built already, to compare two commits quickly).
+        if std::env::var("ONLY").as_deref() != Ok("memory") {
+            in_process().await;
+        }
         let empty = memory(false).await;
         let full = memory(true).await;
         println!("| RSS, 1,000 Consumers, empty journals, no subscriptions (baseline) | {:.1} MiB |", empty as f64 / 1024.0);

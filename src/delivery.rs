@@ -21,7 +21,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use jiff::Timestamp;
 
-use crate::api::{ScalingSubscription, SubscriptionStatus};
+use crate::api::{JournalEntry, ScalingSubscription, SubscriptionStatus};
 
 pub use connector::{Connector, EgressConfig};
 pub use worker::{AttemptRecord, Deliveries, PingError, PingResult, RewindError, SubscriptionView};
@@ -104,6 +104,15 @@ pub trait SubscriptionSource: Send + Sync + 'static {
     /// Tells the owner of the subscription something went wrong (kube: a Warning
     /// Event on it).
     async fn warn(&self, _sub: &ScalingSubscription, _reason: &str, _message: &str) {}
+    /// A Consumer's whole journal, when the cached Consumers hold only its
+    /// recent entries (local mode); `None`: the cache holds it all.
+    async fn journal(
+        &self,
+        _namespace: &str,
+        _name: &str,
+    ) -> Result<Option<Vec<JournalEntry>>, SourceError> {
+        Ok(None)
+    }
 }
 
 /// A URL as it may be shown: without credentials, query or fragment.

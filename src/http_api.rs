@@ -113,6 +113,8 @@ pub struct ApiState {
     pub deliveries: Option<Deliveries>,
     /// Whether this replica delivers now (kube mode: the lease); `None`: always.
     pub is_leader: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Whole journals where the cache keeps only the newest entries (local mode).
+    pub journals: Option<Arc<dyn crate::delivery::SubscriptionSource>>,
     pub metrics: Arc<Metrics>,
     pub config: Arc<ApiConfig>,
     slots: Arc<tokio::sync::Semaphore>,
@@ -134,6 +136,7 @@ impl ApiState {
             objects,
             deliveries,
             is_leader: None,
+            journals: None,
             metrics,
             config: Arc::new(config),
         }

@@ -629,17 +629,37 @@ impl Reconciler {
                 now,
             );
         }
+        // The rollout the Deployment manager starts this pass, decided now so that
+        // its event is written ahead of the Deployment write.
+        let rollout = manager
+            .zip(decision.as_ref())
+            .and_then(|(m, d)| m.start_rollout(&key, d, now));
+        let applied = rollout.and_then(|w| {
+            let journal = next
+                .as_ref()
+                .or(consumer.status.as_ref())
+                .and_then(|s| s.journal.as_deref())
+                .unwrap_or_default();
+            crate::scaling_events::journal::from_rollout(w, journal)
+        });
         // The decision's events go into the same status write as the decision.
         let journaled = crate::scaling_events::journal::record(
             consumer.status.as_ref(),
             &mut next,
             &out.transitions,
+            applied.into_iter().collect(),
             now,
         );
         if let Some(next) = &next {
             let ns = consumer.metadata.namespace.as_deref().unwrap_or("default");
             let name = consumer.metadata.name.as_deref().unwrap_or_default();
-            self.store.write_status(ns, name, next).await?;
+            if let Err(e) = self.store.write_status(ns, name, next).await {
+                // Not recorded, not made: the rollout waits for the next pass.
+                if let (Some(m), Some(_)) = (manager, rollout) {
+                    m.give_back(now);
+                }
+                return Err(e.into());
+            }
             if let Some(partitions) = unkept {
                 let stamp = next.last_sync_time.as_ref().map(|t| t.0);
                 self.parsed
@@ -677,7 +697,7 @@ impl Reconciler {
         }) && manager.is_none_or(|m| m.in_flight(&key).is_none());
         if let (Some(manager), Some(decision)) = (manager, &decision) {
             manager
-                .execute(consumer, decision, self.sink.as_deref(), now)
+                .execute(consumer, decision, rollout, self.sink.as_deref(), now)
                 .await;
         }
         let pending = out.states.is_some_and(|states| {

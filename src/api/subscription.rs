@@ -109,6 +109,11 @@ pub struct SubscriptionStatus {
     /// Attempts that failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed: Option<i64>,
+    /// While `Disabled` after 410 Gone: a hash of the spec it was disabled at.
+    /// Delivery starts again when the spec differs, also if it was changed while
+    /// konsumer was not running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_spec_hash: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::{SecretValue, SourceError, SubscriptionSource};
 use crate::api::subscription::SUBSCRIPTION_GROUP;
-use crate::api::{ScalingSubscription, SubscriptionStatus};
+use crate::api::{JournalEntry, ScalingSubscription, SubscriptionStatus};
 use crate::store::local::{ApiTable, LocalStore, is_manifest};
 
 type Stamp = Option<(SystemTime, u64)>;
@@ -81,6 +81,14 @@ fn parse_file(path: &Path) -> FileDocs {
     let Ok(text) = std::fs::read_to_string(path) else {
         return docs;
     };
+    // Most files hold Consumers only (1,000 of them in one file, say): a file
+    // that cannot hold any of the kinds read here is not parsed at all.
+    if !["ScalingSubscription", "Secret", "Namespace"]
+        .iter()
+        .any(|kind| text.contains(kind))
+    {
+        return docs;
+    }
     let Ok(values) = serde_saphyr::from_multiple::<Value>(&text) else {
         return docs;
     };
@@ -394,6 +402,14 @@ impl SubscriptionSource for LocalSubscriptions {
             .map(|(_, l)| l);
         // A namespace without a manifest exists all the same, with no labels.
         Some(declared.unwrap_or_default())
+    }
+
+    async fn journal(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Vec<JournalEntry>>, SourceError> {
+        Ok(Some(self.store.journal(namespace, name).await?))
     }
 
     async fn write_status(

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::connector::{BODY_KEPT, Connector, ConnectorError, Sent, truncate};
 use super::{Clock, DeliveryConfig, SecretValue, SourceError, SubscriptionSource};
 use crate::api::subscription::{DISABLED, FAILING, LastAttempt, READY};
-use crate::api::{ScalingSubscription, SubscriptionStatus};
+use crate::api::{JournalEntry, ScalingSubscription, SubscriptionStatus};
 use crate::scaling::status::set_condition;
 use crate::scaling_events::cloudevent::{self, ConsumerRef, ContentMode};
 use crate::scaling_events::journal::{self, Resume};
@@ -67,6 +67,10 @@ pub enum RewindError {
     NoSubscription(String),
     #[error("Consumer {0} not found")]
     NoConsumer(String),
+    #[error(
+        "this konsumer replica does not deliver scaling events (it is not the leader, or has just started): a cursor it wrote would be overwritten by the leader's; send the rewind of {0} to the replica holding the leader Lease"
+    )]
+    NotLeading(String),
     #[error(
         "sequence {sequence} is not in the journal of Consumer {consumer} (it holds {first}..{head}); the cursor can move to {low}..{head}"
     )]
@@ -142,15 +146,26 @@ impl SubState {
                 )
             })
             .collect();
-        // A subscription disabled before a restart stays so until its spec changes.
+        // A subscription disabled before a restart stays so until its spec
+        // changes, also if it changed while konsumer was not running (local
+        // files have no generation): the status keeps the spec's hash.
         let spec = spec_fingerprint(sub);
-        let disabled = stored
+        let disabled_here = stored
             .conditions
             .iter()
             .flatten()
-            .find(|c| c.type_ == DISABLED && c.status == "True")
-            .filter(|c| c.observed_generation == sub.metadata.generation)
-            .map(|_| spec.clone());
+            .any(|c| c.type_ == DISABLED && c.status == "True");
+        let same_spec = match &stored.disabled_spec_hash {
+            Some(hash) => *hash == spec_hash(&spec),
+            // Written by an earlier version: the generation is all there is.
+            None => stored
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == DISABLED)
+                .is_some_and(|c| c.observed_generation == sub.metadata.generation),
+        };
+        let disabled = (disabled_here && same_spec).then(|| spec.clone());
         SubState {
             uid: sub.metadata.uid.clone(),
             spec,
@@ -170,6 +185,16 @@ impl SubState {
 
 fn spec_fingerprint(sub: &ScalingSubscription) -> String {
     serde_json::to_string(&sub.spec).unwrap_or_default()
+}
+
+/// What the status keeps of a spec (never the spec itself: its URL may carry a
+/// token in the query).
+fn spec_hash(fingerprint: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, fingerprint.as_bytes());
+    d.as_ref()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A subscription ready to deliver to.
@@ -200,6 +225,8 @@ struct Inner {
     slots: Arc<Semaphore>,
     /// A pair waited for a free slot in the last tick.
     starved: std::sync::atomic::AtomicBool,
+    /// This replica delivers (its cursors are the ones that count).
+    leading: std::sync::atomic::AtomicBool,
     state: Mutex<HashMap<String, SubState>>,
 }
 
@@ -234,6 +261,7 @@ impl Deliveries {
             inner: Arc::new(Inner {
                 slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
                 starved: std::sync::atomic::AtomicBool::new(false),
+                leading: std::sync::atomic::AtomicBool::new(false),
                 index,
                 source,
                 connector,
@@ -262,7 +290,11 @@ impl Deliveries {
                 }
             }
             tracing::info!("leading: delivering scaling events");
+            inner
+                .leading
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             let cancel = shutdown.child_token();
+            let leading = LeadingGuard(inner.clone());
             // If this task is aborted, the delivery tasks it spawned stop too.
             let _stop_deliveries = cancel.clone().drop_guard();
             let lost = async {
@@ -278,6 +310,7 @@ impl Deliveries {
                 _ = inner.clone().lead(cancel.clone()) => false,
             };
             cancel.cancel();
+            drop(leading);
             // Wait for in-flight attempts to notice, then (still the leader, on
             // shutdown) write the cursors they moved.
             let _ = inner
@@ -409,12 +442,15 @@ impl Deliveries {
             .index
             .get(cns, cname)
             .ok_or_else(|| RewindError::NoConsumer(consumer.to_string()))?;
-        let journal = cached
-            .consumer
-            .status
-            .as_ref()
-            .and_then(|s| s.journal.clone())
-            .unwrap_or_default();
+        let journal = match self.inner.source.journal(cns, cname).await? {
+            Some(whole) => whole,
+            None => cached
+                .consumer
+                .status
+                .as_ref()
+                .and_then(|s| s.journal.clone())
+                .unwrap_or_default(),
+        };
         let head = journal::head(&journal);
         let first = journal.first().map_or(head + 1, |e| e.sequence);
         let low = first - 1;
@@ -439,7 +475,12 @@ impl Deliveries {
                 return Ok(());
             }
         }
-        // Not delivering here: the leader picks the cursor up from the status.
+        // The leader has not taken this subscription up yet: it will start from
+        // the cursor in the status. A replica that does not lead must not write
+        // one: the leader's next status write would undo it without a word.
+        if !self.inner.leading.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(RewindError::NotLeading(key));
+        }
         let subs = self.inner.source.subscriptions().await?;
         let sub = subs
             .into_iter()
@@ -452,6 +493,29 @@ impl Deliveries {
             .insert(consumer.to_string(), sequence);
         self.inner.source.write_status(&sub, &status).await?;
         Ok(())
+    }
+}
+
+/// Events pending for a cursor, from the journal the cache holds: in local mode
+/// only its recent entries, so a cursor behind them counts as far behind as the
+/// whole journal could be (it may have fallen off it: then one resync is due).
+fn pending(cached: &[JournalEntry], cursor: Option<i64>) -> usize {
+    match (journal::resume(cached, cursor), cursor) {
+        (Resume::Resync { head }, Some(c)) if c < head && cached.len() < journal::MAX_ENTRIES => {
+            ((head - c) as usize).min(journal::MAX_ENTRIES)
+        }
+        _ => journal::pending(cached, cursor),
+    }
+}
+
+/// Marks the worker as not leading when the leading loop ends in any way.
+struct LeadingGuard(Arc<Inner>);
+
+impl Drop for LeadingGuard {
+    fn drop(&mut self) {
+        self.0
+            .leading
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -808,7 +872,7 @@ impl Inner {
                         None => s.pairs.entry(ckey.clone()).or_default(),
                     };
                     seen.insert(ckey.as_str());
-                    let pending = journal::pending(journal, pair.cursor);
+                    let pending = pending(journal, pair.cursor);
                     pending_total += pending as i64;
                     if pending == 0
                         || target.is_none()
@@ -900,6 +964,9 @@ impl Inner {
         ckey: &str,
         cancel: &CancellationToken,
     ) {
+        // The whole journal, read from the source while this pair is behind the
+        // recent entries the cache holds (local mode); dropped when the pair ends.
+        let mut whole: Option<Vec<JournalEntry>> = None;
         loop {
             if cancel.is_cancelled() {
                 return;
@@ -921,10 +988,38 @@ impl Inner {
                 uid: consumer.metadata.uid.as_deref().unwrap_or_default(),
             };
             let now = (self.clock)();
-            let (event, next, decided) = match journal::resume(journal, cursor) {
+            let mut resume = journal::resume(journal, cursor);
+            let mut from_whole = false;
+            if matches!(resume, Resume::Resync { .. })
+                && cursor.is_some_and(|c| c < journal::head(journal))
+            {
+                let held = whole
+                    .as_deref()
+                    .is_some_and(|w| matches!(journal::resume(w, cursor), Resume::From(_)));
+                if !held {
+                    match self.source.journal(ns, name).await {
+                        Ok(w) => whole = w,
+                        Err(e) => {
+                            // Not a resync: the events may well be there.
+                            tracing::warn!(consumer = %ckey, error = %e, "cannot read the journal; retrying");
+                            return;
+                        }
+                    }
+                }
+                if let Some(r @ Resume::From(_)) =
+                    whole.as_deref().map(|w| journal::resume(w, cursor))
+                {
+                    resume = r;
+                    from_whole = true;
+                }
+            }
+            let (event, next, decided) = match resume {
                 Resume::UpToDate => return,
                 Resume::From(i) => {
-                    let e = &journal[i];
+                    let e = match (&whole, from_whole) {
+                        (Some(w), true) => &w[i],
+                        _ => &journal[i],
+                    };
                     (cloudevent::from_entry(&cref, e), e.sequence, Some(e.time.0))
                 }
                 Resume::Resync { head } => (cloudevent::resync(&cref, status, now), head, None),
@@ -1092,6 +1187,7 @@ impl Inner {
         );
         let mut conditions = status.conditions.take().unwrap_or_default();
         let generation = s.generation;
+        status.disabled_spec_hash = s.disabled.as_deref().map(spec_hash);
         match &s.disabled {
             Some(_) => set_condition(
                 &mut conditions,

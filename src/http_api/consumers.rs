@@ -266,12 +266,22 @@ pub async fn events(state: &ApiState, call: &Call) -> Result<Response, Problem> 
             )
         })?;
     }
-    let journal = cached
-        .consumer
-        .status
-        .as_ref()
-        .and_then(|s| s.journal.clone())
-        .unwrap_or_default();
+    let whole = match &state.journals {
+        Some(source) => source
+            .journal(call.namespace(), call.name())
+            .await
+            .map_err(|e| Problem::unavailable(format!("reading the journal: {e}")))?,
+        None => None,
+    };
+    let journal = match whole {
+        Some(journal) => journal,
+        None => cached
+            .consumer
+            .status
+            .as_ref()
+            .and_then(|s| s.journal.clone())
+            .unwrap_or_default(),
+    };
     let head = crate::scaling_events::journal::head(&journal);
     let rest: Vec<_> = journal.into_iter().filter(|e| e.sequence > after).collect();
     let more = rest.len() > request.limit;

@@ -83,6 +83,10 @@ pub async fn spawn(
         config,
     );
     state.is_leader = parts.is_leader;
+    state.journals = parts
+        .local
+        .clone()
+        .map(|l| l as Arc<dyn crate::delivery::SubscriptionSource>);
     let displaced = parts
         .metrics
         .connections_displaced

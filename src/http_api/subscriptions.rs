@@ -725,6 +725,8 @@ pub async fn redeliver(state: &ApiState, call: &Call) -> Result<Response, Proble
                 "the redeliver request",
                 vec![invalid("fromSequence", e.to_string())],
             ),
+            // Lost the lease between the check above and the rewind.
+            RewindError::NotLeading(_) => Problem::retry_later(e.to_string(), 1),
             RewindError::Source(e) => Problem::unavailable(e.to_string()),
         })?;
     tracing::info!(subscription = %sub.key(), consumer = %consumer, from = body.from_sequence, by = %call.who.username, "redelivery requested through the api");

@@ -496,12 +496,50 @@ impl DeploymentManager {
             .cloned()
     }
 
-    /// Makes the writes of `decision` for `consumer`; what it did goes to logs,
-    /// metrics and `sink`.
+    /// The rollout `decision` starts this pass, if one may start now: it takes
+    /// its place in `--max-rollouts-per-minute` (given back by [`Self::execute`]
+    /// if the write fails, or by [`Self::give_back`] if it is not made). Decided
+    /// before the status write, so that its `applied` event goes into that write.
+    pub fn start_rollout<'d>(
+        &self,
+        key: &str,
+        decision: &'d Decision,
+        now: Timestamp,
+    ) -> Option<&'d Write> {
+        let Some(next) = decision.next_rollout() else {
+            if let (Some(why), false) = (&decision.waiting_for, decision.rollouts.is_empty()) {
+                tracing::debug!(consumer = %key, waiting_for = %why, rollouts = decision.rollouts.len(), "rollouts wait for the one in progress");
+            }
+            return None;
+        };
+        let taken = self
+            .pace
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_take(now);
+        if !taken {
+            self.metrics.rollouts_deferred.inc();
+            tracing::debug!(consumer = %key, deployment = %next.name, "rollout waits for --max-rollouts-per-minute");
+            return None;
+        }
+        Some(next)
+    }
+
+    /// Returns the place a started rollout took in the pace.
+    pub fn give_back(&self, now: Timestamp) {
+        self.pace
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .give_back(now);
+    }
+
+    /// Makes the writes of `decision` for `consumer`, and `rollout` (from
+    /// [`Self::start_rollout`]); what it did goes to logs, metrics and `sink`.
     pub async fn execute(
         &self,
         consumer: &Consumer,
         decision: &Decision,
+        rollout: Option<&Write>,
         sink: Option<&dyn TransitionSink>,
         now: Timestamp,
     ) {
@@ -557,22 +595,9 @@ impl DeploymentManager {
                 }
             }
         }
-        let Some(next) = decision.next_rollout() else {
-            if let (Some(why), false) = (&decision.waiting_for, decision.rollouts.is_empty()) {
-                tracing::debug!(consumer = %key, waiting_for = %why, rollouts = decision.rollouts.len(), "rollouts wait for the one in progress");
-            }
+        let Some(next) = rollout else {
             return;
         };
-        let taken = self
-            .pace
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .try_take(now);
-        if !taken {
-            self.metrics.rollouts_deferred.inc();
-            tracing::debug!(consumer = %key, deployment = %next.name, "rollout waits for --max-rollouts-per-minute");
-            return;
-        }
         if let Some(stored) = self.write(consumer, &namespace, next, sink, now).await {
             self.in_flight
                 .lock()
@@ -585,10 +610,7 @@ impl DeploymentManager {
                     },
                 );
         } else {
-            self.pace
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .give_back(now);
+            self.give_back(now);
         }
     }
 
@@ -674,8 +696,9 @@ impl DeploymentManager {
         }
     }
 
-    /// Where a write konsumer made becomes visible. The scaling-event journal
-    /// hooks in here: an `Applied` rollout is `dev.konsumer.instance.applied.v1`.
+    /// Where a write konsumer made becomes visible (logs, Kubernetes Events). A
+    /// rollout's `dev.konsumer.instance.applied.v1` was journaled before the
+    /// write, with the status (see [`Self::start_rollout`]).
     async fn published(&self, consumer: &Consumer, a: &Applied, sink: Option<&dyn TransitionSink>) {
         tracing::info!(
             consumer = %a.consumer,

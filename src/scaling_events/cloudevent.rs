@@ -72,10 +72,15 @@ pub fn event_id(c: &ConsumerRef<'_>, kind: &str, sequence: i64, time: Timestamp)
     )
 }
 
-fn with_consumer(c: &ConsumerRef<'_>, sequence: i64, data: &Value) -> Value {
+/// The `data` of an event: what the journal keeps, after the fields the entry
+/// and the Consumer say (they are not stored twice).
+fn with_consumer(c: &ConsumerRef<'_>, sequence: i64, instance: Option<i32>, data: &Value) -> Value {
     let mut out = Map::new();
     out.insert("consumer".into(), c.json());
     out.insert("sequence".into(), json!(sequence));
+    if let Some(i) = instance {
+        out.insert("instance".into(), json!(i));
+    }
     if let Value::Object(fields) = data {
         for (k, v) in fields {
             out.entry(k.clone()).or_insert_with(|| v.clone());
@@ -92,7 +97,7 @@ pub fn from_entry(c: &ConsumerRef<'_>, entry: &JournalEntry) -> CloudEvent {
         type_: entry.type_.clone(),
         subject: entry.instance.map(|i| format!("instances/{i}")),
         time: entry.time.0,
-        data: with_consumer(c, entry.sequence, &entry.data.value()),
+        data: with_consumer(c, entry.sequence, entry.instance, &entry.data.value()),
     }
 }
 
@@ -149,7 +154,7 @@ pub fn resync(c: &ConsumerRef<'_>, status: Option<&ConsumerStatus>, now: Timesta
         type_: EventType::Resync.as_str().into(),
         subject: None,
         time: if head == 0 { now } else { at },
-        data: with_consumer(c, head, &data),
+        data: with_consumer(c, head, None, &data),
     }
 }
 
@@ -264,7 +269,7 @@ mod tests {
             type_: EventType::Scaled.as_str().into(),
             time: Time(at.parse().unwrap()),
             instance: Some(2),
-            data: crate::api::EventData::new(&json!({"instance": 2, "direction": "up"})),
+            data: crate::api::EventData::new(&json!({"direction": "up"})),
         }
     }
 
@@ -296,6 +301,7 @@ mod tests {
             json!({"namespace": "streams", "name": "orders", "uid": "u1"})
         );
         assert_eq!(e.data["sequence"], 7);
+        assert_eq!(e.data["instance"], 2, "from the entry, not stored twice");
         assert_eq!(e.data["direction"], "up");
     }
 

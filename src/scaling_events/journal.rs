@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 
 use super::types::EventType;
 use crate::api::{ConsumerStatus, EventData, InstanceStatus, JournalEntry, PartitionState};
+use crate::manage::Write;
 use crate::scaling::Transition;
 use crate::scaling::machine::{Direction, Event};
 use crate::scaling::status::METRICS_AVAILABLE;
@@ -19,6 +20,33 @@ pub const MAX_ENTRIES: usize = 64;
 /// Serialized size kept per Consumer, so that the whole status stays far below
 /// etcd's 1.5 MiB object limit.
 pub const MAX_BYTES: usize = 256 * 1024;
+
+/// Entries a store that keeps whole journals elsewhere (local mode: its
+/// database) holds in memory per Consumer: the head, and the events a subscriber
+/// that keeps up reads, without a read from the database.
+pub const RECENT: usize = 4;
+
+/// The newest [`RECENT`] entries of `journal`.
+pub fn recent(journal: &[JournalEntry]) -> Vec<JournalEntry> {
+    journal[journal.len().saturating_sub(RECENT)..].to_vec()
+}
+
+/// A stored journal with `written` over it: `written` is what a status write
+/// carries (the recent entries it started from, plus any it appended), so the
+/// stored entries before its first sequence stay, the rest are replaced; then
+/// trimmed as [`append`] trims.
+pub fn merge(stored: Vec<JournalEntry>, written: &[JournalEntry]) -> Vec<JournalEntry> {
+    let Some(first) = written.first().map(|e| e.sequence) else {
+        return stored;
+    };
+    let mut out: Vec<JournalEntry> = stored
+        .into_iter()
+        .take_while(|e| e.sequence < first)
+        .collect();
+    out.extend_from_slice(written);
+    trim(&mut out);
+    out
+}
 
 /// An event to record, from whatever decided it.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,6 +69,10 @@ pub fn append(
     events: Vec<NewEvent>,
     at: Timestamp,
 ) -> std::ops::RangeInclusive<i64> {
+    // Whole seconds: what a stored status keeps (`metav1.Time`), so that an event
+    // read back after a restart or by a new leader has the time, and so the id,
+    // it was first sent with.
+    let at = Timestamp::from_second(at.as_second()).unwrap_or(at);
     let first = head(journal) + 1;
     let mut next = first;
     for e in events {
@@ -167,8 +199,8 @@ pub fn from_transition(t: &Transition, next: &ConsumerStatus) -> NewEvent {
         _ => t.new.clone(),
     };
     let (behind, production, consumption) = sum_metrics(&t.partitions, next);
+    // `instance` is the entry's own field (and the event's subject).
     let mut data = Map::new();
-    data.insert("instance".into(), json!(t.instance));
     data.insert("partitions".into(), json!(t.partitions));
     if let Some(d) = dir {
         data.insert("direction".into(), json!(direction(d)));
@@ -196,6 +228,31 @@ pub fn from_transition(t: &Transition, next: &ConsumerStatus) -> NewEvent {
         instance: Some(t.instance),
         data: Value::Object(data),
     }
+}
+
+/// The `applied` event of a rollout konsumer starts: recorded in the status
+/// write that precedes the Deployment write (write-ahead, like a scale), so a
+/// crash between the two loses nothing. A rollout that is retried (its write
+/// failed, or konsumer restarted before making it) is the same rollout: `None`
+/// when the newest `applied` of that instance in `journal` already says it.
+pub fn from_rollout(w: &Write, journal: &[JournalEntry]) -> Option<NewEvent> {
+    let data = json!({
+        "deployment": w.name,
+        "partitions": w.partitions,
+        "resources": {"from": w.from, "to": w.to},
+        "changes": w.changes,
+    });
+    let applied = EventType::Applied.as_str();
+    let said = journal
+        .iter()
+        .rev()
+        .find(|e| e.type_ == applied && e.instance == Some(w.instance as i32))
+        .is_some_and(|e| e.data.value() == data);
+    (!said).then_some(NewEvent {
+        type_: EventType::Applied,
+        instance: Some(w.instance),
+        data,
+    })
 }
 
 fn metrics_condition(status: Option<&ConsumerStatus>) -> Option<&Condition> {
@@ -237,29 +294,32 @@ pub fn from_conditions(
 }
 
 /// Records the events of one reconcile in the status about to be written: the
-/// transitions and the metrics condition turning. `next` is `None` when nothing
-/// changed; when there are events it becomes the previous status plus the journal.
-/// Returns the types recorded.
+/// transitions, the metrics condition turning, then `more` (the rollout the
+/// Deployment manager starts). `next` is `None` when nothing changed; when there
+/// are events it becomes the previous status plus the journal. Returns the types
+/// recorded.
 pub fn record(
     previous: Option<&ConsumerStatus>,
     next: &mut Option<ConsumerStatus>,
     transitions: &[Transition],
+    more: Vec<NewEvent>,
     at: Timestamp,
 ) -> Vec<EventType> {
     let Some(status) = next.as_ref() else {
         // No status change: a transition without a status change cannot happen,
         // but if it did, it is recorded all the same.
-        if transitions.is_empty() {
+        if transitions.is_empty() && more.is_empty() {
             return Vec::new();
         }
         *next = Some(previous.cloned().unwrap_or_default());
-        return record(previous, next, transitions, at);
+        return record(previous, next, transitions, more, at);
     };
     let mut events: Vec<NewEvent> = transitions
         .iter()
         .map(|t| from_transition(t, status))
         .collect();
     events.extend(from_conditions(previous, status));
+    events.extend(more);
     if events.is_empty() {
         return Vec::new();
     }
@@ -430,14 +490,114 @@ mod tests {
             }]),
             ..ConsumerStatus::default()
         });
-        let types = record(Some(&previous), &mut next, &[], at());
+        let types = record(Some(&previous), &mut next, &[], Vec::new(), at());
         assert_eq!(types, [EventType::MetricsUnavailable]);
         let j = next.unwrap().journal.unwrap();
         assert_eq!(j.len(), 1);
         assert_eq!(j[0].sequence, 1);
         assert_eq!(j[0].data.value()["message"], "connection refused");
         let mut unchanged = None;
-        assert!(record(Some(&previous), &mut unchanged, &[], at()).is_empty());
+        assert!(record(Some(&previous), &mut unchanged, &[], Vec::new(), at()).is_empty());
         assert!(unchanged.is_none());
+    }
+
+    fn rollout(instance: u32, cpu: &str) -> Write {
+        let res = |cpu: &str| crate::api::ContainerResources {
+            container_name: "consumer".into(),
+            requests: [(
+                "cpu".to_string(),
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity(cpu.to_string()),
+            )]
+            .into_iter()
+            .collect(),
+            limits: Default::default(),
+        };
+        Write {
+            name: format!("orders-{instance}"),
+            instance,
+            partitions: vec![instance * 2, instance * 2 + 1],
+            change: crate::manage::Change::Rollout,
+            body: Value::Null,
+            changes: vec![format!("resources.requests.cpu={cpu}")],
+            from: vec![res("100m")],
+            to: vec![res(cpu)],
+        }
+    }
+
+    #[test]
+    fn a_rollout_is_an_applied_event_once_even_when_its_write_is_retried() {
+        let mut j = Vec::new();
+        let first = from_rollout(&rollout(1, "2"), &j).expect("a new rollout is an event");
+        assert_eq!(first.type_, EventType::Applied);
+        assert_eq!(first.instance, Some(1));
+        assert_eq!(first.data["deployment"], "orders-1");
+        assert_eq!(first.data["partitions"], json!([2, 3]));
+        assert_eq!(first.data["resources"]["to"][0]["requests"]["cpu"], "2");
+        assert_eq!(
+            first.data["resources"]["from"][0]["requests"]["cpu"],
+            "100m"
+        );
+        append(&mut j, vec![first, event(5)], at());
+        // The same rollout again (the write failed, or konsumer restarted
+        // between the status write and the Deployment write): already said.
+        assert_eq!(from_rollout(&rollout(1, "2"), &j), None);
+        // Another instance, or the same one rolled to something else, is new.
+        assert!(from_rollout(&rollout(0, "2"), &j).is_some());
+        assert!(from_rollout(&rollout(1, "3"), &j).is_some());
+    }
+
+    #[test]
+    fn a_rollout_alone_makes_a_status_write_with_its_event() {
+        let previous = ConsumerStatus::default();
+        let mut next = None;
+        let applied = from_rollout(&rollout(0, "2"), &[]).unwrap();
+        let types = record(Some(&previous), &mut next, &[], vec![applied], at());
+        assert_eq!(types, [EventType::Applied]);
+        let j = next.expect("a status write").journal.unwrap();
+        assert_eq!(j[0].type_, "dev.konsumer.instance.applied.v1");
+        assert_eq!(j[0].instance, Some(0));
+    }
+
+    #[test]
+    fn a_write_of_the_recent_entries_plus_new_ones_merges_over_the_whole_journal() {
+        let mut stored = Vec::new();
+        append(&mut stored, (0..64).map(event).collect(), at());
+        let mut cached = recent(&stored);
+        assert_eq!(cached.len(), RECENT);
+        assert_eq!(head(&cached), 64);
+        append(&mut cached, vec![event(64), event(65)], at());
+        let merged = merge(stored.clone(), &cached);
+        assert_eq!(merged.len(), MAX_ENTRIES);
+        assert_eq!(merged.first().unwrap().sequence, 3);
+        assert_eq!(head(&merged), 66);
+        assert!(
+            merged
+                .windows(2)
+                .all(|w| w[1].sequence == w[0].sequence + 1)
+        );
+        // A write that appended nothing changes nothing; an empty one keeps all.
+        assert_eq!(merge(stored.clone(), &recent(&stored)), stored);
+        assert_eq!(merge(stored.clone(), &[]), stored);
+        // A first write (nothing stored) is the journal written.
+        assert_eq!(merge(Vec::new(), &cached), cached);
+    }
+
+    #[test]
+    fn an_entry_read_back_from_a_stored_status_has_the_same_time_and_id() {
+        let mut j = Vec::new();
+        let precise: Timestamp = "2026-11-22T12:00:00.123456789Z".parse().unwrap();
+        append(&mut j, vec![event(1)], precise);
+        let stored: Vec<JournalEntry> =
+            serde_json::from_str(&serde_json::to_string(&j).unwrap()).unwrap();
+        assert_eq!(stored, j);
+        let c = crate::scaling_events::ConsumerRef {
+            namespace: "streams",
+            name: "orders",
+            uid: "",
+        };
+        assert_eq!(
+            crate::scaling_events::cloudevent::from_entry(&c, &stored[0]).id,
+            crate::scaling_events::cloudevent::from_entry(&c, &j[0]).id
+        );
     }
 }

@@ -10,6 +10,8 @@ pub enum EventType {
     ScaleCancelled,
     Saturated,
     Unsaturated,
+    /// A managed Deployment is rolled to the instance's recommendation.
+    Applied,
     MetricsUnavailable,
     MetricsRestored,
     Resync,
@@ -17,12 +19,13 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 10] = [
         EventType::ScalePending,
         EventType::Scaled,
         EventType::ScaleCancelled,
         EventType::Saturated,
         EventType::Unsaturated,
+        EventType::Applied,
         EventType::MetricsUnavailable,
         EventType::MetricsRestored,
         EventType::Resync,
@@ -36,6 +39,7 @@ impl EventType {
             EventType::ScaleCancelled => "dev.konsumer.instance.scale_cancelled.v1",
             EventType::Saturated => "dev.konsumer.instance.saturated.v1",
             EventType::Unsaturated => "dev.konsumer.instance.unsaturated.v1",
+            EventType::Applied => "dev.konsumer.instance.applied.v1",
             EventType::MetricsUnavailable => "dev.konsumer.consumer.metrics_unavailable.v1",
             EventType::MetricsRestored => "dev.konsumer.consumer.metrics_restored.v1",
             EventType::Resync => "dev.konsumer.consumer.resync.v1",
@@ -76,6 +80,7 @@ mod tests {
         }
         assert_eq!(EventType::Scaled.label(), "scaled");
         assert_eq!(EventType::MetricsUnavailable.label(), "metrics_unavailable");
+        assert_eq!(EventType::Applied.label(), "applied");
         assert_eq!(EventType::parse("dev.konsumer.scaled"), None);
     }
 }

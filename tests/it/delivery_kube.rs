@@ -237,3 +237,140 @@ async fn a_missing_secret_is_a_failing_condition_and_a_warning_event() {
     assert_eq!(warning["regarding"]["name"], "feed");
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_selector_is_honoured_only_for_subscriptions_in_konsumers_namespace() {
+    let platform_rx = Receiver::start().await;
+    let team_rx = Receiver::start().await;
+    let (_, fake) = FakeApiServer::start();
+    fake.bind_in_namespace("konsumer-system", "konsumer-secret-reader");
+    fake.bind_in_namespace("streams", "konsumer-secret-reader");
+    fake.add_namespace("streams", json!({"tier": "data"}));
+    fake.add_namespace("billing", json!({"tier": "data"}));
+    fake.add_namespace("web", json!({"tier": "frontend"}));
+    for ns in ["streams", "billing", "web"] {
+        let mut c = consumer_with_journal();
+        c["metadata"]["namespace"] = json!(ns);
+        fake.apply(c);
+    }
+    let follower = |namespace: &str, url: &str| {
+        json!({
+            "apiVersion": "konsumer.dev/v1alpha1", "kind": "ScalingSubscription",
+            "metadata": {"name": "everything-data", "namespace": namespace},
+            "spec": {"url": url, "secretRef": {"name": "feed-secret", "key": "secret"},
+                     "namespaceSelector": {"matchLabels": {"tier": "data"}}}
+        })
+    };
+    fake.add_secret("konsumer-system", "feed-secret", "secret", SECRET);
+    fake.add_secret("streams", "feed-secret", "secret", SECRET);
+    fake.apply_subscription(follower("konsumer-system", &platform_rx.url()));
+    // The same spec in a team's namespace: not allowed to look past it.
+    fake.apply_subscription(follower("streams", &team_rx.url()));
+    let certs = tempfile::tempdir().unwrap();
+    let a = replica(&fake, "replica-a", certs.path()).await;
+    wait_leading(&a, Duration::from_secs(10)).await;
+
+    // The platform feed follows the data tier (its own namespace has no Consumer).
+    let got = platform_rx
+        .wait_for(
+            "a snapshot of each data-tier Consumer",
+            Duration::from_secs(15),
+            &[SECRET],
+            |e| acknowledged_by_consumer(e).len() == 2,
+        )
+        .await;
+    let consumers: Vec<String> = acknowledged_by_consumer(&got).into_keys().collect();
+    assert_eq!(consumers, ["billing/orders", "streams/orders"]);
+    assert!(
+        fake.seen()
+            .iter()
+            .any(|r| r.method == Method::GET && r.path == "/api/v1/namespaces/web"),
+        "the namespace's labels were read"
+    );
+    // The team's copy is refused, saying why, and sends nothing.
+    let started = Instant::now();
+    let failing = loop {
+        let sub = fake.subscription("streams", "everything-data").unwrap();
+        if let Some(f) = sub["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Failing").cloned())
+            .filter(|f| f["status"] == "True")
+        {
+            break f;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the team's subscription is not Failing: {sub}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(failing["reason"], "InvalidSpec");
+    assert!(
+        failing["message"]
+            .as_str()
+            .unwrap()
+            .contains("only ScalingSubscriptions in konsumer's own namespace (konsumer-system)"),
+        "{failing}"
+    );
+    assert_eq!(team_rx.count(), 0);
+    // Nothing more arrives for the frontend tier later either.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        acknowledged_by_consumer(&platform_rx.events(&[SECRET]))
+            .keys()
+            .all(|c| c != "web/orders")
+    );
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewind_on_a_replica_that_does_not_lead_is_refused_not_silently_undone() {
+    let rx = Receiver::start().await;
+    let (_, fake) = FakeApiServer::start();
+    fake.bind_in_namespace("streams", "konsumer-secret-reader");
+    fake.apply(consumer_with_journal());
+    fake.add_secret("streams", "feed-secret", "secret", SECRET);
+    fake.apply_subscription(subscription(&rx.url()));
+    let certs_a = tempfile::tempdir().unwrap();
+    let a = replica(&fake, "replica-a", certs_a.path()).await;
+    wait_leading(&a, Duration::from_secs(10)).await;
+    let certs_b = tempfile::tempdir().unwrap();
+    let b = replica(&fake, "replica-b", certs_b.path()).await;
+    rx.wait_for("every event", Duration::from_secs(20), &[SECRET], |e| {
+        acknowledged_by_consumer(e)
+            .get("streams/orders")
+            .is_some_and(|l| l.len() == EVENTS)
+    })
+    .await;
+    assert!(!*b.is_leader.clone().unwrap().borrow());
+
+    // B would write a cursor that A's next status write undoes: it says so.
+    let refused = b
+        .deliveries
+        .as_ref()
+        .unwrap()
+        .rewind("streams", "feed", "streams/orders", 10)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("not the leader"), "{refused}");
+    // The leader rewinds: the events after 10 come again, with their ids.
+    let before = rx.count();
+    a.deliveries
+        .as_ref()
+        .unwrap()
+        .rewind("streams", "feed", "streams/orders", 10)
+        .await
+        .unwrap();
+    let got = rx
+        .wait_for(
+            "the events after the rewound cursor",
+            Duration::from_secs(20),
+            &[SECRET],
+            |e| e.len() >= before + EVENTS - 10,
+        )
+        .await;
+    let again: Vec<i64> = got[before..].iter().map(|e| e.sequence()).collect();
+    assert_eq!(again, (11..=EVENTS as i64).collect::<Vec<_>>());
+    b.stop().await;
+    a.stop().await;
+}

@@ -69,6 +69,8 @@ struct State {
     grants: Vec<(String, String, String, String, Option<String>)>,
     /// Every TokenReview and SubjectAccessReview received.
     reviews: Vec<Value>,
+    /// name -> Namespace
+    namespaces: BTreeMap<String, Value>,
 }
 
 /// Who konsumer is to the apiserver (its ServiceAccount in the manifests).
@@ -253,6 +255,25 @@ impl FakeApiServer {
             .secrets
             .get(&(namespace.into(), name.into()))
             .cloned()
+    }
+
+    /// A Namespace with `labels` (the apiserver adds `kubernetes.io/metadata.name`).
+    pub fn add_namespace(&self, name: &str, labels: Value) {
+        let mut state = self.state.lock().unwrap();
+        state.resource_version += 1;
+        let mut all = json!({"kubernetes.io/metadata.name": name});
+        for (k, v) in labels.as_object().into_iter().flatten() {
+            all[k] = v.clone();
+        }
+        let namespace = json!({
+            "kind": "Namespace", "apiVersion": "v1",
+            "metadata": {"name": name, "uid": format!("uid-namespace-{name}"),
+                         "resourceVersion": state.resource_version.to_string(),
+                         "creationTimestamp": "2026-11-30T04:32:08Z", "labels": all},
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"}
+        });
+        state.namespaces.insert(name.into(), namespace);
     }
 
     /// A kube client talking to a new fake, and the fake.
@@ -690,6 +711,21 @@ async fn answer(fake: &FakeApiServer, request: Request<Body>) -> Response<MockBo
         && rest.contains("/secrets")
     {
         return secret_write(fake, &parts.method, rest, &body);
+    }
+    if let Some(name) = path.strip_prefix("/api/v1/namespaces/")
+        && !name.contains('/')
+        && parts.method == Method::GET
+    {
+        let found = fake.state.lock().unwrap().namespaces.get(name).cloned();
+        return match found {
+            Some(namespace) => json_response(StatusCode::OK, &namespace),
+            None => json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                        "message": format!("namespaces {name:?} not found"), "reason": "NotFound",
+                        "details": {"name": name, "kind": "namespaces"}, "code": 404}),
+            ),
+        };
     }
     if let Some(rest) = path.strip_prefix(SECRETS)
         && let [ns, "secrets", name] = rest.split('/').collect::<Vec<_>>().as_slice()

@@ -844,8 +844,10 @@ async fn consumers_are_listed_in_pages_with_their_status_plan_and_journal() {
     assert_eq!(plan, serde_json::to_value(&expected).unwrap());
     assert_eq!(plan["instances"][2]["partitions"], json!([6, 7]));
 
-    // The journal, oldest first, after a sequence, in pages.
-    s.journal("orders", 5).await;
+    // The journal, oldest first, after a sequence, in pages; longer than the
+    // newest entries local mode keeps in memory, so the first pages come from
+    // the embedded store.
+    s.journal("orders", 8).await;
     wait_until("the journal", || async {
         s.call(
             "GET",
@@ -854,7 +856,7 @@ async fn consumers_are_listed_in_pages_with_their_status_plan_and_journal() {
         )
         .await
         .1["head"]
-            == 5
+            == 8
     })
     .await;
     let (_, e) = s

@@ -5,6 +5,7 @@ mod admission_edges;
 mod consumer_fixtures;
 mod crd;
 mod dashboard;
+mod delivery_binary;
 mod delivery_crash;
 mod delivery_kube;
 mod delivery_local;

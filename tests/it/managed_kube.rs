@@ -335,6 +335,50 @@ async fn a_new_recommendation_rolls_one_deployment_at_a_time_the_next_once_the_f
         text.contains(r#"konsumer_deployment_writes_total{change="rollout",outcome="ok"} 2"#),
         "{text}"
     );
+    assert!(
+        text.contains(r#"konsumer_scaling_events_journaled_total{event_type="applied"} 2"#),
+        "{text}"
+    );
+    // Each rollout is one `applied` event for subscribers, journaled in the
+    // status write made before its Deployment write.
+    let journal = status(&fake)["journal"].as_array().cloned().unwrap();
+    let applied: Vec<&Value> = journal
+        .iter()
+        .filter(|e| e["type"] == "dev.konsumer.instance.applied.v1")
+        .collect();
+    assert_eq!(applied.len(), 2, "{applied:#?}");
+    assert_eq!(applied[0]["instance"], 1);
+    assert_eq!(applied[0]["data"]["deployment"], "orders-1");
+    assert_eq!(applied[0]["data"]["partitions"], json!([3, 4, 5]));
+    assert_eq!(
+        applied[0]["data"]["resources"]["to"][0]["requests"]["cpu"],
+        "2"
+    );
+    assert_eq!(
+        applied[0]["data"]["resources"]["from"][0]["requests"]["cpu"],
+        "100m"
+    );
+    assert_eq!(applied[1]["instance"], 2);
+    assert!(applied[1]["sequence"].as_i64() > applied[0]["sequence"].as_i64());
+    let seen = fake.seen();
+    let journaled = seen
+        .iter()
+        .position(|r| {
+            r.path.ends_with("/consumers/orders/status")
+                && String::from_utf8_lossy(&r.body).contains("instance.applied")
+        })
+        .unwrap();
+    let rolled = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.method == Method::PATCH && r.path.ends_with("/deployments/orders-1"))
+        .nth(1)
+        .map(|(i, _)| i)
+        .unwrap();
+    assert!(
+        journaled < rolled,
+        "write-ahead: the event before the rollout"
+    );
     m.running.stop().await;
 }
 

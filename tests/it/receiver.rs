@@ -45,6 +45,7 @@ struct Shared {
 pub struct Receiver {
     pub addr: SocketAddr,
     shared: Arc<Mutex<Shared>>,
+    tls: bool,
 }
 
 /// A received event, as a CloudEvents SDK reads it.
@@ -92,11 +93,64 @@ impl Receiver {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Receiver { addr, shared }
+        Receiver {
+            addr,
+            shared,
+            tls: false,
+        }
+    }
+
+    /// An HTTPS receiver on 127.0.0.1 with this certificate chain and key (PEM).
+    pub async fn start_tls(cert_pem: &str, key_pem: &str) -> Receiver {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        konsumer::server::tls::provider();
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let state = shared.clone();
+        let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
+            let state = state.clone();
+            async move { answer(state, headers, body).await }
+        });
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let app = app.clone();
+                tokio::spawn(async move {
+                    // A client that does not trust the certificate ends here.
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(
+                            hyper_util::rt::TokioIo::new(tls),
+                            hyper_util::service::TowerToHyperService::new(app),
+                        )
+                        .await;
+                });
+            }
+        });
+        Receiver {
+            addr,
+            shared,
+            tls: true,
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}/hook", self.addr)
     }
 
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
@@ -233,4 +287,70 @@ pub fn acknowledged_by_consumer(events: &[Received]) -> BTreeMap<String, Vec<Rec
         }
     }
     out
+}
+
+/// A minimal HTTP CONNECT proxy on loopback (what `--egress-proxy` points at),
+/// recording every target it was asked to tunnel to.
+#[derive(Clone)]
+pub struct ConnectProxy {
+    pub addr: SocketAddr,
+    targets: Arc<Mutex<Vec<String>>>,
+}
+
+impl ConnectProxy {
+    pub async fn start() -> ConnectProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let targets = Arc::new(Mutex::new(Vec::new()));
+        let seen = targets.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                        match inbound.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head).to_string();
+                    let mut words = text.split_whitespace();
+                    let (Some("CONNECT"), Some(target)) = (words.next(), words.next()) else {
+                        let _ = inbound
+                            .write_all(
+                                b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n",
+                            )
+                            .await;
+                        return;
+                    };
+                    seen.lock().unwrap().push(target.to_string());
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        let _ = inbound
+                            .write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n")
+                            .await;
+                        return;
+                    };
+                    if inbound
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await
+                        .is_ok()
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        ConnectProxy { addr, targets }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn targets(&self) -> Vec<String> {
+        self.targets.lock().unwrap().clone()
+    }
 }
