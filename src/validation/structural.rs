@@ -49,7 +49,7 @@ pub fn unchanged_parts(object: &Value) -> Option<(&Value, &Value)> {
             Some(Value::Object(entries)) => entries.values().all(Value::is_string),
             Some(_) => false,
         });
-    (strings && maps && conforms(spec_schema(), spec)).then_some((meta, spec))
+    (strings && maps && conforms(&SPEC_COMPILED, spec)).then_some((meta, spec))
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -207,41 +207,99 @@ pub fn check(
     }
 }
 
-/// Whether [`check`] would report nothing and return `value` unchanged (no error,
-/// no warning, nothing pruned): the common case, which then needs no cleaned copy.
-/// Mirrors `check` branch for branch; `conforming_values_come_back_unchanged` and
-/// the differential tests hold the two together.
-pub fn conforms(schema: &Value, value: &Value) -> bool {
-    if value.is_null() {
-        return false;
-    }
-    if schema.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
-        return matches!(type_name(value), "integer" | "string");
-    }
-    match schema.get("type").and_then(Value::as_str) {
-        Some("object") => {
-            let Some(map) = value.as_object() else {
-                return false;
-            };
-            let properties = schema.get("properties").and_then(Value::as_object);
-            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
-            let preserve =
-                schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
-            let required_present = schema
+/// A schema node with its keywords looked up once: [`conforms`] runs on every
+/// request, and a keyword lookup in the schema's maps per field cost more than
+/// the check itself.
+#[derive(Debug)]
+pub struct Compiled {
+    int_or_string: bool,
+    kind: Option<String>,
+    properties: Option<std::collections::BTreeMap<String, Compiled>>,
+    additional: Option<Box<Compiled>>,
+    preserve: bool,
+    required: Vec<String>,
+    items: Option<Box<Compiled>>,
+    allowed: Option<Vec<Value>>,
+    int32: bool,
+}
+
+impl Compiled {
+    pub fn new(schema: &Value) -> Self {
+        Compiled {
+            int_or_string: schema.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)),
+            kind: schema.get("type").and_then(Value::as_str).map(String::from),
+            properties: schema
+                .get("properties")
+                .and_then(Value::as_object)
+                .map(|p| {
+                    p.iter()
+                        .map(|(k, v)| (k.clone(), Compiled::new(v)))
+                        .collect()
+                }),
+            additional: schema
+                .get("additionalProperties")
+                .filter(|a| a.is_object())
+                .map(|a| Box::new(Compiled::new(a))),
+            preserve: schema.get("x-kubernetes-preserve-unknown-fields")
+                == Some(&Value::Bool(true)),
+            required: schema
                 .get("required")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
                 .filter_map(Value::as_str)
-                .all(|name| map.get(name).is_some_and(|v| !v.is_null()));
-            required_present
+                .map(String::from)
+                .collect(),
+            items: schema.get("items").map(|i| Box::new(Compiled::new(i))),
+            allowed: schema.get("enum").and_then(Value::as_array).cloned(),
+            int32: schema.get("format").and_then(Value::as_str) == Some("int32"),
+        }
+    }
+}
+
+/// The schema without keywords.
+static ANY: Compiled = Compiled {
+    int_or_string: false,
+    kind: None,
+    properties: None,
+    additional: None,
+    preserve: false,
+    required: Vec::new(),
+    items: None,
+    allowed: None,
+    int32: false,
+};
+
+/// The spec schema, compiled for [`conforms`].
+static SPEC_COMPILED: LazyLock<Compiled> = LazyLock::new(|| Compiled::new(spec_schema()));
+
+/// Whether [`check`] would report nothing and return `value` unchanged (no error,
+/// no warning, nothing pruned): the common case, which then needs no cleaned copy.
+/// Mirrors `check` branch for branch; the differential tests in
+/// `validation::tests` hold the two together.
+pub fn conforms(schema: &Compiled, value: &Value) -> bool {
+    if value.is_null() {
+        return false;
+    }
+    if schema.int_or_string {
+        return matches!(type_name(value), "integer" | "string");
+    }
+    match schema.kind.as_deref() {
+        Some("object") => {
+            let Some(map) = value.as_object() else {
+                return false;
+            };
+            schema
+                .required
+                .iter()
+                .all(|name| map.get(name).is_some_and(|v| !v.is_null()))
                 && map.iter().all(|(key, child)| {
-                    if let Some(sub) = properties.and_then(|p| p.get(key)) {
+                    if let Some(sub) = schema.properties.as_ref().and_then(|p| p.get(key)) {
                         conforms(sub, child)
-                    } else if let Some(sub) = additional {
+                    } else if let Some(sub) = &schema.additional {
                         conforms(sub, child)
                     } else {
-                        preserve
+                        schema.preserve
                     }
                 })
         }
@@ -249,21 +307,23 @@ pub fn conforms(schema: &Value, value: &Value) -> bool {
             let Some(items) = value.as_array() else {
                 return false;
             };
-            let item_schema = schema.get("items").unwrap_or(&Value::Null);
+            // `check` reads a missing `items` as the null schema: anything but null.
+            let item_schema = schema.items.as_deref().unwrap_or(&ANY);
             items.iter().all(|item| conforms(item_schema, item))
         }
         Some("string") => {
             value.is_string()
                 && schema
-                    .get("enum")
-                    .and_then(Value::as_array)
+                    .allowed
+                    .as_ref()
                     .is_none_or(|allowed| allowed.contains(value))
         }
         Some("integer") => {
             type_name(value) == "integer"
-                && match schema.get("format").and_then(Value::as_str) {
-                    Some("int32") => value.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
-                    _ => value.as_i64().is_some(),
+                && if schema.int32 {
+                    value.as_i64().is_some_and(|n| i32::try_from(n).is_ok())
+                } else {
+                    value.as_i64().is_some()
                 }
         }
         Some("number") => value.is_number(),
