@@ -8,9 +8,11 @@ pub mod rules;
 pub mod structural;
 pub mod subscription;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
 use serde_json::Value;
 
-use crate::api::{Consumer, VERSION_V1};
+use crate::api::{Consumer, ConsumerSpec, VERSION_V1};
 
 pub use field::{ErrorType, FieldError, FieldPath, Report};
 
@@ -74,17 +76,35 @@ pub fn validate(object: &Value, old: Option<&Value>, version: &str) -> Report {
     report
 }
 
+/// The typed Consumer of an object the type checks pass unchanged, read from the
+/// object in place: what [`typed`] of the cleaned copy gives, without the copy.
+fn typed_in_place(object: &Value) -> Option<Consumer> {
+    let (meta, spec) = structural::unchanged_parts(object)?;
+    let metadata = ObjectMeta::deserialize(meta).ok()?;
+    let spec = ConsumerSpec::deserialize(spec).ok()?;
+    Some(Consumer {
+        metadata,
+        spec,
+        status: None,
+    })
+}
+
+/// The type checks (their errors and warnings into `report`) and the typed
+/// Consumer of what survived them.
+fn type_checked(object: &Value, report: &mut Report) -> Option<Consumer> {
+    if let Some(consumer) = typed_in_place(object) {
+        return Some(consumer);
+    }
+    let cleaned = structural::check_consumer(object, report);
+    typed(cleaned, report)
+}
+
 fn check(object: &Value, old: Option<&Value>, version: &str) -> Report {
     let mut report = Report::default();
-    let cleaned = structural::check_consumer(object, &mut report);
-    let Some(consumer) = typed(cleaned, &mut report) else {
+    let Some(consumer) = type_checked(object, &mut report) else {
         return report;
     };
-    let old = old.and_then(|o| {
-        let mut ignored = Report::default();
-        let cleaned = structural::check_consumer(o, &mut ignored);
-        typed(cleaned, &mut ignored)
-    });
+    let old = old.and_then(|o| type_checked(o, &mut Report::default()));
     rules::check(
         &consumer,
         rules::Context {

@@ -72,9 +72,10 @@ fn sync_state(
     partitions: &BTreeMap<u32, PartitionState>,
 ) -> Option<BTreeMap<String, PartitionState>> {
     (partitions.len() <= SYNC_STATE_MAX_PARTITIONS).then(|| {
+        let mut digits = itoa::Buffer::new();
         partitions
             .iter()
-            .map(|(p, s)| (p.to_string(), s.clone()))
+            .map(|(p, s)| (digits.format(*p).to_owned(), s.clone()))
             .collect()
     })
 }
@@ -83,7 +84,19 @@ fn sync_state(
 /// recommendations (the webhook falls back to `resourcePolicy`), and says so in a
 /// condition. Validation keeps this from happening; it guards what it missed.
 fn fit(status: &mut ConsumerStatus, generation: Option<i64>, now: Timestamp) {
-    let size = |s: &ConsumerStatus| serde_json::to_vec(s).map_or(0, |b| b.len());
+    let size = |s: &ConsumerStatus| {
+        let mut counter = ByteCounter(0);
+        serde_json::to_writer(&mut counter, s).map_or(0, |()| counter.0)
+    };
+    // Most of a status is its metrics, whose size has a cheap bound: counting the
+    // rest and bounding them settles the usual case without writing them out.
+    let metrics = status.last_sync_state.take();
+    let rest = size(status);
+    status.last_sync_state = metrics;
+    let bound = status.last_sync_state.as_ref().map_or(0, sync_state_bound);
+    if rest + bound <= STATUS_MAX_BYTES {
+        return;
+    }
     let before = size(status);
     if before <= STATUS_MAX_BYTES {
         return;
@@ -108,6 +121,29 @@ fn fit(status: &mut ConsumerStatus, generation: Option<i64>, now: Timestamp) {
         now,
     );
     status.conditions = Some(conditions);
+}
+
+/// At least the JSON size of `"lastSyncState":{...},` for these metrics: each
+/// entry's key (escaped: at most 6 bytes a character) and its three numbers at
+/// their longest (`-9223372036854775808`), with every name and punctuation mark.
+fn sync_state_bound(state: &BTreeMap<String, PartitionState>) -> usize {
+    const ENTRY: usize =
+        r#""":{"productionRate":,"consumptionRate":,"messageBehind":},"#.len() + 3 * 20;
+    r#""lastSyncState":{},"#.len() + state.keys().map(|k| ENTRY + 6 * k.len()).sum::<usize>()
+}
+
+/// Counts what is written to it: a status' JSON size without the buffer.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Parses a status' `lastSyncState` (keys are partition numbers).
@@ -344,18 +380,50 @@ pub fn reconcile(input: ConsumerInput<'_>) -> ConsumerOutput {
         || previous.observed_generation != generation
         || previous.conditions.as_ref() != Some(&conditions);
     let status = changed.then(|| {
-        let mut next = previous.clone();
-        next.observed_generation = generation;
-        if let Some((state, time)) = sync {
-            next.last_sync_state = state;
-            next.last_sync_time = Some(time);
-        }
-        if let Some(instances) = instances {
-            next.instances = Some(instances);
-        }
-        if clear_instances {
-            next.instances = None;
-        }
+        // Field by field, so that what this pass replaces (the metrics of every
+        // partition, the instances) is not cloned first; a new status field must be
+        // named here.
+        let ConsumerStatus {
+            observed_generation: _,
+            expected,
+            running,
+            paused,
+            lagging,
+            missing,
+            unavailable,
+            outdated,
+            redundant,
+            last_sync_time,
+            last_sync_state,
+            instances: previous_instances,
+            conditions: _,
+            journal,
+        } = previous;
+        let (last_sync_state, last_sync_time) = match sync {
+            Some((state, time)) => (state, Some(time)),
+            None => (last_sync_state.clone(), last_sync_time.clone()),
+        };
+        let instances = match instances {
+            _ if clear_instances => None,
+            Some(instances) => Some(instances),
+            None => previous_instances.clone(),
+        };
+        let mut next = ConsumerStatus {
+            observed_generation: generation,
+            expected: *expected,
+            running: *running,
+            paused: *paused,
+            lagging: *lagging,
+            missing: *missing,
+            unavailable: *unavailable,
+            outdated: *outdated,
+            redundant: *redundant,
+            last_sync_time,
+            last_sync_state,
+            instances,
+            conditions: None,
+            journal: journal.clone(),
+        };
         if let Some(c) = counters {
             status::apply_counters(&mut next, c);
         }
@@ -622,6 +690,40 @@ mod tests {
         let t0: Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
         let s = run(&c, Some(lagging(1000)), t0).status.unwrap();
         assert_eq!(s.last_sync_state.as_ref().map(BTreeMap::len), Some(1000));
+    }
+
+    #[test]
+    fn the_bound_on_the_metrics_size_is_never_below_their_json() {
+        let extremes = [i64::MIN, -1, 0, 7, i64::MAX];
+        let state: BTreeMap<String, PartitionState> = (0..200u32)
+            .map(|p| {
+                let key = match p % 4 {
+                    0 => p.to_string(),
+                    1 => format!("\"\\{p}\u{1}"),
+                    2 => format!("é{p}"),
+                    _ => u32::MAX.to_string(),
+                };
+                let v = |i: u32| extremes[((p + i) % 5) as usize];
+                let entry = PartitionState {
+                    production_rate: v(0),
+                    consumption_rate: v(1),
+                    messages_behind: v(2),
+                };
+                (key, entry)
+            })
+            .collect();
+        for n in [0, 1, 7, 200] {
+            let part: BTreeMap<_, _> = state.clone().into_iter().take(n).collect();
+            let with = ConsumerStatus {
+                last_sync_state: Some(part.clone()),
+                ..ConsumerStatus::default()
+            };
+            let exact = serde_json::to_vec(&with).unwrap().len()
+                - serde_json::to_vec(&ConsumerStatus::default())
+                    .unwrap()
+                    .len();
+            assert!(sync_state_bound(&part) >= exact, "{n}: {exact}");
+        }
     }
 
     #[test]

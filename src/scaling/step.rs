@@ -79,9 +79,9 @@ fn clamp(value: Option<Milli>, min: Option<Milli>, max: Option<Milli>) -> Option
 /// Stored targets brought in line with the current policy: each policy's
 /// container clamped to its bounds (or given its fallback when the policy is
 /// new), containers without a policy dropped.
-fn normalize(spec: &ScalingSpec, targets: Vec<ContainerTarget>) -> Vec<ContainerTarget> {
+fn normalize(spec: &ScalingSpec, targets: &[ContainerTarget]) -> Vec<ContainerTarget> {
     if spec.policies.is_empty() {
-        return targets;
+        return targets.to_vec();
     }
     spec.policies
         .iter()
@@ -131,9 +131,9 @@ fn restore(
         return None;
     }
     let stored = from_status(&status.resources)?;
-    let recommendation = normalize(spec, stored.clone());
+    let recommendation = normalize(spec, &stored);
     let pending_stored = status.pending.as_deref().and_then(from_status);
-    let pending = pending_stored.clone().map(|p| normalize(spec, p));
+    let pending = pending_stored.as_deref().map(|p| normalize(spec, p));
     let changed = recommendation != stored || pending != pending_stored;
     Some((
         Instance {

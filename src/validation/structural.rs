@@ -22,6 +22,36 @@ pub static CONSUMER_SCHEMA: LazyLock<Value> = LazyLock::new(|| {
         .unwrap_or(Value::Null)
 });
 
+/// The schema of `spec`, borrowed (a clone per request cost more than the check).
+fn spec_schema() -> &'static Value {
+    CONSUMER_SCHEMA
+        .pointer("/properties/spec")
+        .unwrap_or(&Value::Null)
+}
+
+/// The spec and metadata of a Consumer that [`check_consumer`] would pass
+/// unchanged (no error, no warning, nothing pruned), borrowed; `None` when it would
+/// report or clean anything, or when `metadata` or `spec` is missing.
+pub fn unchanged_parts(object: &Value) -> Option<(&Value, &Value)> {
+    let obj = object.as_object()?;
+    let spec = obj.get("spec")?;
+    let meta = obj.get("metadata")?;
+    let meta_map = meta.as_object()?;
+    let strings = ["name", "namespace", "generateName"].iter().all(|key| {
+        meta_map
+            .get(*key)
+            .is_none_or(|v| v.is_string() || v.is_null())
+    });
+    let maps = ["labels", "annotations"]
+        .iter()
+        .all(|key| match meta_map.get(*key) {
+            None | Some(Value::Null) => true,
+            Some(Value::Object(entries)) => entries.values().all(Value::is_string),
+            Some(_) => false,
+        });
+    (strings && maps && conforms(&SPEC_COMPILED, spec)).then_some((meta, spec))
+}
+
 fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -132,13 +162,13 @@ pub fn check(
                 report.error(type_error(path, value, "array"));
                 return None;
             };
-            let item_schema = schema.get("items").cloned().unwrap_or(Value::Null);
+            let item_schema = schema.get("items").unwrap_or(&Value::Null);
             let cleaned = items
                 .iter()
                 .enumerate()
                 .map(|(i, item)| {
-                    check(&item_schema, item, &path.index(i), report)
-                        .unwrap_or_else(|| placeholder(&item_schema))
+                    check(item_schema, item, &path.index(i), report)
+                        .unwrap_or_else(|| placeholder(item_schema))
                 })
                 .collect();
             Some(Value::Array(cleaned))
@@ -177,6 +207,131 @@ pub fn check(
     }
 }
 
+/// A schema node with its keywords looked up once: [`conforms`] runs on every
+/// request, and a keyword lookup in the schema's maps per field cost more than
+/// the check itself.
+#[derive(Debug)]
+pub struct Compiled {
+    int_or_string: bool,
+    kind: Option<String>,
+    properties: Option<std::collections::BTreeMap<String, Compiled>>,
+    additional: Option<Box<Compiled>>,
+    preserve: bool,
+    required: Vec<String>,
+    items: Option<Box<Compiled>>,
+    allowed: Option<Vec<Value>>,
+    int32: bool,
+}
+
+impl Compiled {
+    pub fn new(schema: &Value) -> Self {
+        Compiled {
+            int_or_string: schema.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)),
+            kind: schema.get("type").and_then(Value::as_str).map(String::from),
+            properties: schema
+                .get("properties")
+                .and_then(Value::as_object)
+                .map(|p| {
+                    p.iter()
+                        .map(|(k, v)| (k.clone(), Compiled::new(v)))
+                        .collect()
+                }),
+            additional: schema
+                .get("additionalProperties")
+                .filter(|a| a.is_object())
+                .map(|a| Box::new(Compiled::new(a))),
+            preserve: schema.get("x-kubernetes-preserve-unknown-fields")
+                == Some(&Value::Bool(true)),
+            required: schema
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect(),
+            items: schema.get("items").map(|i| Box::new(Compiled::new(i))),
+            allowed: schema.get("enum").and_then(Value::as_array).cloned(),
+            int32: schema.get("format").and_then(Value::as_str) == Some("int32"),
+        }
+    }
+}
+
+/// The schema without keywords.
+static ANY: Compiled = Compiled {
+    int_or_string: false,
+    kind: None,
+    properties: None,
+    additional: None,
+    preserve: false,
+    required: Vec::new(),
+    items: None,
+    allowed: None,
+    int32: false,
+};
+
+/// The spec schema, compiled for [`conforms`].
+static SPEC_COMPILED: LazyLock<Compiled> = LazyLock::new(|| Compiled::new(spec_schema()));
+
+/// Whether [`check`] would report nothing and return `value` unchanged (no error,
+/// no warning, nothing pruned): the common case, which then needs no cleaned copy.
+/// Mirrors `check` branch for branch; the differential tests in
+/// `validation::tests` hold the two together.
+pub fn conforms(schema: &Compiled, value: &Value) -> bool {
+    if value.is_null() {
+        return false;
+    }
+    if schema.int_or_string {
+        return matches!(type_name(value), "integer" | "string");
+    }
+    match schema.kind.as_deref() {
+        Some("object") => {
+            let Some(map) = value.as_object() else {
+                return false;
+            };
+            schema
+                .required
+                .iter()
+                .all(|name| map.get(name).is_some_and(|v| !v.is_null()))
+                && map.iter().all(|(key, child)| {
+                    if let Some(sub) = schema.properties.as_ref().and_then(|p| p.get(key)) {
+                        conforms(sub, child)
+                    } else if let Some(sub) = &schema.additional {
+                        conforms(sub, child)
+                    } else {
+                        schema.preserve
+                    }
+                })
+        }
+        Some("array") => {
+            let Some(items) = value.as_array() else {
+                return false;
+            };
+            // `check` reads a missing `items` as the null schema: anything but null.
+            let item_schema = schema.items.as_deref().unwrap_or(&ANY);
+            items.iter().all(|item| conforms(item_schema, item))
+        }
+        Some("string") => {
+            value.is_string()
+                && schema
+                    .allowed
+                    .as_ref()
+                    .is_none_or(|allowed| allowed.contains(value))
+        }
+        Some("integer") => {
+            type_name(value) == "integer"
+                && if schema.int32 {
+                    value.as_i64().is_some_and(|n| i32::try_from(n).is_ok())
+                } else {
+                    value.as_i64().is_some()
+                }
+        }
+        Some("number") => value.is_number(),
+        Some("boolean") => value.is_boolean(),
+        _ => true,
+    }
+}
+
 /// `false` (and an error) when the value is not one of the schema's `enum`.
 fn check_enum(schema: &Value, value: &Value, path: &FieldPath, report: &mut Report) -> bool {
     let Some(allowed) = schema.get("enum").and_then(Value::as_array) else {
@@ -193,7 +348,6 @@ fn check_enum(schema: &Value, value: &Value, path: &FieldPath, report: &mut Repo
 /// Checks a whole Consumer object: `spec` against the schema (metadata and status
 /// are the apiserver's business). Returns the object with invalid fields removed.
 pub fn check_consumer(object: &Value, report: &mut Report) -> Value {
-    let schema = &*CONSUMER_SCHEMA;
     let Some(obj) = object.as_object() else {
         report.error(FieldError::invalid(
             FieldPath::root("<root>"),
@@ -209,20 +363,14 @@ pub fn check_consumer(object: &Value, report: &mut Report) -> Value {
             report.error(FieldError::required(FieldPath::root("spec"), ""));
             cleaned.remove("spec");
         }
-        Some(spec) => {
-            let spec_schema = schema
-                .pointer("/properties/spec")
-                .cloned()
-                .unwrap_or(Value::Null);
-            match check(&spec_schema, spec, &FieldPath::root("spec"), report) {
-                Some(v) => {
-                    cleaned.insert("spec".into(), v);
-                }
-                None => {
-                    cleaned.remove("spec");
-                }
+        Some(spec) => match check(spec_schema(), spec, &FieldPath::root("spec"), report) {
+            Some(v) => {
+                cleaned.insert("spec".into(), v);
             }
-        }
+            None => {
+                cleaned.remove("spec");
+            }
+        },
     }
     match obj.get("metadata") {
         Some(Value::Object(meta)) => {

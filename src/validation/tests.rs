@@ -594,6 +594,104 @@ proptest! {
     }
 }
 
+/// The slow path of the type checks: the cleaned copy, then the typed read of it.
+fn typed_after_cleaning(object: &Value) -> (Option<Consumer>, Report) {
+    let mut report = Report::default();
+    let cleaned = structural::check_consumer(object, &mut report);
+    let consumer = typed(cleaned, &mut report);
+    (consumer, report)
+}
+
+/// Whenever the in-place read is taken, it must be what the slow path gives, and
+/// the slow path must have had nothing to say.
+fn assert_in_place_matches_cleaning(object: &Value) -> Result<bool, TestCaseError> {
+    let Some(fast) = typed_in_place(object) else {
+        return Ok(false);
+    };
+    let (slow, report) = typed_after_cleaning(object);
+    prop_assert_eq!(&report, &Report::default(), "{}", object);
+    prop_assert_eq!(Some(fast), slow, "{}", object);
+    Ok(true)
+}
+
+#[test]
+fn the_in_place_read_takes_the_valid_fixtures_and_matches_the_cleaned_copy() {
+    let seed: Value = serde_saphyr::from_str(include_str!(
+        "../../tests/fixtures/consumer-seed-example.yaml"
+    ))
+    .unwrap();
+    for object in [orders(), seed] {
+        assert!(
+            assert_in_place_matches_cleaning(&object).unwrap(),
+            "{object}"
+        );
+    }
+    // Each of these is reported (or, a null, pruned), so it must take the slow path.
+    for (pointer, value) in [
+        ("/spec/numPartitions", json!("ten")),
+        ("/spec/bogus", json!(1)),
+        ("/spec/autoscaler/pendingScaleUpDuration", Value::Null),
+        (
+            "/spec/resourcePolicy/containerPolicies/0/minAllowed/cpu",
+            json!(true),
+        ),
+        ("/metadata/labels", json!({"team": true})),
+        ("/metadata/name", json!(false)),
+    ] {
+        let mut o = orders();
+        let value_was_null = value.is_null();
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        o.pointer_mut(parent)
+            .and_then(Value::as_object_mut)
+            .unwrap_or_else(|| panic!("no {parent}"))
+            .insert(key.to_string(), value);
+        let pruned_silently = value_was_null;
+        assert!(typed_in_place(&o).is_none(), "{pointer}");
+        if !pruned_silently {
+            assert_ne!(typed_after_cleaning(&o).1, Report::default(), "{pointer}");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    #[test]
+    fn the_in_place_read_agrees_with_the_cleaned_copy_on_arbitrary_objects(object in arbitrary_json()) {
+        assert_in_place_matches_cleaning(&object)?;
+    }
+
+    #[test]
+    fn the_in_place_read_agrees_with_the_cleaned_copy_on_mutated_consumers(
+        pointer in prop::sample::select(vec![
+            "/spec/numPartitions", "/spec/autoscaler", "/spec/autoscaler/mode",
+            "/spec/autoscaler/prometheus/address", "/spec/autoscaler/prometheus/rampPerCore",
+            "/spec/autoscaler/prometheus/ramPerCore", "/spec/autoscaler/prometheus/criticalLag",
+            "/spec/autoscaler/prometheus/fallbackStrategy", "/spec/autoscaler/prometheus/offset",
+            "/spec/resourcePolicy/containerPolicies", "/spec/resourcePolicy/containerPolicies/0/minAllowed",
+            "/spec/resourcePolicy/containerPolicies/0/minAllowed/cpu", "/spec/resourcePolicy/globalPolicy",
+            "/spec/deploymentTemplate", "/spec/deploymentTemplate/replicas", "/metadata", "/metadata/name",
+            "/metadata/labels", "/metadata/annotations", "/spec", "/spec/x", "/status", "/apiVersion",
+        ]),
+        value in arbitrary_json(),
+    ) {
+        let mut o = orders();
+        let (parent, key) = pointer.rsplit_once('/').unwrap_or(("", pointer));
+        if let Some(Value::Object(m)) = o.pointer_mut(parent) {
+            m.insert(key.to_string(), value);
+        }
+        assert_in_place_matches_cleaning(&o)?;
+        // The same object through the whole validator gives the same report either way.
+        let report = validate(&o, None, "v1");
+        let (_, slow) = typed_after_cleaning(&o);
+        if typed_in_place(&o).is_some() {
+            prop_assert!(slow.errors.is_empty());
+        } else if !slow.errors.is_empty() {
+            prop_assert!(!report.errors.is_empty());
+        }
+    }
+}
+
 #[test]
 fn problems_the_stored_object_already_had_do_not_block_an_update() {
     let broken = with("/spec/autoscaler/prometheus/ratePerCore", json!(0));
