@@ -321,9 +321,9 @@ pub async fn start(
             Backend::Local(store) => (
                 Arc::new(LocalWorkloads::new(store.dir().to_path_buf())),
                 None,
-                Arc::new(LocalDeployments {
-                    root: store.dir().join(STATE_DIR).join("deployments"),
-                }),
+                Arc::new(LocalDeployments::new(
+                    store.dir().join(STATE_DIR).join("deployments"),
+                )),
             ),
             Backend::Kube { store, .. } => {
                 let namespace = match &config.mode {

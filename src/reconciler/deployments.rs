@@ -35,7 +35,7 @@ use crate::telemetry::Metrics;
 pub trait DeploymentApi: Send + Sync {
     /// Every Deployment konsumer may manage: those with Konsumerator's
     /// `controller` label (konsumer's and Konsumerator's both have it).
-    async fn list(&self) -> Result<Vec<Value>, StoreError>;
+    async fn list(&self) -> Result<Vec<Arc<Value>>, StoreError>;
     /// One Deployment, if it exists (a name is checked before it is created).
     async fn get(&self, namespace: &str, name: &str) -> Result<Option<Value>, StoreError>;
     /// Server-side apply of a whole Deployment; the stored object back.
@@ -57,7 +57,7 @@ pub struct KubeDeployments {
 
 #[async_trait]
 impl DeploymentApi for KubeDeployments {
-    async fn list(&self) -> Result<Vec<Value>, StoreError> {
+    async fn list(&self) -> Result<Vec<Arc<Value>>, StoreError> {
         let api: Api<Deployment> = match &self.namespace {
             Some(ns) => Api::namespaced(self.client.clone(), ns),
             None => Api::all(self.client.clone()),
@@ -68,7 +68,7 @@ impl DeploymentApi for KubeDeployments {
             .match_any();
         let mut out = Vec::new();
         for d in api.list(&params).await? {
-            out.push(to_json(&d)?);
+            out.push(Arc::new(to_json(&d)?));
         }
         Ok(out)
     }
@@ -134,10 +134,26 @@ fn to_json(d: &Deployment) -> Result<Value, StoreError> {
 /// them, so nothing reports a status and they count as available). Edit one to
 /// add `konsumerator.lwolf.org/disable-autoscaler` and konsumer leaves it alone.
 pub struct LocalDeployments {
-    pub root: PathBuf,
+    root: PathBuf,
+    /// Each manifest as last read, by path, with the stamp it was read at, as
+    /// compact JSON: a pass YAML-parses only the files that changed since the
+    /// last one, and what stays between passes is text, not `Value` trees
+    /// (about ten times smaller).
+    parsed: Arc<Mutex<Parsed>>,
 }
 
+/// A file's modification time (ns) and length.
+type Stamp = (u128, u64);
+type Parsed = HashMap<PathBuf, (Stamp, Box<str>)>;
+
 impl LocalDeployments {
+    pub fn new(root: PathBuf) -> Self {
+        LocalDeployments {
+            root,
+            parsed: Arc::default(),
+        }
+    }
+
     fn path(&self, namespace: &str, name: &str) -> PathBuf {
         self.root.join(namespace).join(format!("{name}.yaml"))
     }
@@ -165,11 +181,15 @@ impl LocalDeployments {
 
 #[async_trait]
 impl DeploymentApi for LocalDeployments {
-    async fn list(&self) -> Result<Vec<Value>, StoreError> {
+    async fn list(&self) -> Result<Vec<Arc<Value>>, StoreError> {
         let root = self.root.clone();
+        let parsed = self.parsed.clone();
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
+            let mut parsed = parsed.lock().unwrap_or_else(|e| e.into_inner());
+            let mut seen = HashSet::new();
             let Ok(namespaces) = std::fs::read_dir(&root) else {
+                parsed.clear();
                 return Ok(out);
             };
             for ns in namespaces.filter_map(Result::ok).map(|e| e.path()) {
@@ -180,20 +200,33 @@ impl DeploymentApi for LocalDeployments {
                     if file.extension().and_then(|e| e.to_str()) != Some("yaml") {
                         continue;
                     }
+                    let Ok(meta) = std::fs::metadata(&file) else {
+                        continue;
+                    };
+                    let modified = meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_nanos());
+                    let stamp = (modified, meta.len());
+                    seen.insert(file.clone());
+                    if let Some((at, text)) = parsed.get(&file)
+                        && *at == stamp
+                        && let Ok(d) = serde_json::from_str::<Value>(text)
+                    {
+                        out.push(Arc::new(d));
+                        continue;
+                    }
                     match Self::read(&file) {
                         Ok(Some(mut d)) => {
                             // The file's stamp stands for the API server's
                             // resourceVersion: an edit by hand changes it too.
-                            if let Ok(meta) = std::fs::metadata(&file) {
-                                let modified = meta
-                                    .modified()
-                                    .ok()
-                                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                                    .map_or(0, |d| d.as_nanos());
-                                d["metadata"]["resourceVersion"] =
-                                    Value::from(format!("{modified}-{}", meta.len()));
+                            d["metadata"]["resourceVersion"] =
+                                Value::from(format!("{modified}-{}", meta.len()));
+                            if let Ok(text) = serde_json::to_string(&d) {
+                                parsed.insert(file, (stamp, text.into_boxed_str()));
                             }
-                            out.push(d)
+                            out.push(Arc::new(d))
                         }
                         Ok(None) => {}
                         Err(e) => {
@@ -202,6 +235,7 @@ impl DeploymentApi for LocalDeployments {
                     }
                 }
             }
+            parsed.retain(|path, _| seen.contains(path));
             Ok(out)
         })
         .await
@@ -296,12 +330,12 @@ fn local_apply(existing: Option<Value>, body: &Value) -> Value {
 /// The listed Deployments, by owner uid and by (namespace, name).
 #[derive(Default)]
 pub struct DeploymentIndex {
-    by_owner: HashMap<String, Vec<Value>>,
-    by_name: HashMap<(String, String), Value>,
+    by_owner: HashMap<String, Vec<Arc<Value>>>,
+    by_name: HashMap<(String, String), Arc<Value>>,
 }
 
 impl DeploymentIndex {
-    pub fn new(list: Vec<Value>) -> Self {
+    pub fn new(list: Vec<Arc<Value>>) -> Self {
         let mut index = DeploymentIndex::default();
         for d in list {
             if let Some((_, _, uid)) = live::controller(&d) {
@@ -442,7 +476,13 @@ impl DeploymentManager {
     ) -> Option<View> {
         let owner = self.api.owner(consumer)?;
         let settings = settings?;
-        let ours = index.by_owner.get(&owner.uid).cloned().unwrap_or_default();
+        let ours: Vec<Value> = index
+            .by_owner
+            .get(&owner.uid)
+            .into_iter()
+            .flatten()
+            .map(|d| Value::clone(d))
+            .collect();
         let mut candidates = ours.clone();
         let mut seen: HashSet<String> = ours.iter().map(|d| live::name(d).to_string()).collect();
         let names: HashSet<String> = (0..settings.instances())
@@ -458,7 +498,7 @@ impl DeploymentManager {
                 .get(&(settings.namespace.clone(), name.clone()))
                 && seen.insert(name.clone())
             {
-                candidates.push(d.clone());
+                candidates.push(Value::clone(d));
             }
         }
         for d in labelled_deployments {
@@ -755,5 +795,70 @@ impl DeploymentManager {
             owner,
             gomemlimit_ratio,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[Arc<Value>]) -> Vec<(String, Option<i64>)> {
+        let mut out: Vec<_> = list
+            .iter()
+            .map(|d| {
+                (
+                    live::name(d).to_string(),
+                    d.pointer("/spec/replicas").and_then(Value::as_i64),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn local_listing_sees_every_edit_and_removal_of_a_manifest_between_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = LocalDeployments::new(dir.path().to_path_buf());
+        let body = |name: &str, replicas: i64| {
+            serde_json::json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name, "namespace": "streams"},
+                "spec": {"replicas": replicas}
+            })
+        };
+        api.apply("streams", "orders-0", &body("orders-0", 1))
+            .await
+            .unwrap();
+        api.apply("streams", "orders-1", &body("orders-1", 1))
+            .await
+            .unwrap();
+        let first = api.list().await.unwrap();
+        assert_eq!(
+            names(&first),
+            [("orders-0".into(), Some(1)), ("orders-1".into(), Some(1))]
+        );
+        // Unchanged files come from the cache and read the same.
+        assert_eq!(api.list().await.unwrap(), first);
+
+        // An edit by hand (another length), and a removal.
+        let path = dir.path().join("streams/orders-0.yaml");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("replicas: 1", "replicas: 12");
+        std::fs::write(&path, text).unwrap();
+        std::fs::remove_file(dir.path().join("streams/orders-1.yaml")).unwrap();
+        let second = api.list().await.unwrap();
+        assert_eq!(names(&second), [("orders-0".into(), Some(12))]);
+        let before = first.iter().find(|d| live::name(d) == "orders-0").unwrap();
+        assert_ne!(
+            second[0]["metadata"]["resourceVersion"],
+            before["metadata"]["resourceVersion"]
+        );
+        assert_eq!(
+            api.parsed.lock().unwrap().len(),
+            1,
+            "the removed file is forgotten"
+        );
     }
 }
