@@ -50,6 +50,18 @@ fn object_name(request: &ConsumerRequest<'_>) -> String {
 /// The apiserver's `Invalid` status: `Consumer.konsumerator.lwolf.org "x" is
 /// invalid: [a, b]`, with one cause per field error.
 pub fn invalid_status(name: &str, report: &Report) -> Status {
+    invalid_object("Consumer", GROUP, name, "is invalid", report)
+}
+
+/// The apiserver's `Invalid` status for an object of `kind` in `group`:
+/// `Kind.group "name" <verdict>: [a, b]`, one cause per field error.
+pub(super) fn invalid_object(
+    kind: &str,
+    group: &str,
+    name: &str,
+    verdict: &str,
+    report: &Report,
+) -> Status {
     let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
     let list = match errors.as_slice() {
         [one] => one.clone(),
@@ -58,12 +70,12 @@ pub fn invalid_status(name: &str, report: &Report) -> Status {
     Status::failure(
         422,
         "Invalid",
-        format!("Consumer.{GROUP} {name:?} is invalid: {list}"),
+        format!("{kind}.{group} {name:?} {verdict}: {list}"),
     )
     .with_details(Details {
         name: Some(name.to_string()),
-        group: Some(GROUP.to_string()),
-        kind: Some("Consumer".to_string()),
+        group: Some(group.to_string()),
+        kind: Some(kind.to_string()),
         causes: report
             .errors
             .iter()

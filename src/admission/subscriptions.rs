@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::review::{self, Answer, Cause, Details, Request, Status};
+use super::review::{self, Answer, Request, Status};
 use super::{Admission, Reply, parse, review_response};
 use crate::api::subscription::SUBSCRIPTION_GROUP;
 use crate::telemetry::metrics::{Kind, Operation, Outcome};
@@ -14,30 +14,13 @@ type SubscriptionRequest<'a> = Request<'a, Value, Value>;
 
 /// The apiserver's `Invalid` status for a subscription.
 pub fn invalid_status(name: &str, report: &Report) -> Status {
-    let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
-    let list = match errors.as_slice() {
-        [one] => one.clone(),
-        many => format!("[{}]", many.join(", ")),
-    };
-    Status::failure(
-        422,
-        "Invalid",
-        format!("ScalingSubscription.{SUBSCRIPTION_GROUP} {name:?} is invalid (konsumer): {list}"),
+    super::consumers::invalid_object(
+        "ScalingSubscription",
+        SUBSCRIPTION_GROUP,
+        name,
+        "is invalid (konsumer)",
+        report,
     )
-    .with_details(Details {
-        name: Some(name.to_string()),
-        group: Some(SUBSCRIPTION_GROUP.to_string()),
-        kind: Some("ScalingSubscription".to_string()),
-        causes: report
-            .errors
-            .iter()
-            .map(|e| Cause {
-                reason: e.reason().to_string(),
-                message: e.body(),
-                field: e.field.to_string(),
-            })
-            .collect(),
-    })
 }
 
 fn object_name(request: &SubscriptionRequest<'_>) -> String {
