@@ -41,6 +41,61 @@ impl fmt::Display for FieldPath {
     }
 }
 
+/// A field path written only when a message needs it: a chain of borrowed
+/// segments on the stack. The rules name a path for every field they look at and
+/// write one for the few they report.
+#[derive(Clone, Copy, Debug)]
+pub enum Path<'a> {
+    Root(&'a str),
+    Child(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
+    Key(&'a Path<'a>, &'a str),
+}
+
+impl<'a> Path<'a> {
+    pub fn child<'s>(&'s self, name: &'s str) -> Path<'s> {
+        Path::Child(self, name)
+    }
+
+    pub fn index<'s>(&'s self, i: usize) -> Path<'s> {
+        Path::Index(self, i)
+    }
+
+    pub fn key<'s>(&'s self, k: &'s str) -> Path<'s> {
+        Path::Key(self, k)
+    }
+
+    /// Whether nothing is written for this path ([`FieldPath::child`] of an
+    /// empty path writes no dot).
+    fn is_empty(&self) -> bool {
+        matches!(self, Path::Root(""))
+    }
+}
+
+impl fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Path::Root(name) => f.write_str(name),
+            Path::Child(parent, name) if parent.is_empty() => f.write_str(name),
+            Path::Child(parent, name) => write!(f, "{parent}.{name}"),
+            Path::Index(parent, i) => write!(f, "{parent}[{i}]"),
+            Path::Key(parent, k) => write!(f, "{parent}[{k}]"),
+        }
+    }
+}
+
+impl From<Path<'_>> for FieldPath {
+    fn from(path: Path<'_>) -> Self {
+        FieldPath(path.to_string())
+    }
+}
+
+impl From<&Path<'_>> for FieldPath {
+    fn from(path: &Path<'_>) -> Self {
+        FieldPath(path.to_string())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ErrorType {
     Invalid,
@@ -74,36 +129,36 @@ pub fn render(value: &Value) -> String {
 }
 
 impl FieldError {
-    pub fn invalid(field: FieldPath, value: &Value, detail: impl Into<String>) -> Self {
+    pub fn invalid(field: impl Into<FieldPath>, value: &Value, detail: impl Into<String>) -> Self {
         FieldError {
-            field,
+            field: field.into(),
             kind: ErrorType::Invalid,
             value: Some(render(value)),
             detail: detail.into(),
         }
     }
 
-    pub fn required(field: FieldPath, detail: impl Into<String>) -> Self {
+    pub fn required(field: impl Into<FieldPath>, detail: impl Into<String>) -> Self {
         FieldError {
-            field,
+            field: field.into(),
             kind: ErrorType::Required,
             value: None,
             detail: detail.into(),
         }
     }
 
-    pub fn duplicate(field: FieldPath, value: &Value) -> Self {
+    pub fn duplicate(field: impl Into<FieldPath>, value: &Value) -> Self {
         FieldError {
-            field,
+            field: field.into(),
             kind: ErrorType::Duplicate,
             value: Some(render(value)),
             detail: String::new(),
         }
     }
 
-    pub fn not_supported(field: FieldPath, value: &Value, supported: &[&str]) -> Self {
+    pub fn not_supported(field: impl Into<FieldPath>, value: &Value, supported: &[&str]) -> Self {
         FieldError {
-            field,
+            field: field.into(),
             kind: ErrorType::NotSupported(supported.iter().map(|s| s.to_string()).collect()),
             value: Some(render(value)),
             detail: String::new(),
@@ -173,7 +228,15 @@ impl Report {
 
     /// Whether an error was already reported at `field` or below it.
     pub fn has_error_at(&self, field: &FieldPath) -> bool {
-        let f = field.as_str();
+        self.has_error_below(field.as_str())
+    }
+
+    /// [`Report::has_error_at`] of a [`Path`], written only when there are errors.
+    pub fn has_error_under(&self, field: &Path<'_>) -> bool {
+        !self.errors.is_empty() && self.has_error_below(&field.to_string())
+    }
+
+    fn has_error_below(&self, f: &str) -> bool {
         self.errors.iter().any(|e| {
             let p = e.field.as_str();
             p == f || p.starts_with(&format!("{f}.")) || p.starts_with(&format!("{f}["))

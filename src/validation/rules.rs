@@ -1,13 +1,13 @@
 //! The rules a Consumer must satisfy beyond its types: every crash case of
 //! Konsumerator's controller, and what a careful reviewer would catch.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::{Value, json};
 
-use super::field::{FieldError, FieldPath, Report};
+use super::field::{FieldError, Path, Report};
 use crate::api::duration::{format_go_duration, parse_go_duration};
 use crate::api::quantity::Milli;
 use crate::api::{
@@ -46,7 +46,7 @@ pub struct Context<'a> {
 /// have a type error are skipped.
 pub fn check(c: &Consumer, ctx: Context<'_>, report: &mut Report) {
     let spec = &c.spec;
-    let p = FieldPath::root("spec");
+    let p = Path::Root("spec");
     if ctx.version == crate::api::VERSION_V1ALPHA1 {
         report.warn(V1ALPHA1_DEPRECATED);
     }
@@ -172,7 +172,9 @@ pub fn check(c: &Consumer, ctx: Context<'_>, report: &mut Report) {
                     }
                 }
             }
-            None if mode == Some("prometheus") && !report.has_error_at(&ap.child("prometheus")) => {
+            None if mode == Some("prometheus")
+                && !report.has_error_under(&ap.child("prometheus")) =>
+            {
                 report.error(FieldError::required(
                     ap.child("prometheus"),
                     "required when spec.autoscaler.mode is prometheus (Konsumerator's controller crashed without it)",
@@ -204,7 +206,8 @@ pub fn check(c: &Consumer, ctx: Context<'_>, report: &mut Report) {
             .as_ref()
             .and_then(|g| g.max_allowed.as_ref())
         {
-            let gp = rpp.child("globalPolicy").child("maxAllowed");
+            let global_path = rpp.child("globalPolicy");
+            let gp = global_path.child("maxAllowed");
             let caps = resource_list(report, &gp, global, false);
             let instances = match (spec.num_partitions, spec.num_partitions_per_instance) {
                 (Some(n), per) if n >= 1 && per.unwrap_or(1) >= 1 => {
@@ -214,7 +217,7 @@ pub fn check(c: &Consumer, ctx: Context<'_>, report: &mut Report) {
             };
             if let Some(instances) = instances {
                 for (resource, cap) in caps {
-                    let floor = mins.get(resource.as_str()).copied().unwrap_or_default();
+                    let floor = mins.get(resource).copied().unwrap_or_default();
                     let needed = Milli(floor.0 * instances as i128);
                     if needed > cap {
                         report.warn(format!(
@@ -235,7 +238,7 @@ pub fn check(c: &Consumer, ctx: Context<'_>, report: &mut Report) {
 }
 
 /// Instances and recommendations within what one status can hold.
-fn instance_limits(c: &Consumer, p: &FieldPath, report: &mut Report) {
+fn instance_limits(c: &Consumer, p: &Path<'_>, report: &mut Report) {
     let spec = &c.spec;
     let (Some(n), per) = (
         spec.num_partitions,
@@ -331,21 +334,21 @@ fn update_rules(new: &Consumer, old: &Consumer, report: &mut Report) {
 /// Checks the Prometheus block; returns `minSyncPeriod` (its default when unset).
 fn prometheus(
     report: &mut Report,
-    p: &FieldPath,
+    p: &Path<'_>,
     prom: &PrometheusAutoscalerSpec,
 ) -> Option<Duration> {
     if let Some(addresses) = &prom.address {
         let path = p.child("address");
-        if addresses.is_empty() && !report.has_error_at(&path) {
+        if addresses.is_empty() && !report.has_error_under(&path) {
             report.error(FieldError::required(
-                path.clone(),
+                path,
                 "at least one Prometheus address",
             ));
         }
         let mut seen: Vec<&str> = Vec::new();
         for (i, a) in addresses.iter().enumerate() {
             let ip = path.index(i);
-            if report.has_error_at(&ip) {
+            if report.has_error_under(&ip) {
                 continue;
             }
             if seen.contains(&a.as_str()) {
@@ -442,11 +445,11 @@ fn prometheus(
     min_sync
 }
 
-fn query_spec(report: &mut Report, p: &FieldPath, q: &QuerySpec) {
+fn query_spec(report: &mut Report, p: &Path<'_>, q: &QuerySpec) {
     let label = q.partition_label.as_deref();
     if let Some(query) = &q.query
         && query.trim().is_empty()
-        && !report.has_error_at(&p.child("query"))
+        && !report.has_error_under(&p.child("query"))
     {
         report.error(FieldError::invalid(
             p.child("query"),
@@ -455,7 +458,7 @@ fn query_spec(report: &mut Report, p: &FieldPath, q: &QuerySpec) {
         ));
     }
     if let Some(l) = label
-        && !report.has_error_at(&p.child("partitionLabel"))
+        && !report.has_error_under(&p.child("partitionLabel"))
     {
         if l.is_empty() {
             report.error(FieldError::invalid(
@@ -537,19 +540,19 @@ fn template_containers(c: &Consumer) -> Option<Vec<String>> {
 }
 
 /// Checks the container policies; returns the sum of the minimums per resource.
-fn container_policies(
+fn container_policies<'l>(
     report: &mut Report,
-    p: &FieldPath,
-    policies: &[ContainerResourcePolicy],
+    p: &Path<'_>,
+    policies: &'l [ContainerResourcePolicy],
     containers: Option<&[String]>,
-) -> HashMap<String, Milli> {
+) -> BTreeMap<&'l str, Milli> {
     let mut seen: Vec<&str> = Vec::new();
-    let mut mins: HashMap<String, Milli> = HashMap::new();
+    let mut mins: BTreeMap<&str, Milli> = BTreeMap::new();
     for (i, policy) in policies.iter().enumerate() {
         let ip = p.index(i);
         let name_path = ip.child("containerName");
         match policy.container_name.as_deref() {
-            None | Some("") if !report.has_error_at(&name_path) => {
+            None | Some("") if !report.has_error_under(&name_path) => {
                 report.error(FieldError::required(
                     name_path,
                     "the container this policy is for",
@@ -600,11 +603,11 @@ fn container_policies(
                 && lo > hi
             {
                 let pair = json!({
-                    "minAllowed": { resource.as_str(): render_quantity(resource, *lo) },
-                    "maxAllowed": { resource.as_str(): render_quantity(resource, *hi) },
+                    "minAllowed": { *resource: render_quantity(resource, *lo) },
+                    "maxAllowed": { *resource: render_quantity(resource, *hi) },
                 });
                 report.error(FieldError::invalid(
-                    ip.clone(),
+                    ip,
                     &pair,
                     format!(
                         "minAllowed.{resource} ({}) is above maxAllowed.{resource} ({})",
@@ -613,24 +616,25 @@ fn container_policies(
                     ),
                 ));
             }
-            let total = mins.entry(resource.clone()).or_default();
+            let total = mins.entry(*resource).or_default();
             *total = *total + *lo;
         }
     }
     mins
 }
 
-/// Checks a resource list (cpu, memory); returns the parsed values.
-fn resource_list(
+/// Checks a resource list (cpu, memory); returns the parsed values, in the
+/// list's order (so that what is reported about them comes in a stable order).
+fn resource_list<'l>(
     report: &mut Report,
-    p: &FieldPath,
-    list: &ResourceList,
+    p: &Path<'_>,
+    list: &'l ResourceList,
     allow_zero: bool,
-) -> HashMap<String, Milli> {
-    let mut out = HashMap::new();
+) -> BTreeMap<&'l str, Milli> {
+    let mut out = BTreeMap::new();
     for (key, value) in list {
         let kp = p.key(key);
-        if report.has_error_at(&kp) {
+        if report.has_error_under(&kp) {
             continue;
         }
         let parsed = match key.as_str() {
@@ -644,7 +648,7 @@ fn resource_list(
             }
         };
         if let Some(v) = parsed {
-            out.insert(key.clone(), v);
+            out.insert(key.as_str(), v);
         }
     }
     out
@@ -652,7 +656,7 @@ fn resource_list(
 
 fn positive(
     report: &mut Report,
-    p: &FieldPath,
+    p: &Path<'_>,
     value: &Quantity,
     parsed: Milli,
     allow_zero: bool,
@@ -663,23 +667,23 @@ fn positive(
         } else {
             "must be greater than 0"
         };
-        report.error(FieldError::invalid(p.clone(), &q(value), bound));
+        report.error(FieldError::invalid(*p, &q(value), bound));
         return None;
     }
     Some(parsed)
 }
 
-fn cpu(report: &mut Report, p: &FieldPath, value: &Quantity, allow_zero: bool) -> Option<Milli> {
+fn cpu(report: &mut Report, p: &Path<'_>, value: &Quantity, allow_zero: bool) -> Option<Milli> {
     let parsed = match Milli::parse(&value.0) {
         Ok(v) => v,
         Err(e) => {
-            report.error(FieldError::invalid(p.clone(), &q(value), e.to_string()));
+            report.error(FieldError::invalid(*p, &q(value), e.to_string()));
             return None;
         }
     };
     if value.0.trim_end().ends_with('i') {
         report.error(FieldError::invalid(
-            p.clone(),
+            *p,
             &q(value),
             "CPU is counted in cores (2) or millicores (500m), not in bytes",
         ));
@@ -695,17 +699,17 @@ fn cpu(report: &mut Report, p: &FieldPath, value: &Quantity, allow_zero: bool) -
     Some(parsed)
 }
 
-fn memory(report: &mut Report, p: &FieldPath, value: &Quantity, allow_zero: bool) -> Option<Milli> {
+fn memory(report: &mut Report, p: &Path<'_>, value: &Quantity, allow_zero: bool) -> Option<Milli> {
     let parsed = match Milli::parse(&value.0) {
         Ok(v) => v,
         Err(e) => {
-            report.error(FieldError::invalid(p.clone(), &q(value), e.to_string()));
+            report.error(FieldError::invalid(*p, &q(value), e.to_string()));
             return None;
         }
     };
     if value.0.trim_end().ends_with('m') {
         report.error(FieldError::invalid(
-            p.clone(),
+            *p,
             &q(value),
             "m means thousandths of a byte; write Mi (mebibytes) or M (megabytes)",
         ));
@@ -726,12 +730,12 @@ fn memory(report: &mut Report, p: &FieldPath, value: &Quantity, allow_zero: bool
 /// Checks a Go duration: parseable, at least 1s, at most `max_secs`.
 fn duration(
     report: &mut Report,
-    p: FieldPath,
+    p: Path<'_>,
     value: Option<&str>,
     max_secs: u64,
 ) -> Option<Duration> {
     let value = value?;
-    if report.has_error_at(&p) {
+    if report.has_error_under(&p) {
         return None;
     }
     let d = match parse_go_duration(value) {
@@ -791,7 +795,7 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-fn dns_label(report: &mut Report, p: FieldPath, value: &str) -> bool {
+fn dns_label(report: &mut Report, p: Path<'_>, value: &str) -> bool {
     if is_dns_label(value) {
         return true;
     }
@@ -803,7 +807,7 @@ fn dns_label(report: &mut Report, p: FieldPath, value: &str) -> bool {
     false
 }
 
-fn dns_subdomain(report: &mut Report, p: FieldPath, value: &str) {
+fn dns_subdomain(report: &mut Report, p: Path<'_>, value: &str) {
     let ok = !value.is_empty() && value.len() <= 253 && value.split('.').all(is_dns_label);
     if !ok {
         report.error(FieldError::invalid(
