@@ -161,6 +161,17 @@ fn main() {
     bench("vrules", "konsumer: `validation::validate` of the parsed object", n, || {
         black_box(konsumer::validation::validate(&vobject, None, "v1alpha1"));
     });
+    bench("vread", "konsumer: one-pass read of the review (`read_consumer_review`)", n, || {
+        black_box(review::lazy::consumer::read_consumer_review(&vbody).unwrap());
+    });
+    let vparts = review::lazy::consumer::read_consumer_review(&vbody)
+        .unwrap()
+        .request
+        .and_then(|r| r.object)
+        .expect("the one-pass reader reads the seed example");
+    bench("vparts", "konsumer: `validation::validate_parts` of the read object", n, || {
+        black_box(konsumer::validation::validate_parts(&vparts, None, "v1alpha1").unwrap());
+    });
     bench("vall", "konsumer: `/validate/consumers` whole (read, validate, answer)", n, || {
         black_box(konsumer::admission::consumers::validate(&vbody));
     });

@@ -1,17 +1,58 @@
 //! `POST /validate/consumers` (every problem at once, with field paths, as a 422
 //! `Invalid` with causes) and `POST /mutate/consumers` (the defaults made explicit).
 
+use std::convert::Infallible;
+
 use serde_json::Value;
 
+use super::review::lazy::{Unsure, consumer::read_consumer_review};
 use super::review::{self, Answer, Cause, Details, Request, Status};
 use super::{Reply, parse, review_response};
 use crate::api::{GROUP, VERSION_V1};
 use crate::telemetry::metrics::{Kind, Operation, Outcome};
-use crate::validation::{self, Report, defaults};
+use crate::validation::{self, Parts, Report, defaults};
 
-type ConsumerRequest<'a> = Request<'a, Value, Value>;
+/// What answering reads of a Consumer object, whichever way it was read: a whole
+/// `Value` (serde), or the one-pass reader's [`Parts`].
+trait ConsumerObject {
+    fn api_version(&self) -> Option<&str>;
+    fn name(&self) -> Option<&str>;
+    /// `metadata.deletionTimestamp` is set.
+    fn deleting(&self) -> bool;
+}
 
-fn is_consumer(request: &ConsumerRequest<'_>) -> bool {
+impl ConsumerObject for Value {
+    fn api_version(&self) -> Option<&str> {
+        self.get("apiVersion").and_then(Value::as_str)
+    }
+
+    fn name(&self) -> Option<&str> {
+        self.pointer("/metadata/name").and_then(Value::as_str)
+    }
+
+    fn deleting(&self) -> bool {
+        self.pointer("/metadata/deletionTimestamp")
+            .is_some_and(|t| !t.is_null())
+    }
+}
+
+impl ConsumerObject for Parts<'_> {
+    fn api_version(&self) -> Option<&str> {
+        self.api_version
+    }
+
+    fn name(&self) -> Option<&str> {
+        self.name
+    }
+
+    fn deleting(&self) -> bool {
+        self.deleting
+    }
+}
+
+type ConsumerRequest<'a, O> = Request<'a, O, O>;
+
+fn is_consumer<O>(request: &ConsumerRequest<'_, O>) -> bool {
     request
         .kind
         .as_ref()
@@ -19,18 +60,23 @@ fn is_consumer(request: &ConsumerRequest<'_>) -> bool {
 }
 
 /// The version the user wrote: `requestKind` survives the apiserver's conversion.
-fn user_version<'r>(request: &'r ConsumerRequest<'_>) -> &'r str {
+fn user_version<'r, O: ConsumerObject>(request: &'r ConsumerRequest<'_, O>) -> &'r str {
     request
         .request_kind
         .as_ref()
         .or(request.kind.as_ref())
         .map(|k| k.version.as_str())
         .filter(|v| !v.is_empty())
-        .or_else(|| request.object.as_ref().map(validation::version_of))
+        .or_else(|| {
+            request
+                .object
+                .as_ref()
+                .map(|o| validation::version_in(o.api_version()))
+        })
         .unwrap_or(VERSION_V1)
 }
 
-fn object_name(request: &ConsumerRequest<'_>) -> String {
+fn object_name<O: ConsumerObject>(request: &ConsumerRequest<'_, O>) -> String {
     request
         .name
         .as_ref()
@@ -40,8 +86,7 @@ fn object_name(request: &ConsumerRequest<'_>) -> String {
             request
                 .object
                 .as_ref()
-                .and_then(|o| o.pointer("/metadata/name"))
-                .and_then(Value::as_str)
+                .and_then(ConsumerObject::name)
                 .map(String::from)
         })
         .unwrap_or_default()
@@ -88,15 +133,15 @@ pub(super) fn invalid_object(
     })
 }
 
-struct Head {
+struct Head<'r> {
     api_version: &'static str,
-    uid: String,
+    uid: &'r str,
     operation: Operation,
 }
 
-fn reply(head: &Head, answer: Answer, outcome: Outcome) -> Reply {
+fn reply(head: &Head<'_>, answer: Answer, outcome: Outcome) -> Reply {
     Reply {
-        response: review_response(review::encode(head.api_version, &head.uid, &answer)),
+        response: review_response(review::encode(head.api_version, head.uid, &answer)),
         kind: Kind::Consumer,
         operation: head.operation,
         outcome,
@@ -104,7 +149,7 @@ fn reply(head: &Head, answer: Answer, outcome: Outcome) -> Reply {
 }
 
 /// Answers the common cases: not a Consumer, not CREATE/UPDATE, no object.
-fn triage(head: &Head, request: &ConsumerRequest<'_>) -> Option<Reply> {
+fn triage<O>(head: &Head<'_>, request: &ConsumerRequest<'_, O>) -> Option<Reply> {
     if !is_consumer(request) {
         let mut answer = Answer::allow();
         answer.warnings.push(format!(
@@ -122,94 +167,151 @@ fn triage(head: &Head, request: &ConsumerRequest<'_>) -> Option<Reply> {
     None
 }
 
-/// Reads the request, opens its span and answers the common cases; `decide`
-/// answers a Consumer CREATE or UPDATE.
-fn answer(
-    body: &[u8],
+/// Opens the request's span and answers the common cases; `decide` answers a
+/// Consumer CREATE or UPDATE (or gives up with `E`).
+fn answer<O, E>(
+    (api_version, request): (&'static str, ConsumerRequest<'_, O>),
     webhook: &'static str,
-    decide: impl FnOnce(&Head, &ConsumerRequest<'_>, &Value) -> Reply,
-) -> Reply {
-    let (api_version, request) = match parse::<Value, Value>(body) {
-        Ok(parsed) => parsed,
-        Err(reply) => return *reply,
-    };
+    decide: impl FnOnce(&Head<'_>, &ConsumerRequest<'_, O>, &O) -> Result<Reply, E>,
+) -> Result<Reply, E> {
     let head = Head {
         api_version,
-        uid: request.uid.as_str().to_string(),
+        uid: request.uid.as_str(),
         operation: Operation::parse(request.operation.as_ref().map(|o| o.as_str())),
     };
-    let span =
-        tracing::info_span!("admission", webhook, uid = %head.uid, operation = ?head.operation);
+    let span = tracing::info_span!(
+        "admission",
+        webhook,
+        uid = head.uid,
+        operation = head.operation.as_str()
+    );
     let _enter = span.enter();
     if let Some(done) = triage(&head, &request) {
-        return done;
+        return Ok(done);
     }
     match request.object.as_ref() {
         Some(object) => decide(&head, &request, object),
-        None => reply(&head, Answer::allow(), Outcome::allowed),
+        None => Ok(reply(&head, Answer::allow(), Outcome::allowed)),
     }
 }
 
-/// `/validate/consumers`.
+/// `/validate/consumers`: the one-pass reader and [`validation::validate_parts`]
+/// when they are sure, else the whole review through serde and
+/// [`validation::validate`] (the same answer, byte for byte; see the
+/// differential tests).
 pub fn validate(body: &[u8]) -> Reply {
-    answer(body, "validate_consumers", |head, request, object| {
-        if object
-            .pointer("/metadata/deletionTimestamp")
-            .is_some_and(|t| !t.is_null())
-        {
-            // Being deleted: finalizers must come off whatever the spec says.
-            return reply(head, Answer::allow(), Outcome::allowed);
-        }
-        let old = match head.operation {
-            Operation::UPDATE => request.old_object.as_ref(),
-            _ => None,
-        };
-        let report = validation::validate(object, old, user_version(request));
-        let name = object_name(request);
-        if report.is_valid() {
-            tracing::debug!(consumer = %name, warnings = report.warnings.len(), "valid");
-            return reply(
-                head,
-                Answer::allow().with_warnings(report.warnings),
-                Outcome::allowed,
-            );
-        }
-        tracing::info!(consumer = %name, errors = report.errors.len(), "invalid Consumer denied");
-        let status = invalid_status(&name, &report);
-        reply(
+    fast_validate(body).unwrap_or_else(|Unsure| slow_validate(body))
+}
+
+/// `/validate/consumers` read in one pass; [`Unsure`] when only the serde path
+/// can answer as it does.
+fn fast_validate(body: &[u8]) -> Result<Reply, Unsure> {
+    let review = read_consumer_review(body)?;
+    // No request: the serde path words that answer.
+    let request = review.request.ok_or(Unsure)?;
+    let api_version = review::answer_version(review.api_version.as_ref().map(|v| v.as_str()));
+    answer(
+        (api_version, request),
+        "validate_consumers",
+        |head, request, object| {
+            decide_validate(head, request, object, |object, old, version| {
+                validation::validate_parts(object, old, version).ok_or(Unsure)
+            })
+        },
+    )
+}
+
+/// `/validate/consumers` through serde: the whole review, the object as a `Value`.
+fn slow_validate(body: &[u8]) -> Reply {
+    let parsed = match parse::<Value, Value>(body) {
+        Ok(parsed) => parsed,
+        Err(reply) => return *reply,
+    };
+    let answered = answer(parsed, "validate_consumers", |head, request, object| {
+        decide_validate(head, request, object, |object, old, version| {
+            Ok::<_, Infallible>(validation::validate(object, old, version))
+        })
+    });
+    match answered {
+        Ok(reply) => reply,
+        Err(never) => match never {},
+    }
+}
+
+fn decide_validate<O: ConsumerObject, E>(
+    head: &Head<'_>,
+    request: &ConsumerRequest<'_, O>,
+    object: &O,
+    check: impl FnOnce(&O, Option<&O>, &str) -> Result<Report, E>,
+) -> Result<Reply, E> {
+    if object.deleting() {
+        // Being deleted: finalizers must come off whatever the spec says.
+        return Ok(reply(head, Answer::allow(), Outcome::allowed));
+    }
+    let old = match head.operation {
+        Operation::UPDATE => request.old_object.as_ref(),
+        _ => None,
+    };
+    let report = check(object, old, user_version(request))?;
+    let name = object_name(request);
+    if report.is_valid() {
+        tracing::debug!(consumer = %name, warnings = report.warnings.len(), "valid");
+        return Ok(reply(
             head,
-            Answer::deny(status).with_warnings(report.warnings),
-            Outcome::denied,
-        )
-    })
+            Answer::allow().with_warnings(report.warnings),
+            Outcome::allowed,
+        ));
+    }
+    tracing::info!(consumer = %name, errors = report.errors.len(), "invalid Consumer denied");
+    let status = invalid_status(&name, &report);
+    Ok(reply(
+        head,
+        Answer::deny(status).with_warnings(report.warnings),
+        Outcome::denied,
+    ))
 }
 
 /// `/mutate/consumers`.
 pub fn defaults(body: &[u8]) -> Reply {
-    answer(body, "mutate_consumers", |head, _, object| {
-        let ops = defaults::patch(object);
-        if ops.is_empty() {
-            return reply(head, Answer::allow(), Outcome::allowed);
-        }
-        match serde_json::to_vec(&ops) {
-            Ok(patch) => reply(
-                head,
-                Answer {
-                    allowed: true,
-                    patch: Some(patch),
-                    ..Answer::default()
-                },
-                Outcome::patched,
-            ),
-            Err(e) => reply(
-                head,
-                Answer::deny(Status::failure(
-                    500,
-                    "InternalError",
-                    format!("cannot encode the patch: {e}"),
-                )),
-                Outcome::denied,
-            ),
-        }
-    })
+    let parsed = match parse::<Value, Value>(body) {
+        Ok(parsed) => parsed,
+        Err(reply) => return *reply,
+    };
+    let answered = answer(parsed, "mutate_consumers", |head, _, object| {
+        Ok::<_, Infallible>(patch_defaults(head, object))
+    });
+    match answered {
+        Ok(reply) => reply,
+        Err(never) => match never {},
+    }
 }
+
+fn patch_defaults(head: &Head<'_>, object: &Value) -> Reply {
+    let ops = defaults::patch(object);
+    if ops.is_empty() {
+        return reply(head, Answer::allow(), Outcome::allowed);
+    }
+    match serde_json::to_vec(&ops) {
+        Ok(patch) => reply(
+            head,
+            Answer {
+                allowed: true,
+                patch: Some(patch),
+                ..Answer::default()
+            },
+            Outcome::patched,
+        ),
+        Err(e) => reply(
+            head,
+            Answer::deny(Status::failure(
+                500,
+                "InternalError",
+                format!("cannot encode the patch: {e}"),
+            )),
+            Outcome::denied,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod differential;

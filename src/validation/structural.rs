@@ -6,6 +6,7 @@
 
 use std::sync::LazyLock;
 
+use serde::de::DeserializeSeed;
 use serde_json::Value;
 
 use super::field::{FieldError, FieldPath, Report};
@@ -329,6 +330,185 @@ pub fn conforms(schema: &Compiled, value: &Value) -> bool {
         Some("number") => value.is_number(),
         Some("boolean") => value.is_boolean(),
         _ => true,
+    }
+}
+
+/// [`conforms`] of the spec schema on the JSON text of a spec, without a `Value`
+/// tree: `false` also for text serde_json would not read, and for a key given
+/// twice (a `Value` keeps the last one; the caller then reads it that way).
+pub fn spec_conforms_json(text: &str) -> bool {
+    let mut de = serde_json::Deserializer::from_str(text);
+    Conform(&SPEC_COMPILED).deserialize(&mut de).is_ok() && de.end().is_ok()
+}
+
+/// [`conforms`] as a visitor of the parser's events: a value that does not conform
+/// is an error, which also stops the parse.
+struct Conform<'s>(&'s Compiled);
+
+/// A scalar as [`type_name`] tells them apart.
+enum Scalar<'v> {
+    Bool,
+    Int(Option<i64>),
+    Float,
+    Str(&'v str),
+}
+
+impl Conform<'_> {
+    fn scalar<E: serde::de::Error>(&self, value: Scalar<'_>) -> Result<(), E> {
+        let schema = self.0;
+        let ok = if schema.int_or_string {
+            matches!(value, Scalar::Int(_) | Scalar::Str(_))
+        } else {
+            match (schema.kind.as_deref(), value) {
+                (Some("object" | "array"), _) => false,
+                (Some("string"), Scalar::Str(s)) => schema
+                    .allowed
+                    .as_ref()
+                    .is_none_or(|allowed| allowed.iter().any(|a| a.as_str() == Some(s))),
+                (Some("string"), _) => false,
+                (Some("integer"), Scalar::Int(n)) => {
+                    if schema.int32 {
+                        n.is_some_and(|n| i32::try_from(n).is_ok())
+                    } else {
+                        n.is_some()
+                    }
+                }
+                (Some("integer"), _) => false,
+                (Some("number"), v) => matches!(v, Scalar::Int(_) | Scalar::Float),
+                (Some("boolean"), v) => matches!(v, Scalar::Bool),
+                _ => true,
+            }
+        };
+        if ok { Ok(()) } else { Err(E::custom("")) }
+    }
+
+    /// Whether containers of `kind` conform at all (`int-or-string` and the
+    /// scalar types take none).
+    fn container<E: serde::de::Error>(&self, kind: &str) -> Result<(), E> {
+        let schema = self.0;
+        let ok = !schema.int_or_string
+            && match schema.kind.as_deref() {
+                Some(k) if k == kind => true,
+                Some("object" | "array" | "string" | "integer" | "number" | "boolean") => false,
+                _ => true,
+            };
+        if ok { Ok(()) } else { Err(E::custom("")) }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Conform<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Conform<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a value of the schema")
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        // `check` prunes nulls: not unchanged.
+        Err(E::custom(""))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+        self.scalar(Scalar::Bool)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.scalar(Scalar::Int(Some(v)))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.scalar(Scalar::Int(i64::try_from(v).ok()))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+        self.scalar(Scalar::Float)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.scalar(Scalar::Str(v))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.container("array")?;
+        let item = match self.0.kind.as_deref() {
+            Some("array") => self.0.items.as_deref().unwrap_or(&ANY),
+            // No type: anything but null, and nothing is looked into.
+            _ => {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                return Ok(());
+            }
+        };
+        while seq.next_element_seed(Conform(item))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        use serde::de::Error;
+        self.container("object")?;
+        let schema = self.0;
+        if schema.kind.as_deref() != Some("object") {
+            // No type: anything but null, and nothing is looked into.
+            while map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+            return Ok(());
+        }
+        let mut seen: Vec<std::borrow::Cow<'de, str>> = Vec::new();
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            let key = key.0;
+            if seen.contains(&key) {
+                return Err(A::Error::custom(""));
+            }
+            if let Some(sub) = schema.properties.as_ref().and_then(|p| p.get(key.as_ref())) {
+                map.next_value_seed(Conform(sub))?;
+            } else if let Some(sub) = &schema.additional {
+                map.next_value_seed(Conform(sub))?;
+            } else if schema.preserve {
+                let value = map.next_value::<Option<serde::de::IgnoredAny>>()?;
+                if value.is_none() && schema.required.iter().any(|r| *r == key) {
+                    return Err(A::Error::custom(""));
+                }
+            } else {
+                return Err(A::Error::custom(""));
+            }
+            seen.push(key);
+        }
+        // Every value seen is not null (or the parse stopped), so present is enough.
+        if schema.required.iter().all(|r| seen.iter().any(|k| k == r)) {
+            Ok(())
+        } else {
+            Err(A::Error::custom(""))
+        }
+    }
+}
+
+/// A map key, borrowed from the text when it has no escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 

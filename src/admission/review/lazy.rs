@@ -648,6 +648,8 @@ impl<'a> Cursor<'a> {
     }
 }
 
+pub mod consumer;
+
 #[cfg(test)]
 mod tests {
     use super::*;
