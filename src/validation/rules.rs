@@ -223,8 +223,8 @@ pub fn check(c: &Consumer, ctx: Context<'_>, report: &mut Report) {
                         report.warn(format!(
                             "spec.resourcePolicy.globalPolicy.maxAllowed.{resource} ({}) is below the minimum of \
                              {instances} instances ({}): instances will be saturated from the start",
-                            render_quantity(&resource, cap),
-                            render_quantity(&resource, needed)
+                            render_quantity(resource, cap),
+                            render_quantity(resource, needed)
                         ));
                     }
                 }
