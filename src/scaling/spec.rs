@@ -117,8 +117,8 @@ impl ScalingSpec {
             .filter(|policy| policy.is_off())
             .filter_map(|policy| policy.container_name.as_deref())
             .collect();
-        let first_template_container = spec
-            .deployment_template
+        let template = spec.deployment_template.as_ref().map(|t| t.to_value());
+        let first_template_container = template
             .as_ref()
             .and_then(|t| t.pointer("/template/spec/containers"))
             .and_then(|c| c.as_array())

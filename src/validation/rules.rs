@@ -522,12 +522,8 @@ fn grouping_drops_label(query: &str, label: &str) -> Option<String> {
 
 /// Container names of `deploymentTemplate.template.spec.containers`, if any.
 fn template_containers(c: &Consumer) -> Option<Vec<String>> {
-    let containers = c
-        .spec
-        .deployment_template
-        .as_ref()?
-        .pointer("/template/spec/containers")?
-        .as_array()?;
+    let template = c.spec.deployment_template.as_ref()?.to_value();
+    let containers = template.pointer("/template/spec/containers")?.as_array()?;
     Some(
         containers
             .iter()
