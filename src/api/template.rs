@@ -34,6 +34,51 @@ impl DeploymentTemplate {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The names in `template.spec.containers` (those that are strings), in
+    /// order; `None` when that is not a list. Read without building the tree,
+    /// which the reconciler would otherwise do for every Consumer it reconciles.
+    pub fn container_names(&self) -> Option<Vec<String>> {
+        #[derive(Deserialize)]
+        struct Template {
+            template: Option<Pod>,
+        }
+        #[derive(Deserialize)]
+        struct Pod {
+            spec: Option<PodSpec>,
+        }
+        #[derive(Deserialize)]
+        struct PodSpec {
+            containers: Option<Vec<Container>>,
+        }
+        #[derive(Deserialize)]
+        struct Container {
+            name: Option<Value>,
+        }
+        let names = |containers: Vec<Container>| {
+            containers
+                .into_iter()
+                .filter_map(|c| match c.name {
+                    Some(Value::String(name)) => Some(name),
+                    _ => None,
+                })
+                .collect()
+        };
+        match serde_json::from_str::<Template>(&self.0) {
+            Ok(t) => t.template?.spec?.containers.map(names),
+            // Anything unusual (a part that is not an object, a repeated key):
+            // read as a tree, as everything else reads it.
+            Err(_) => self
+                .to_value()
+                .pointer("/template/spec/containers")?
+                .as_array()
+                .map(|list| {
+                    list.iter()
+                        .filter_map(|c| c.get("name")?.as_str().map(String::from))
+                        .collect()
+                }),
+        }
+    }
 }
 
 impl From<&Value> for DeploymentTemplate {
@@ -252,6 +297,41 @@ mod tests {
             assert_eq!(from_text.to_value(), v);
             assert_eq!(from_yaml.to_value(), v, "{yaml}");
         }
+    }
+
+    #[test]
+    fn container_names_read_without_a_tree_agree_with_the_tree() {
+        for v in [
+            orders_template(),
+            json!({"template": {"spec": {"containers": [{"name": "a"}, {"name": 5}, {}, {"name": "b"}]}}}),
+            json!({"template": {"spec": {"containers": {"name": "a"}}}}),
+            json!({"template": {"spec": {"containers": null}}}),
+            json!({"template": "x"}),
+            json!({"template": {"spec": 3}}),
+            json!({"template": {"spec": {"containers": ["a", {"name": "b"}]}}}),
+            json!([]),
+            json!({}),
+        ] {
+            let from_tree = v
+                .pointer("/template/spec/containers")
+                .and_then(Value::as_array)
+                .map(|l| {
+                    l.iter()
+                        .filter_map(|c| c.get("name")?.as_str().map(String::from))
+                        .collect::<Vec<_>>()
+                });
+            assert_eq!(
+                DeploymentTemplate::from(&v).container_names(),
+                from_tree,
+                "{v}"
+            );
+        }
+        // A repeated key: the last one counts, as in the tree.
+        let t: DeploymentTemplate = serde_json::from_str(
+            r#"{"template":{"spec":{"containers":[{"name":"a"}]},"spec":{"containers":[{"name":"b"}]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(t.container_names(), Some(vec!["b".to_string()]));
     }
 
     #[test]

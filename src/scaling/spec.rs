@@ -117,16 +117,13 @@ impl ScalingSpec {
             .filter(|policy| policy.is_off())
             .filter_map(|policy| policy.container_name.as_deref())
             .collect();
-        let template = spec.deployment_template.as_ref().map(|t| t.to_value());
-        let first_template_container = template
+        let first_template_container = spec
+            .deployment_template
             .as_ref()
-            .and_then(|t| t.pointer("/template/spec/containers"))
-            .and_then(|c| c.as_array())
+            .and_then(|t| t.container_names())
             .into_iter()
             .flatten()
-            .filter_map(|c| c.get("name").and_then(|n| n.as_str()))
-            .find(|n| !off.contains(n))
-            .map(String::from);
+            .find(|n| !off.contains(&n.as_str()));
         let scaled = policies
             .first()
             .map(|p| p.name.clone())
