@@ -17,6 +17,7 @@
 //! median of several runs.
 
 use std::collections::BTreeMap;
+use std::hash::RandomState;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -26,8 +27,8 @@ use konsumer::api::{Consumer, ConsumerStatus, PartitionState};
 use konsumer::inject::ConsumerSettings;
 use konsumer::manage::{self, Owner, Recipe};
 use konsumer::reconciler::prometheus::parse_response;
-use konsumer::scaling::ScalingSpec;
 use konsumer::scaling::consumer::{ConsumerInput, Refresh, parse_sync_state, reconcile};
+use konsumer::scaling::{Restored, ScalingSpec};
 
 fn thread_cpu() -> Duration {
     std::fs::read_to_string("/proc/thread-self/schedstat")
@@ -100,17 +101,32 @@ fn consumers(n: usize, partitions: u32, now: Timestamp) -> Vec<Consumer> {
         .collect()
 }
 
-/// What the reconciler keeps between passes: resolved settings, parsed metrics.
+/// What the reconciler keeps between passes: resolved settings, parsed metrics,
+/// the status' instances as the machine reads them (with their stamp).
 struct Cached {
     consumer: Consumer,
     settings: Option<ConsumerSettings>,
     metrics: BTreeMap<u32, PartitionState>,
+    restored: Option<(u64, Restored)>,
 }
 
-fn cache(consumers: &[Consumer]) -> Vec<Cached> {
+fn instances(c: &Consumer) -> Option<&[konsumer::api::InstanceStatus]> {
+    c.status
+        .as_ref()?
+        .instances
+        .as_deref()
+        .filter(|i| !i.is_empty())
+}
+
+fn cache(consumers: &[Consumer], keys: &RandomState) -> Vec<Cached> {
     consumers
         .iter()
         .map(|c| Cached {
+            restored: ScalingSpec::from_consumer(c)
+                .ok()
+                .flatten()
+                .zip(instances(c))
+                .map(|(spec, i)| (Restored::stamp(keys, &spec, i), Restored::new(&spec, i))),
             settings: ConsumerSettings::from_consumer(c).ok(),
             metrics: c
                 .status
@@ -124,16 +140,31 @@ fn cache(consumers: &[Consumer]) -> Vec<Cached> {
 }
 
 /// One pass over every Consumer, what the reconciler computes without I/O
-/// (`refresh`: every Consumer also got fresh metrics this pass).
-fn pass(all: &[Cached], refresh: bool, now: Timestamp) -> Vec<Option<ConsumerStatus>> {
+/// (`refresh`: every Consumer also got fresh metrics this pass). The kept
+/// instances are used when their stamp still matches, as in the reconciler.
+fn pass(
+    all: &[Cached],
+    refresh: bool,
+    now: Timestamp,
+    keys: &RandomState,
+) -> Vec<Option<ConsumerStatus>> {
     all.iter()
         .map(|c| {
             let spec = ScalingSpec::from_consumer(&c.consumer);
+            let restored = match (&spec, instances(&c.consumer), &c.restored) {
+                (Ok(Some(spec)), Some(i), Some((stamp, kept)))
+                    if Restored::stamp(keys, spec, i) == *stamp =>
+                {
+                    Some(kept)
+                }
+                _ => None,
+            };
             let out = reconcile(ConsumerInput {
                 consumer: &c.consumer,
                 spec: &spec,
                 settings: c.settings.as_ref(),
                 cached_metrics: Some(&c.metrics),
+                restored,
                 refresh: refresh.then(|| Refresh::Read {
                     partitions: c.metrics.clone(),
                     issues: Vec::new(),
@@ -168,18 +199,19 @@ fn main() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average at start: {}", load.trim());
 
+    let keys = RandomState::new();
     let all = consumers(1_000, 100, now);
     // A first pass gives every instance a status; the measured passes run from it.
-    let first = pass(&cache(&all), false, now);
+    let first = pass(&cache(&all, &keys), false, now, &keys);
     let mut warm = all.clone();
     for (c, s) in warm.iter_mut().zip(first) {
         if let Some(s) = s {
             c.status = Some(s);
         }
     }
-    let warm = cache(&warm);
-    let (best, median, wall) = measure(10, || pass(&warm, false, now));
-    let (r_best, r_median, r_wall) = measure(10, || pass(&warm, true, now));
+    let warm = cache(&warm, &keys);
+    let (best, median, wall) = measure(10, || pass(&warm, false, now, &keys));
+    let (r_best, r_median, r_wall) = measure(10, || pass(&warm, true, now, &keys));
     let statuses: Vec<ConsumerStatus> = warm
         .iter()
         .filter_map(|c| c.consumer.status.clone())
@@ -220,7 +252,7 @@ fn main() {
         .iter()
         .filter_map(|c| {
             let settings = ConsumerSettings::from_consumer(&c.consumer).ok()?;
-            let template = c.consumer.spec.deployment_template.clone()?;
+            let template = c.consumer.spec.deployment_template.as_ref()?.to_value();
             let owner = Owner {
                 api_version: "konsumerator.lwolf.org/v1".into(),
                 kind: "Consumer".into(),
@@ -291,7 +323,7 @@ fn main() {
     };
     assert_eq!(reuse_all(), managed.len(), "every decision reused");
     let (u_best, u_median, u_wall) = measure(10, reuse_all);
-    let (mb_best, mb_median, _) = measure(10, || pass(&warm, false, now));
+    let (mb_best, mb_median, _) = measure(10, || pass(&warm, false, now, &keys));
     println!();
     println!(
         "| managed Deployments, 1,000 Consumers × 10 instances, steady state | best CPU | median CPU | best wall |"
@@ -323,16 +355,16 @@ fn main() {
     println!("|---:|---:|---:|---:|---:|");
     for n in [1_000usize, 10_000, 50_000] {
         let all = consumers(n, 10, now);
-        let first = pass(&cache(&all), false, now);
+        let first = pass(&cache(&all, &keys), false, now, &keys);
         let mut warm = all;
         for (c, s) in warm.iter_mut().zip(first) {
             if let Some(s) = s {
                 c.status = Some(s);
             }
         }
-        let warm = cache(&warm);
-        let (best, _, _) = measure(3, || pass(&warm, false, now));
-        let (fresh, _, _) = measure(3, || pass(&warm, true, now));
+        let warm = cache(&warm, &keys);
+        let (best, _, _) = measure(3, || pass(&warm, false, now, &keys));
+        let (fresh, _, _) = measure(3, || pass(&warm, true, now, &keys));
         let per = |d: Duration| format!("{:.1} µs", d.as_secs_f64() * 1e6 / n as f64);
         println!(
             "| {n} | {} | {} | {} | {} |",

@@ -6,9 +6,11 @@ pub mod crd;
 pub mod duration;
 pub mod guest;
 pub mod quantity;
+pub mod resource_list;
 mod schema;
 pub mod status;
 pub mod subscription;
+pub mod template;
 
 /// The `orders` Consumer of the fixtures, for unit tests.
 #[cfg(test)]
@@ -19,13 +21,15 @@ pub(crate) fn test_orders() -> Consumer {
 
 pub use consumer::{
     AutoscalerSpec, Consumer, ConsumerSpec, ContainerResourcePolicy, GlobalResourcePolicy,
-    PrometheusAutoscalerSpec, QuerySpec, ResourceList, ResourcePolicy,
+    PrometheusAutoscalerSpec, QuerySpec, ResourcePolicy,
 };
+pub use resource_list::ResourceList;
 pub use status::{
     ConsumerStatus, ContainerResources, EventData, InstanceStatus, JournalEntry, PartitionState,
     ScalingState,
 };
 pub use subscription::{ScalingSubscription, SecretKeyRef, SubscriptionSpec, SubscriptionStatus};
+pub use template::DeploymentTemplate;
 
 /// API group of the Consumer resource.
 pub const GROUP: &str = "konsumerator.lwolf.org";

@@ -12,7 +12,7 @@ pub mod prometheus;
 pub mod workloads;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::hash::{Hash, Hasher, RandomState};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ use crate::inject::ConsumerSettings;
 use crate::manage::{self, Decision, Management};
 use crate::notice;
 use crate::scaling::consumer::{self as consumer_step, ConsumerInput, Refresh};
-use crate::scaling::{ScalingSpec, Transition};
+use crate::scaling::{Restored, ScalingSpec, Transition};
 use crate::store::{CachedConsumer, ConsumerIndex, Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{EventLabel, ReasonLabel};
@@ -106,6 +106,12 @@ pub struct Reconciler {
     attempts: Mutex<HashMap<String, Timestamp>>,
     /// Parsed `lastSyncState` per Consumer, with the sync time it belongs to.
     parsed: Mutex<HashMap<String, ParsedMetrics>>,
+    /// The status' instances as the machine reads them, per Consumer, with the
+    /// stamp of the spec and instances they were read from: read again only when
+    /// those change (a write of ours that changed them, or anyone else's).
+    restored: Mutex<HashMap<String, (u64, Arc<Restored>)>>,
+    /// Keys of those stamps.
+    stamp_keys: RandomState,
     /// Notified after a status write that journaled scaling events (the
     /// delivery worker waits on it).
     pub journal_written: Arc<tokio::sync::Notify>,
@@ -278,6 +284,8 @@ impl Reconciler {
             known: Mutex::new(HashSet::new()),
             attempts: Mutex::new(HashMap::new()),
             parsed: Mutex::new(HashMap::new()),
+            restored: Mutex::new(HashMap::new()),
+            stamp_keys: RandomState::new(),
             journal_written: Arc::new(tokio::sync::Notify::new()),
             outages: Mutex::new(Outages::default()),
             quiet: Mutex::new(HashMap::new()),
@@ -396,12 +404,14 @@ impl Reconciler {
             if !gone.is_empty() {
                 let mut attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
                 let mut parsed = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+                let mut restored = self.restored.lock().unwrap_or_else(|e| e.into_inner());
                 let mut outages = self.outages.lock().unwrap_or_else(|e| e.into_inner());
                 let mut quiet = self.quiet.lock().unwrap_or_else(|e| e.into_inner());
                 for key in gone {
                     self.metrics.set_instances(key, None);
                     attempts.remove(key);
                     parsed.remove(key);
+                    restored.remove(key);
                     quiet.remove(key);
                     if let Some(notice) = outages.recovered(key) {
                         log_notice(&notice);
@@ -582,6 +592,10 @@ impl Reconciler {
             _ => None,
         };
         let cached_metrics = self.cached_metrics(&key, stepped.status.as_ref());
+        let restored = match &spec {
+            Ok(Some(spec)) => self.restored(&key, spec, stepped.status.as_ref()),
+            _ => None,
+        };
         // Metrics of more partitions than lastSyncState keeps live here only.
         let unkept = match &refresh {
             Some(Refresh::Read { partitions, .. })
@@ -596,6 +610,7 @@ impl Reconciler {
             spec: &spec,
             settings,
             cached_metrics: cached_metrics.as_deref(),
+            restored: restored.as_deref(),
             refresh,
             workloads: counted.as_deref().or(objects),
             gomemlimit_ratio: self.config.gomemlimit_ratio,
@@ -738,7 +753,7 @@ impl Reconciler {
         if same_recommendations && let Some(d) = manager.reuse(key, consumer, fingerprint) {
             return Some(d);
         }
-        let template = consumer.spec.deployment_template.as_ref()?;
+        let template = consumer.spec.deployment_template.as_ref()?.to_value();
         let fresh;
         let settings = match next {
             Some(status) => {
@@ -751,7 +766,7 @@ impl Reconciler {
         };
         let recipe = DeploymentManager::recipe(
             settings,
-            template,
+            &template,
             &view.owner,
             self.config.gomemlimit_ratio,
         );
@@ -796,6 +811,27 @@ impl Reconciler {
         let parsed = Arc::new(consumer_step::parse_sync_state(state));
         cache.insert(key.to_string(), (stamp, parsed.clone()));
         Some(parsed)
+    }
+
+    /// The status' instances as the machine reads them: kept from an earlier
+    /// pass while the stamp of the spec and the instances is the same.
+    fn restored(
+        &self,
+        key: &str,
+        spec: &ScalingSpec,
+        status: Option<&ConsumerStatus>,
+    ) -> Option<Arc<Restored>> {
+        let instances = status?.instances.as_deref().filter(|i| !i.is_empty())?;
+        let stamp = Restored::stamp(&self.stamp_keys, spec, instances);
+        let mut cache = self.restored.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, restored)) = cache.get(key)
+            && *at == stamp
+        {
+            return Some(restored.clone());
+        }
+        let restored = Arc::new(Restored::new(spec, instances));
+        cache.insert(key.to_string(), (stamp, restored.clone()));
+        Some(restored)
     }
 
     /// Reads Prometheus when due: at most once per `minSyncPeriod`, failures included.

@@ -9,7 +9,7 @@ pub mod status;
 pub mod step;
 
 pub use spec::ScalingSpec;
-pub use step::{Metrics, StepInput, StepOutput, Transition, step};
+pub use step::{Metrics, Restored, StepInput, StepOutput, Transition, step};
 
 #[cfg(test)]
 mod tests;

@@ -5,18 +5,15 @@
 //! validator must be able to read a broken object and say everything that is wrong
 //! with it, and the webhook must still serve Consumers that predate konsumer.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::resource_list::ResourceList;
 use super::schema;
 use super::status::ConsumerStatus;
-
-/// `cpu`, `memory`, ... → quantity (`corev1.ResourceList`).
-pub type ResourceList = BTreeMap<String, Quantity>;
+use super::template::DeploymentTemplate;
 
 /// Desired state of a partitioned Kafka consumer.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -66,10 +63,11 @@ pub struct ConsumerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition_env_key: Option<String>,
     /// An `apps/v1` DeploymentSpec, kept opaque; only container names are read.
+    // Held as its JSON text (`DeploymentTemplate`), parsed where it is read.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(required)]
     #[schemars(schema_with = "schema::opaque_object")]
-    pub deployment_template: Option<serde_json::Value>,
+    pub deployment_template: Option<DeploymentTemplate>,
     /// Bounds of the recommended resources.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(required)]

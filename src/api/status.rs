@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::consumer::ResourceList;
+use super::resource_list::ResourceList;
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -198,10 +198,10 @@ pub struct InstanceStatus {
 #[serde(rename_all = "camelCase")]
 pub struct ContainerResources {
     pub container_name: String,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "ResourceList::is_empty")]
     #[schemars(schema_with = "super::schema::resource_list")]
     pub requests: ResourceList,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "ResourceList::is_empty")]
     #[schemars(schema_with = "super::schema::resource_list")]
     pub limits: ResourceList,
 }

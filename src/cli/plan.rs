@@ -134,10 +134,11 @@ fn pod_template(consumer: &Consumer) -> Value {
         .spec
         .deployment_template
         .as_ref()
-        .and_then(|d| d.get("template"))
+        .map(|d| d.to_value())
+        .and_then(|mut d| d.get_mut("template").map(Value::take))
         .filter(|t| t.is_object())
     {
-        return t.clone();
+        return t;
     }
     let names: Vec<Value> = consumer
         .spec
@@ -217,7 +218,8 @@ pub fn deployments_plan(
     let template = consumer
         .spec
         .deployment_template
-        .clone()
+        .as_ref()
+        .map(|t| t.to_value())
         .unwrap_or_default();
     let recipe = Recipe {
         settings: &settings,
@@ -453,6 +455,7 @@ async fn live_plan_with(
     let out = scaling::step(StepInput {
         spec: &spec,
         previous: &previous,
+        restored: None,
         metrics: partitions.as_ref().map(|p| StepMetrics {
             partitions: p,
             observed_at: now,
@@ -666,7 +669,7 @@ mod tests {
         ] {
             let mut c = cs[0].clone();
             c.spec.deployment_template =
-                Some(json!({"template": {"metadata": metadata, "spec": spec}}));
+                Some(json!({"template": {"metadata": metadata, "spec": spec}}).into());
             let p = plan(&c, 0.8).unwrap_or_else(|e| panic!("{metadata} {spec}: {e}"));
             assert_eq!(p.instances.len(), 4, "{metadata} {spec}");
         }
@@ -702,7 +705,7 @@ mod tests {
             uid: "u-1".into(),
         };
         let settings = ConsumerSettings::from_consumer(c).unwrap();
-        let template = c.spec.deployment_template.clone().unwrap();
+        let template = c.spec.deployment_template.as_ref().unwrap().to_value();
         let recipe = Recipe {
             settings: &settings,
             template: &template,

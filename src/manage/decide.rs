@@ -349,7 +349,12 @@ mod tests {
         fn new(consumer: &crate::api::Consumer) -> Self {
             Fixture {
                 settings: ConsumerSettings::from_consumer(consumer).unwrap(),
-                template: consumer.spec.deployment_template.clone().unwrap(),
+                template: consumer
+                    .spec
+                    .deployment_template
+                    .as_ref()
+                    .unwrap()
+                    .to_value(),
                 owner: Owner {
                     api_version: "konsumerator.lwolf.org/v1".into(),
                     kind: "Consumer".into(),
@@ -578,8 +583,10 @@ mod tests {
         live[1]["spec"]["replicas"] = json!(0);
         live[1]["metadata"]["managedFields"] = json!([{"manager": "kubectl", "operation": "Update", "subresource": "scale", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]);
         live[2]["metadata"]["ownerReferences"] = json!([]);
-        c.spec.deployment_template.as_mut().unwrap()["template"]["spec"]["containers"][0]["image"] =
+        let mut template = c.spec.deployment_template.as_ref().unwrap().to_value();
+        template["template"]["spec"]["containers"][0]["image"] =
             json!("registry.example.com/orders-consumer:1.5.0");
+        c.spec.deployment_template = Some(template.into());
         let f = Fixture::new(&c);
         let d = decide(&f.recipe(), &refs(&live), None).unwrap();
         let rolled: Vec<&str> = d.rollouts.iter().map(|w| w.name.as_str()).collect();
@@ -603,7 +610,9 @@ mod tests {
 
         // konsumer itself scaled to zero (the template says 0) and is asked back to 1.
         let mut c = crate::api::test_orders();
-        c.spec.deployment_template.as_mut().unwrap()["replicas"] = json!(0);
+        let mut template = c.spec.deployment_template.as_ref().unwrap().to_value();
+        template["replicas"] = json!(0);
+        c.spec.deployment_template = Some(template.into());
         let stopped = Fixture::new(&c).created();
         assert_eq!(stopped[0]["spec"]["replicas"], 0);
         let f = Fixture::new(&crate::api::test_orders());

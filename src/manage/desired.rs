@@ -221,7 +221,7 @@ mod tests {
         let c = crate::api::test_orders();
         (
             ConsumerSettings::from_consumer(&c).unwrap(),
-            c.spec.deployment_template.unwrap(),
+            c.spec.deployment_template.unwrap().to_value(),
         )
     }
 

@@ -88,7 +88,12 @@ pub fn management(
             };
         }
     };
-    if let Some(problem) = template_problem(consumer.spec.deployment_template.as_ref()) {
+    let template = consumer
+        .spec
+        .deployment_template
+        .as_ref()
+        .map(|t| t.to_value());
+    if let Some(problem) = template_problem(template.as_ref()) {
         return Management::Off {
             reason: "InvalidTemplate",
             message: format!("{problem}: konsumer cannot create Deployments from it"),
@@ -165,7 +170,7 @@ mod tests {
         );
         let mut bare = annotated(None);
         bare.spec.deployment_template =
-            Some(json!({"template": {"spec": {"containers": [{"name": "consumer"}]}}}));
+            Some(json!({"template": {"spec": {"containers": [{"name": "consumer"}]}}}).into());
         assert_eq!(off(management(true, &bare, false, &[])), "InvalidTemplate");
     }
 

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::spec::{ScalingSpec, autoscaler_disabled};
 use super::status::{self, METRICS_AVAILABLE, RECONCILED};
-use super::step::{Metrics, StepInput, Transition, step};
+use super::step::{Metrics, Restored, StepInput, Transition, step};
 use crate::api::{Consumer, ConsumerStatus, PartitionState, ScalingState};
 use crate::inject::ConsumerSettings;
 
@@ -32,6 +32,10 @@ pub struct ConsumerInput<'a> {
     pub settings: Option<&'a ConsumerSettings>,
     /// The status' `lastSyncState`, parsed (the shell caches it).
     pub cached_metrics: Option<&'a BTreeMap<u32, PartitionState>>,
+    /// The status' instances as the machine reads them, when the shell kept them
+    /// ([`Restored::new`] of this spec and the status' instances); `None`: read
+    /// from the status.
+    pub restored: Option<&'a Restored>,
     /// `None` when Prometheus was not due this pass.
     pub refresh: Option<Refresh>,
     /// The labelled workloads (`None`: unknown this pass; counters keep their values).
@@ -287,6 +291,7 @@ pub fn reconcile(input: ConsumerInput<'_>) -> ConsumerOutput {
                 let out = step(StepInput {
                     spec,
                     previous: prev_instances,
+                    restored: input.restored,
                     metrics: metrics.map(|partitions| Metrics {
                         partitions,
                         observed_at,
@@ -456,16 +461,28 @@ mod tests {
             .as_ref()
             .and_then(|s| s.last_sync_state.as_ref())
             .map(parse_sync_state);
-        reconcile(ConsumerInput {
+        let input = |restored| ConsumerInput {
             consumer: c,
             spec: &spec,
             settings: settings.as_ref(),
             cached_metrics: cached.as_ref(),
-            refresh,
+            restored,
+            refresh: refresh.clone(),
             workloads: Some(&[]),
             gomemlimit_ratio: 0.8,
             now,
-        })
+        };
+        let out = reconcile(input(None));
+        // Every case here also holds with the instances kept from an earlier pass.
+        let instances = c.status.as_ref().and_then(|s| s.instances.as_deref());
+        if let (Ok(Some(spec)), Some(instances)) = (&spec, instances) {
+            let kept = Restored::new(spec, instances);
+            let again = reconcile(input(Some(&kept)));
+            assert_eq!(again.status, out.status);
+            assert_eq!(again.transitions, out.transitions);
+            assert_eq!(again.states, out.states);
+        }
+        out
     }
 
     fn condition<'a>(s: &'a ConsumerStatus, t: &str) -> &'a Condition {

@@ -40,7 +40,7 @@ pub fn observe(
     recovery: Duration,
 ) -> Option<Observation> {
     let recovery = recovery.as_secs_f64().max(1.0);
-    let mut loads = Vec::with_capacity(partitions.len());
+    let (mut load, mut busiest) = (0.0, f64::NAN);
     let mut missing = 0;
     let (mut production, mut behind, mut max_lag) = (0.0, 0.0, 0.0f64);
     for p in partitions {
@@ -51,21 +51,22 @@ pub fn observe(
         let prod = (m.production_rate.max(0)) as f64;
         let lagging_msgs = (m.messages_behind.max(0)) as f64;
         let lag = if prod > 0.0 { lagging_msgs / prod } else { 0.0 };
-        loads.push(if lag > 0.0 {
+        let partition_load = if lag > 0.0 {
             prod * (1.0 + lag / recovery)
         } else {
             prod
-        });
+        };
+        load += partition_load;
+        busiest = f64::max(busiest, partition_load);
         production += prod;
         behind += lagging_msgs;
         max_lag = max_lag.max(lag);
     }
-    let busiest = loads.iter().copied().fold(f64::NAN, f64::max);
     if busiest.is_nan() {
         return None;
     }
     Some(Observation {
-        load: loads.iter().sum::<f64>() + busiest * missing as f64,
+        load: load + busiest * missing as f64,
         max_lag_seconds: max_lag,
         production,
         messages_behind: behind,
@@ -194,7 +195,7 @@ pub fn predict(spec: &ScalingSpec, obs: &Observation) -> Prediction {
 /// What an instance is refused becomes its saturation.
 pub fn apply_global_cap(
     spec: &ScalingSpec,
-    current: &[Vec<ContainerTarget>],
+    current: &[&[ContainerTarget]],
     predictions: &mut [Option<Prediction>],
 ) {
     for (resource, cap) in [

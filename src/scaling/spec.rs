@@ -120,13 +120,10 @@ impl ScalingSpec {
         let first_template_container = spec
             .deployment_template
             .as_ref()
-            .and_then(|t| t.pointer("/template/spec/containers"))
-            .and_then(|c| c.as_array())
+            .and_then(|t| t.container_names())
             .into_iter()
             .flatten()
-            .filter_map(|c| c.get("name").and_then(|n| n.as_str()))
-            .find(|n| !off.contains(n))
-            .map(String::from);
+            .find(|n| !off.contains(&n.as_str()));
         let scaled = policies
             .first()
             .map(|p| p.name.clone())

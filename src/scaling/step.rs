@@ -3,6 +3,8 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::ops::Range;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -44,6 +46,10 @@ pub struct Metrics<'a> {
 pub struct StepInput<'a> {
     pub spec: &'a ScalingSpec,
     pub previous: &'a [InstanceStatus],
+    /// `previous` as the machine reads it, when the caller kept it from an
+    /// earlier pass ([`Restored::new`] of this spec and these instances);
+    /// `None`: restored here.
+    pub restored: Option<&'a Restored>,
     /// `None` when Prometheus could not be read: nothing moves.
     pub metrics: Option<Metrics<'a>>,
     /// `disable-autoscaler`: recommendations are frozen.
@@ -113,20 +119,105 @@ fn normalize(spec: &ScalingSpec, targets: &[ContainerTarget]) -> Vec<ContainerTa
         .collect()
 }
 
-/// The machine's view of a stored instance, when it still fits the layout. The
-/// flag says whether the current policy changed what was stored.
+/// What [`restore`] made of one stored instance.
+#[derive(Clone, Debug, PartialEq)]
+struct Kept {
+    /// Its place in the status' instances.
+    at: usize,
+    instance: Instance,
+    /// The status gave no `since`: the pass's time stands in.
+    since_unknown: bool,
+    /// The current policy changed what was stored (it is written again).
+    changed: bool,
+}
+
+/// A Consumer's stored instances as the machine reads them, per bucket of the
+/// layout: quantities parsed, targets brought in line with the policy
+/// (`None`: no stored instance fits; a new one starts from the fallback).
+/// A pure function of the spec and the status' instances: the reconciler keeps
+/// it between passes while both stay the same, as parsing every instance's
+/// quantities again on every pass was most of a pass.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Restored(Vec<Option<Kept>>);
+
+impl Restored {
+    pub fn new(spec: &ScalingSpec, previous: &[InstanceStatus]) -> Self {
+        Restored(
+            spec.layout
+                .buckets()
+                .enumerate()
+                .map(|(id, partitions)| {
+                    let at = previous.iter().position(|s| s.id == id as i32)?;
+                    restore(spec, &previous[at], partitions, at)
+                })
+                .collect(),
+        )
+    }
+
+    /// A fingerprint of what [`Restored::new`] reads (the layout, the policies,
+    /// the fallback and the status' instances): while it stays the same, so does
+    /// the `Restored`. Hashing reads every stored quantity's text but parses and
+    /// allocates nothing. `hasher` should be keyed (`RandomState`): statuses
+    /// can be written by anyone.
+    pub fn stamp(
+        hasher: &impl BuildHasher,
+        spec: &ScalingSpec,
+        previous: &[InstanceStatus],
+    ) -> u64 {
+        let mut h = hasher.build_hasher();
+        (spec.layout.partitions(), spec.layout.instances()).hash(&mut h);
+        spec.policies.len().hash(&mut h);
+        for p in &spec.policies {
+            p.name.hash(&mut h);
+            (p.min.cpu, p.min.memory, p.max.cpu, p.max.memory).hash(&mut h);
+        }
+        spec.fallback.len().hash(&mut h);
+        for t in &spec.fallback {
+            t.name.hash(&mut h);
+            let (r, l) = (&t.requests, &t.limits);
+            (r.cpu, r.memory, l.cpu, l.memory).hash(&mut h);
+        }
+        previous.len().hash(&mut h);
+        for s in previous {
+            (s.id, &s.partitions, s.state).hash(&mut h);
+            s.since.as_ref().map(|t| t.0).hash(&mut h);
+            hash_containers(&mut h, &s.resources);
+            match &s.pending {
+                None => 0u8.hash(&mut h),
+                Some(p) => {
+                    1u8.hash(&mut h);
+                    hash_containers(&mut h, p);
+                }
+            }
+            s.saturation.as_ref().map(|q| q.0.as_str()).hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// Whether it can stand for `previous` under `spec`'s layout (a cheap check
+    /// of the shape; the caller vouches for the content).
+    fn fits(&self, spec: &ScalingSpec, previous: &[InstanceStatus]) -> bool {
+        self.0.len() == spec.layout.instances() as usize
+            && self.0.iter().enumerate().all(|(id, kept)| {
+                kept.as_ref()
+                    .is_none_or(|k| previous.get(k.at).is_some_and(|s| s.id == id as i32))
+            })
+    }
+}
+
+/// The machine's view of a stored instance, when it still fits the layout.
 fn restore(
     spec: &ScalingSpec,
     status: &InstanceStatus,
-    partitions: &[u32],
-    now: Timestamp,
-) -> Option<(Instance, bool)> {
+    partitions: Range<u32>,
+    at: usize,
+) -> Option<Kept> {
     let fits = status.partitions.len() == partitions.len()
         && status
             .partitions
             .iter()
             .zip(partitions)
-            .all(|(a, b)| *a as i64 == *b as i64);
+            .all(|(a, b)| *a as i64 == b as i64);
     if !fits {
         return None;
     }
@@ -135,10 +226,11 @@ fn restore(
     let pending_stored = status.pending.as_deref().and_then(from_status);
     let pending = pending_stored.as_deref().map(|p| normalize(spec, p));
     let changed = recommendation != stored || pending != pending_stored;
-    Some((
-        Instance {
+    Some(Kept {
+        at,
+        instance: Instance {
             state: status.state,
-            since: status.since.as_ref().map_or(now, |t| t.0),
+            since: status.since.as_ref().map_or(Timestamp::UNIX_EPOCH, |t| t.0),
             recommendation,
             pending,
             saturation: status
@@ -147,14 +239,29 @@ fn restore(
                 .and_then(|q| Milli::parse(&q.0).ok())
                 .unwrap_or_default(),
         },
+        since_unknown: status.since.is_none(),
         changed,
-    ))
+    })
 }
 
-fn store(id: u32, partitions: &[u32], inst: &Instance) -> InstanceStatus {
+fn hash_containers(h: &mut impl Hasher, containers: &[ContainerResources]) {
+    containers.len().hash(h);
+    for c in containers {
+        c.container_name.hash(h);
+        for list in [&c.requests, &c.limits] {
+            list.len().hash(h);
+            for (k, v) in list {
+                k.hash(h);
+                v.0.hash(h);
+            }
+        }
+    }
+}
+
+fn store(id: u32, partitions: Range<u32>, inst: &Instance) -> InstanceStatus {
     InstanceStatus {
         id: id as i32,
-        partitions: partitions.iter().map(|p| *p as i32).collect(),
+        partitions: partitions.map(|p| p as i32).collect(),
         state: inst.state,
         since: Some(Time(inst.since)),
         resources: to_status(&inst.recommendation),
@@ -181,33 +288,48 @@ impl StepOutput<'_> {
 pub fn step<'a>(input: StepInput<'a>) -> StepOutput<'a> {
     let spec = input.spec;
     let now = input.now;
-    let buckets: Vec<Vec<u32>> = spec.layout.buckets().map(|r| r.collect()).collect();
+    let buckets: Vec<Range<u32>> = spec.layout.buckets().collect();
+    let restored_here;
+    let restored = match input.restored {
+        Some(r) if r.fits(spec, input.previous) => r,
+        _ => {
+            restored_here = Restored::new(spec, input.previous);
+            &restored_here
+        }
+    };
     // (the stored status it came from, the machine's view)
-    let current: Vec<(Option<&'a InstanceStatus>, Instance)> = buckets
+    let current: Vec<(Option<&'a InstanceStatus>, Cow<'_, Instance>)> = restored
+        .0
         .iter()
-        .enumerate()
-        .map(|(id, partitions)| {
-            let stored = input.previous.iter().find(|s| s.id == id as i32);
-            match stored.and_then(|s| restore(spec, s, partitions, now)) {
+        .map(|kept| match kept {
+            Some(k) => {
                 // Changed by the current policy: written again, not borrowed.
-                Some((inst, changed)) => (stored.filter(|_| !changed), inst),
-                None => (None, Instance::new(spec.fallback.clone(), now)),
+                let stored = input.previous.get(k.at).filter(|_| !k.changed);
+                let instance = if k.since_unknown {
+                    Cow::Owned(Instance {
+                        since: now,
+                        ..k.instance.clone()
+                    })
+                } else {
+                    Cow::Borrowed(&k.instance)
+                };
+                (stored, instance)
             }
+            None => (None, Cow::Owned(Instance::new(spec.fallback.clone(), now))),
         })
         .collect();
     let keep = |id: usize,
-                partitions: &[u32],
+                partitions: &Range<u32>,
                 stored: Option<&'a InstanceStatus>,
                 inst: &Instance| match stored {
         Some(s) => Cow::Borrowed(s),
-        None => Cow::Owned(store(id as u32, partitions, inst)),
+        None => Cow::Owned(store(id as u32, partitions.clone(), inst)),
     };
 
     let observations: Vec<Option<Observation>> = match input.metrics {
-        Some(m) => spec
-            .layout
-            .buckets()
-            .map(|r| predict::observe(r, m.partitions, spec.recovery))
+        Some(m) => buckets
+            .iter()
+            .map(|r| predict::observe(r.clone(), m.partitions, spec.recovery))
             .collect(),
         None => vec![None; buckets.len()],
     };
@@ -241,9 +363,9 @@ pub fn step<'a>(input: StepInput<'a>) -> StepOutput<'a> {
         .iter()
         .map(|o| o.as_ref().map(|o| predict::predict(spec, o)))
         .collect();
-    let recommended: Vec<Vec<ContainerTarget>> = current
+    let recommended: Vec<&[ContainerTarget]> = current
         .iter()
-        .map(|(_, i)| i.recommendation.clone())
+        .map(|(_, i)| i.recommendation.as_slice())
         .collect();
     predict::apply_global_cap(spec, &recommended, &mut predictions);
 
@@ -255,6 +377,7 @@ pub fn step<'a>(input: StepInput<'a>) -> StepOutput<'a> {
     let mut transitions = Vec::new();
     for (id, partitions) in buckets.iter().enumerate() {
         let (stored, cur) = &current[id];
+        let cur: &Instance = cur;
         let signal = predictions[id].as_ref().map(|target| Signal {
             target,
             lagging: lagging[id],
@@ -274,7 +397,7 @@ pub fn step<'a>(input: StepInput<'a>) -> StepOutput<'a> {
             };
             transitions.push(Transition {
                 instance: id as u32,
-                partitions: partitions.clone(),
+                partitions: partitions.clone().collect(),
                 event,
                 from,
                 to,
@@ -289,7 +412,7 @@ pub fn step<'a>(input: StepInput<'a>) -> StepOutput<'a> {
         instances.push(if next == *cur {
             keep(id, partitions, *stored, &next)
         } else {
-            Cow::Owned(store(id as u32, partitions, &next))
+            Cow::Owned(store(id as u32, partitions.clone(), &next))
         });
     }
     StepOutput {

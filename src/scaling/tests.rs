@@ -9,7 +9,7 @@ use jiff::{SignedDuration, Timestamp};
 use super::machine::{Direction, Event};
 use super::predict;
 use super::spec::{Policy, ScalingSpec};
-use super::step::{Metrics, StepInput, step};
+use super::step::{Metrics, Restored, StepInput, step};
 use crate::api::quantity::Milli;
 use crate::api::{InstanceStatus, PartitionState, ScalingState};
 use crate::inject::partition::Layout;
@@ -243,6 +243,7 @@ fn the_global_cap_counts_what_every_instance_uses_now() {
     let mut predictions: Vec<_> = (0..3)
         .map(|i| predict::observe(i..i + 1, &m, s.recovery).map(|o| predict::predict(&s, &o)))
         .collect();
+    let current: Vec<&[_]> = current.iter().map(Vec::as_slice).collect();
     predict::apply_global_cap(&s, &current, &mut predictions);
     let cpu = |i: usize| {
         predictions[i].as_ref().unwrap().targets[0]
@@ -279,6 +280,7 @@ fn the_global_cap_counts_what_every_instance_uses_now() {
     let mut more: Vec<_> = (0..2)
         .map(|i| predict::observe(i..i + 1, &m, s2.recovery).map(|o| predict::predict(&s2, &o)))
         .collect();
+    let over: Vec<&[_]> = over.iter().map(Vec::as_slice).collect();
     predict::apply_global_cap(&s2, &over, &mut more);
     for (p, now) in more.iter().zip(["3", "2"]) {
         let t = &p.as_ref().unwrap().targets[0];
@@ -328,9 +330,10 @@ impl Run {
         observed_at: Timestamp,
         frozen: bool,
     ) -> Out {
-        let out = step(StepInput {
+        let input = |restored| StepInput {
             spec: &self.spec,
             previous: &self.status,
+            restored,
             metrics: m.map(|partitions| Metrics {
                 partitions,
                 observed_at,
@@ -338,7 +341,11 @@ impl Run {
             }),
             frozen,
             now: self.now,
-        });
+        };
+        let out = step(input(None));
+        // The instances kept from an earlier pass decide the same.
+        let kept = Restored::new(&self.spec, &self.status);
+        assert_eq!(step(input(Some(&kept))), out);
         let unchanged = !out.changed(&self.status);
         let out = Out {
             transitions: out.transitions.clone(),
@@ -830,4 +837,130 @@ fn absurd_loads_saturate_instead_of_overflowing() {
     let (requests, limits) = predicted(&s, &[(0, 1_000_000_000, 0)]);
     assert_eq!(limits.cpu, Some(q("2")));
     assert_eq!(requests.memory, Some(q("400M")));
+}
+
+// ---- the instances kept between passes against the ones read again ----
+
+/// Stored instances of every shape: ids in and out of the layout, partitions
+/// that fit or not, each state, `since` or none, quantities well formed or
+/// not, containers with and without a policy, pending or not, saturation.
+fn arbitrary_instances() -> impl proptest::strategy::Strategy<Value = Vec<InstanceStatus>> {
+    use crate::api::ContainerResources;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use proptest::prelude::*;
+    let quantity = prop::sample::select(vec!["100m", "1", "2500m", "64Mi", "1Gi", "4", "x", "-1"]);
+    let list = prop::collection::vec(
+        (
+            prop::sample::select(vec!["cpu", "memory", "gpu"]),
+            quantity.clone(),
+        ),
+        0..3,
+    )
+    .prop_map(|entries| {
+        entries
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+            .collect::<crate::api::ResourceList>()
+    });
+    let containers = prop::collection::vec(
+        (
+            prop::sample::select(vec!["busybox", "log-shipper", "*"]),
+            list.clone(),
+            list,
+        ),
+        0..3,
+    )
+    .prop_map(|cs| {
+        cs.into_iter()
+            .map(|(name, requests, limits)| ContainerResources {
+                container_name: name.to_string(),
+                requests,
+                limits,
+            })
+            .collect::<Vec<_>>()
+    });
+    let state = prop::sample::select(vec![
+        ScalingState::Running,
+        ScalingState::PendingScaleUp,
+        ScalingState::PendingScaleDown,
+        ScalingState::Saturated,
+    ]);
+    let instance = (
+        0i32..5,
+        prop::bool::weighted(0.8),
+        state,
+        prop::option::of(0i64..600),
+        containers.clone(),
+        prop::option::of(containers),
+        prop::option::of(quantity),
+    )
+        .prop_map(|(id, fits, state, since, resources, pending, saturation)| {
+            // The test layout puts partitions 2 × id and 2 × id + 1 on instance id.
+            let partitions = if fits {
+                vec![2 * id, 2 * id + 1]
+            } else {
+                vec![id]
+            };
+            let t0: Timestamp = "2026-11-22T11:50:00Z".parse().unwrap();
+            InstanceStatus {
+                id,
+                partitions,
+                state,
+                since: since.map(|s| Time(t0 + SignedDuration::from_secs(s))),
+                resources,
+                pending,
+                saturation: saturation.map(|q| Quantity(q.to_string())),
+            }
+        });
+    prop::collection::vec(instance, 0..6)
+}
+
+#[test]
+fn the_instances_kept_from_an_earlier_pass_decide_what_the_status_read_again_decides() {
+    use proptest::prelude::*;
+    let mut s = spec(5000.0, "200M", Some(("100m", "100M", "2", "400M")));
+    s.layout = Layout::new(8, 2).unwrap();
+    s.global_max = res("5", "2G");
+    let now: Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
+    proptest!(|(
+        previous in arbitrary_instances(),
+        load in prop::collection::vec((0u32..9, 0i64..20_000, 0i64..10_000_000), 0..9),
+        failing: bool,
+        frozen: bool,
+        with_metrics in prop::bool::weighted(0.9),
+    )| {
+        let m = metrics(&load);
+        let input = |restored| StepInput {
+            spec: &s,
+            previous: &previous,
+            restored,
+            metrics: with_metrics.then_some(Metrics {
+                partitions: &m,
+                observed_at: now,
+                failing,
+            }),
+            frozen,
+            now,
+        };
+        let kept = Restored::new(&s, &previous);
+        prop_assert_eq!(step(input(Some(&kept))), step(input(None)));
+    });
+}
+
+#[test]
+fn the_stamp_changes_with_the_stored_instances_and_the_policy() {
+    use proptest::prelude::*;
+    use std::hash::RandomState;
+    let keys = RandomState::new();
+    let mut s = spec(5000.0, "200M", Some(("100m", "100M", "2", "400M")));
+    s.layout = Layout::new(8, 2).unwrap();
+    proptest!(|(a in arbitrary_instances(), b in arbitrary_instances())| {
+        let same = Restored::stamp(&keys, &s, &a) == Restored::stamp(&keys, &s, &b);
+        prop_assert_eq!(same, a == b);
+        prop_assert_eq!(Restored::stamp(&keys, &s, &a), Restored::stamp(&keys, &s, &a.clone()));
+        let mut tighter = s.clone();
+        tighter.policies[0].max.cpu = Some(q("3"));
+        prop_assert_ne!(Restored::stamp(&keys, &s, &a), Restored::stamp(&keys, &tighter, &a));
+    });
 }

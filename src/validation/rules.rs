@@ -525,18 +525,7 @@ fn grouping_drops_label(query: &str, label: &str) -> Option<String> {
 
 /// Container names of `deploymentTemplate.template.spec.containers`, if any.
 fn template_containers(c: &Consumer) -> Option<Vec<String>> {
-    let containers = c
-        .spec
-        .deployment_template
-        .as_ref()?
-        .pointer("/template/spec/containers")?
-        .as_array()?;
-    Some(
-        containers
-            .iter()
-            .filter_map(|c| c.get("name")?.as_str().map(String::from))
-            .collect(),
-    )
+    c.spec.deployment_template.as_ref()?.container_names()
 }
 
 /// Checks the container policies; returns the sum of the minimums per resource.

@@ -242,7 +242,7 @@ async fn status_is_written_with_server_side_apply_and_comes_back_through_the_wat
     let watch = store.spawn_watch(shutdown.clone());
     index.wait_synced().await;
 
-    let mut cpu = std::collections::BTreeMap::new();
+    let mut cpu = konsumer::api::ResourceList::new();
     cpu.insert(
         "cpu".to_string(),
         k8s_openapi::apimachinery::pkg::api::resource::Quantity("1300m".into()),

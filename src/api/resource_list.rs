@@ -1,0 +1,214 @@
+//! `corev1.ResourceList` (`cpu`, `memory`, ... → quantity) as a small sorted
+//! vector: a `BTreeMap` leaf takes ~540 bytes for the two entries a list holds,
+//! and a cached Consumer holds five of them (its policy) plus its status'.
+//! Reads and writes the same JSON as a map, keys in order.
+
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Entries sorted by name, each name once.
+#[derive(Clone, Default, PartialEq)]
+pub struct ResourceList(Vec<(String, Quantity)>);
+
+impl ResourceList {
+    pub fn new() -> Self {
+        ResourceList(Vec::new())
+    }
+
+    /// Sets `name`, replacing what it had (as a map does).
+    pub fn insert(&mut self, name: String, quantity: Quantity) -> Option<Quantity> {
+        match self.0.binary_search_by(|(k, _)| k.as_str().cmp(&name)) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, quantity)),
+            Err(i) => {
+                self.0.insert(i, (name, quantity));
+                None
+            }
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Quantity> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// (name, quantity) in name order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&String, &Quantity)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn keys(&self) -> impl ExactSizeIterator<Item = &String> {
+        self.0.iter().map(|(k, _)| k)
+    }
+}
+
+impl FromIterator<(String, Quantity)> for ResourceList {
+    fn from_iter<I: IntoIterator<Item = (String, Quantity)>>(iter: I) -> Self {
+        let mut list = ResourceList::new();
+        for (k, v) in iter {
+            list.insert(k, v);
+        }
+        list.0.shrink_to_fit();
+        list
+    }
+}
+
+impl<const N: usize> From<[(String, Quantity); N]> for ResourceList {
+    fn from(entries: [(String, Quantity); N]) -> Self {
+        entries.into_iter().collect()
+    }
+}
+
+impl<'a> IntoIterator for &'a ResourceList {
+    type Item = (&'a String, &'a Quantity);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (String, Quantity)>,
+        fn(&'a (String, Quantity)) -> (&'a String, &'a Quantity),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+/// `list["cpu"]`, as on a map: panics when the name is missing.
+impl std::ops::Index<&str> for ResourceList {
+    type Output = Quantity;
+
+    fn index(&self, name: &str) -> &Quantity {
+        match self.get(name) {
+            Some(q) => q,
+            None => panic!("no {name:?} in the resource list"),
+        }
+    }
+}
+
+impl fmt::Debug for ResourceList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for ResourceList {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for ResourceList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = ResourceList;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of resource names to quantities")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut list = ResourceList(Vec::with_capacity(map.size_hint().unwrap_or(2)));
+                while let Some((k, v)) = map.next_entry::<String, Quantity>()? {
+                    list.insert(k, v);
+                }
+                list.0.shrink_to_fit();
+                Ok(list)
+            }
+        }
+        deserializer.deserialize_map(ListVisitor)
+    }
+}
+
+impl JsonSchema for ResourceList {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        <std::collections::BTreeMap<String, Quantity>>::schema_name()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        <std::collections::BTreeMap<String, Quantity>>::json_schema(generator)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn q(s: &str) -> Quantity {
+        Quantity(s.into())
+    }
+
+    #[test]
+    fn it_reads_and_writes_the_json_a_map_does() {
+        for text in [
+            r#"{"memory":"1Gi","cpu":"500m"}"#,
+            r#"{}"#,
+            r#"{"cpu":"1","cpu":"2"}"#,
+            r#"{"nvidia.com/gpu":"1","cpu":2,"memory":"64Mi"}"#,
+        ] {
+            let map: BTreeMap<String, Quantity> = serde_json::from_str(text).unwrap();
+            let list: ResourceList = serde_json::from_str(text).unwrap();
+            assert_eq!(
+                serde_json::to_string(&list).unwrap(),
+                serde_json::to_string(&map).unwrap(),
+                "{text}"
+            );
+            assert_eq!(list.len(), map.len());
+            for (k, v) in &map {
+                assert_eq!(list.get(k), Some(v), "{text}");
+            }
+            let yaml = serde_saphyr::to_string(&map).unwrap();
+            let from_yaml: ResourceList = serde_saphyr::from_str(&yaml).unwrap();
+            assert_eq!(from_yaml, list, "{yaml}");
+        }
+    }
+
+    #[test]
+    fn insert_keeps_names_sorted_and_unique() {
+        let mut list = ResourceList::new();
+        assert_eq!(list.insert("memory".into(), q("1Gi")), None);
+        assert_eq!(list.insert("cpu".into(), q("1")), None);
+        assert_eq!(list.insert("cpu".into(), q("2")), Some(q("1")));
+        assert_eq!(list.keys().collect::<Vec<_>>(), ["cpu", "memory"]);
+        assert_eq!(list.get("cpu"), Some(&q("2")));
+        assert!(!list.contains_key("gpu"));
+        let same: ResourceList = [("memory".to_string(), q("1Gi")), ("cpu".into(), q("2"))].into();
+        assert_eq!(list, same);
+    }
+
+    #[test]
+    fn a_list_that_is_not_a_map_is_refused() {
+        let err = serde_json::from_str::<ResourceList>(r#"["cpu"]"#).unwrap_err();
+        assert!(err.to_string().contains("map of resource names"), "{err}");
+    }
+
+    #[test]
+    fn its_schema_is_the_maps() {
+        let mut g = SchemaGenerator::default();
+        assert_eq!(
+            ResourceList::json_schema(&mut g),
+            <BTreeMap<String, Quantity>>::json_schema(&mut SchemaGenerator::default())
+        );
+    }
+}
