@@ -459,13 +459,17 @@ impl<O: Ops> Builder<O> {
                     };
                     for (key, value) in [("cpu", want.cpu), ("memory", want.memory)] {
                         let Some(value) = value else { continue };
+                        let current = current.get(key);
+                        if current.is_some_and(|cur| hints::lenient(Some(cur)) == Some(value)) {
+                            continue;
+                        }
+                        // Written only when it goes into the patch.
                         let text = if key == "cpu" {
                             value.cpu_string()
                         } else {
                             value.memory_string()
                         };
-                        match current.get(key) {
-                            Some(cur) if hints::lenient(Some(cur)) == Some(value) => {}
+                        match current {
                             Some(cur) => {
                                 b.warn(format!(
                                     "{label}: resources.{name}.{key} {cur} replaced by {text} ({source})"
