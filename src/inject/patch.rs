@@ -491,14 +491,19 @@ impl<O: Ops> Builder<O> {
             self.add(Val::EnvList(wanted));
             return;
         };
-        let is_wanted = |name: &str| wanted.iter().any(|(n, _)| *n == name);
-        // Later duplicates of an injected name go first, highest index first, so
-        // that every index below stays valid while they are removed.
+        let wanted_at = |name: &str| wanted.iter().position(|(n, _)| *n == name);
+        // One pass over the list: where each injected name first appears, and its
+        // later duplicates. These go first, highest index first, so that every
+        // index below stays valid while they are removed.
+        let mut first: Vec<Option<usize>> = vec![None; wanted.len()];
         let mut removed = Vec::new();
         for (i, e) in list.iter().enumerate() {
-            let name = e.name.as_str();
-            if is_wanted(name) && list[..i].iter().any(|p| p.name.as_str() == name) {
-                removed.push(i);
+            if let Some(w) = wanted_at(e.name.as_str()) {
+                if first[w].is_none() {
+                    first[w] = Some(i);
+                } else {
+                    removed.push(i);
+                }
             }
         }
         for &i in removed.iter().rev() {
@@ -509,7 +514,7 @@ impl<O: Ops> Builder<O> {
             self.at_index(i, |b| b.remove());
         }
         for (name, value) in wanted {
-            let Some(i) = list.iter().position(|e| e.name.as_str() == *name) else {
+            let Some(i) = wanted_at(name).and_then(|w| first[w]) else {
                 self.at(&["-"], |b| b.add(Val::Env(name, value)));
                 continue;
             };
