@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use konsumer::admission::review::{self, Answer, Review};
 use konsumer::inject::workload::Workload;
+use konsumer::inject::PatchText;
 use konsumer::store::CachedConsumer;
 use serde::de::IgnoredAny;
 
@@ -110,9 +111,24 @@ fn main() {
             black_box(serde_json::to_vec(&decision.mutation.ops).unwrap());
         },
     );
+    bench(
+        "text",
+        "konsumer: `decide_pod` with the patch written as bytes (what the webhook does; replaces the two steps above)",
+        n,
+        || {
+            let d = konsumer::inject::decide_pod_into::<PatchText>(object, settings, 0.8).unwrap();
+            black_box(d.mutation.ops.into_bytes());
+        },
+    );
+    let written = konsumer::inject::decide_pod_into::<PatchText>(object, settings, 0.8)
+        .unwrap()
+        .mutation
+        .ops
+        .into_bytes();
+    assert_eq!(written, serde_json::to_vec(&decision.mutation.ops).unwrap());
     let answer = Answer {
         allowed: true,
-        patch: Some(serde_json::to_vec(&decision.mutation.ops).unwrap()),
+        patch: Some(written),
         warnings: decision.mutation.warnings.clone(),
         status: None,
     };
@@ -127,13 +143,40 @@ fn main() {
             ));
         },
     );
+    bench(
+        "allops",
+        "konsumer: read, decide, answer with the patch as json-patch operations serialized by serde (before round 3)",
+        n,
+        || {
+            let r = review::lazy::read_workload_review(&body).unwrap();
+            let req = r.request.as_ref().unwrap();
+            let d = konsumer::inject::decide_pod(req.object.as_ref().unwrap(), settings, 0.8)
+                .unwrap();
+            let answer = Answer {
+                allowed: true,
+                patch: Some(serde_json::to_vec(&d.mutation.ops).unwrap()),
+                warnings: d.mutation.warnings,
+                status: None,
+            };
+            black_box(review::encode(
+                "admission.k8s.io/v1",
+                req.uid.as_str(),
+                &answer,
+            ));
+        },
+    );
     bench("all", "konsumer: all of the above (one-pass read)", n, || {
         let r = review::lazy::read_workload_review(&body).unwrap();
         let req = r.request.as_ref().unwrap();
-        let d = konsumer::inject::decide_pod(req.object.as_ref().unwrap(), settings, 0.8).unwrap();
+        let d = konsumer::inject::decide_pod_into::<PatchText>(
+            req.object.as_ref().unwrap(),
+            settings,
+            0.8,
+        )
+        .unwrap();
         let answer = Answer {
             allowed: true,
-            patch: Some(serde_json::to_vec(&d.mutation.ops).unwrap()),
+            patch: Some(d.mutation.ops.into_bytes()),
             warnings: d.mutation.warnings,
             status: None,
         };

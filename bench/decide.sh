@@ -57,7 +57,7 @@ if [ "${CALLGRIND:-1}" = 1 ] && command -v valgrind >/dev/null; then
     echo
     echo "| step (callgrind, $ITERS calls) | instructions per call |"
     echo "|---|---:|"
-    for step in ${STEPS:-skip serde lazy decide ops encode all span0 span:json span:text vskip vvalue vrules vread vparts vall}; do
+    for step in ${STEPS:-skip serde lazy decide ops text encode allops all span0 span:json span:text vskip vvalue vrules vread vparts vall}; do
         id=${step%%:*} fmt=${step#*:}
         [ "$fmt" = "$step" ] && fmt=json
         base=$(irs "$id" 0 "$fmt")

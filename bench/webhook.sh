@@ -33,6 +33,7 @@
 # other processes used more than OTHER_MAX (0.15) cores on average or PEAK_MAX (0.5)
 # cores in any one second. PIN=1 pins the servers to CPU 1 and oha to CPU 0.
 # KEEP=1 keeps the work directory (raw oha JSON, server logs).
+# KONSUMER_BIN=path measures that konsumer binary (say, a build of main) instead of this build.
 
 set -euo pipefail
 
@@ -98,7 +99,8 @@ log "load average at start: $LOADAVG_START"
 # --- build ------------------------------------------------------------------------
 log "building release (target dir $TARGET_DIR)"
 (cd "$ROOT" && cargo build --release --locked --example baseline --bin konsumer) >&2
-KONSUMER=$TARGET_DIR/release/konsumer
+# KONSUMER_BIN: measure another konsumer binary (an earlier build) against the same baseline.
+KONSUMER=${KONSUMER_BIN:-$TARGET_DIR/release/konsumer}
 BASELINE=$TARGET_DIR/release/examples/baseline
 [ -x "$KONSUMER" ] && [ -x "$BASELINE" ] || die "binaries not found under $TARGET_DIR/release"
 
@@ -429,7 +431,7 @@ cat <<EOF
 ## Run
 
 - command: \`bench/webhook.sh\` (DURATION=$DURATION CONNS=$CONNS RATE=$RATE RATE_CONNS=$RATE_CONNS ROUNDS=$ROUNDS WARMUP=$WARMUP PIN=$PIN)
-- konsumer: commit $(GIT_OPTIONAL_LOCKS=0 git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(GIT_OPTIONAL_LOCKS=0 git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' with uncommitted changes in src/ or Cargo.*')
+- konsumer: ${KONSUMER_BIN:+$KONSUMER_BIN, not the build of }commit $(GIT_OPTIONAL_LOCKS=0 git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(GIT_OPTIONAL_LOCKS=0 git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' with uncommitted changes in src/ or Cargo.*')
 - machine: $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo) RAM, Linux $(uname -r)
 - load generator: $OHA_VERSION, body \`${BODY#"$ROOT"/}\` ($(wc -c <"$BODY") bytes), TLS 1.3 with the CA konsumer generated, HTTP/1.1 keep-alive
 - answers: konsumer $K_ANSWER_BYTES bytes (its real patch), baseline $B_ANSWER_BYTES bytes (canned)

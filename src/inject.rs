@@ -11,7 +11,7 @@ pub mod workload;
 
 use crate::api::keys;
 
-pub use patch::{Injection, Mutation};
+pub use patch::{Injection, Mutation, Ops, PatchText};
 pub use settings::{ConsumerSettings, ContainerTarget, InstancePlan, ResourceSource, Resources};
 
 use instance::{Hints, InstanceError, Source};
@@ -31,13 +31,14 @@ impl Denial {
     }
 }
 
-/// The decision for a workload whose Consumer is known.
+/// The decision for a workload whose Consumer is known; its patch as json-patch's
+/// operations, or as [`PatchText`] (what the webhook sends).
 #[derive(Debug)]
-pub struct Decision {
+pub struct Decision<O = Vec<json_patch::PatchOperation>> {
     pub instance: u32,
     pub found_by: Source,
     pub source: ResourceSource,
-    pub mutation: Mutation,
+    pub mutation: Mutation<O>,
 }
 
 /// The Consumer a workload names with its label.
@@ -138,12 +139,21 @@ pub fn decide_pod(
     settings: &ConsumerSettings,
     gomemlimit_ratio: f64,
 ) -> Result<Decision, Denial> {
+    decide_pod_into(pod, settings, gomemlimit_ratio)
+}
+
+/// [`decide_pod`] with the patch written into `O`.
+pub fn decide_pod_into<O: Ops>(
+    pod: &Workload<'_>,
+    settings: &ConsumerSettings,
+    gomemlimit_ratio: f64,
+) -> Result<Decision<O>, Denial> {
     let meta = pod.metadata.as_ref();
     let (plan, found_by) = resolve(&explicit_hints(meta), settings, "Pod")?;
     let source = plan.source;
     let instance = plan.id;
     let inj = injection(plan, settings, gomemlimit_ratio);
-    let mutation = patch::pod(meta, pod.spec.as_ref().map(|s| s.containers()), &inj);
+    let mutation = patch::pod_into(meta, pod.spec.as_ref().map(|s| s.containers()), &inj);
     Ok(Decision {
         instance,
         found_by,
@@ -159,6 +169,15 @@ pub fn decide_deployment(
     settings: &ConsumerSettings,
     gomemlimit_ratio: f64,
 ) -> Result<Decision, Denial> {
+    decide_deployment_into(dep, settings, gomemlimit_ratio)
+}
+
+/// [`decide_deployment`] with the patch written into `O`.
+pub fn decide_deployment_into<O: Ops>(
+    dep: &Workload<'_>,
+    settings: &ConsumerSettings,
+    gomemlimit_ratio: f64,
+) -> Result<Decision<O>, Denial> {
     let meta = dep.metadata.as_ref();
     let template = dep.spec.as_ref().and_then(|s| s.template.as_ref());
     let template_meta = template.and_then(|t| t.metadata.as_ref());
@@ -171,7 +190,7 @@ pub fn decide_deployment(
     let source = plan.source;
     let instance = plan.id;
     let inj = injection(plan, settings, gomemlimit_ratio);
-    let mutation = patch::deployment(
+    let mutation = patch::deployment_into(
         meta,
         template_meta,
         template

@@ -15,6 +15,7 @@ use super::workloads::{Parsed, decide};
 use super::{Admission, AdmissionConfig, parse, parse_workload};
 use crate::api::ConsumerStatus;
 use crate::inject::workload::Workload;
+use crate::inject::{self, Ops, PatchText};
 use crate::store::{CachedConsumer, ConsumerIndex, Store, StoreError};
 use crate::telemetry::Metrics;
 
@@ -75,6 +76,14 @@ fn agree(state: &Admission, body: &[u8]) -> Result<bool, TestCaseError> {
         };
         prop_assert_eq!(format!("{view:?}"), format!("{full:?}"));
     }
+    if let Some(object) = serde
+        .as_ref()
+        .ok()
+        .and_then(|r| r.request.as_ref())
+        .and_then(|r| r.object.as_ref())
+    {
+        patches_agree(state, object)?;
+    }
     let one_pass = answer_with(state, body, parse_workload(body));
     let full = answer_with(state, body, parse::<Workload, IgnoredAny>(body));
     prop_assert_eq!(
@@ -86,6 +95,48 @@ fn agree(state: &Admission, body: &[u8]) -> Result<bool, TestCaseError> {
         (full.0, &full.1, String::from_utf8_lossy(&full.2))
     );
     Ok(fast.is_ok())
+}
+
+/// The patch the webhook writes as bytes is json-patch's operations as serde
+/// writes them, for the object read as a Pod and as a Deployment.
+fn patches_agree(state: &Admission, object: &Workload<'_>) -> Result<(), TestCaseError> {
+    let Some(cached) = state.index.get("streams", "orders") else {
+        return Err(TestCaseError::fail("the orders Consumer is not cached"));
+    };
+    let Ok(settings) = &cached.settings else {
+        return Err(TestCaseError::fail("the orders Consumer has no settings"));
+    };
+    let pod = (
+        inject::decide_pod(object, settings, 0.8),
+        inject::decide_pod_into::<PatchText>(object, settings, 0.8),
+    );
+    let deployment = (
+        inject::decide_deployment(object, settings, 0.8),
+        inject::decide_deployment_into::<PatchText>(object, settings, 0.8),
+    );
+    for (ops, written) in [pod, deployment] {
+        match (ops, written) {
+            (Ok(ops), Ok(written)) => {
+                prop_assert_eq!(&ops.mutation.warnings, &written.mutation.warnings);
+                prop_assert_eq!(ops.mutation.ops.len(), written.mutation.ops.len());
+                let expected = serde_json::to_vec(&ops.mutation.ops).unwrap();
+                let written = written.mutation.ops.into_bytes();
+                prop_assert_eq!(
+                    String::from_utf8_lossy(&written),
+                    String::from_utf8_lossy(&expected)
+                );
+            }
+            (Err(a), Err(b)) => prop_assert_eq!(a, b),
+            (a, b) => {
+                return Err(TestCaseError::fail(format!(
+                    "one sink decided, the other refused: {:?} / {:?}",
+                    a.map(|d| d.mutation.ops),
+                    b.map(|d| d.mutation.ops.into_bytes())
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn fixtures() -> Vec<Value> {

@@ -180,8 +180,14 @@ pub fn encode(api_version: &str, uid: &str, answer: &Answer) -> Vec<u8> {
         out.push(b'"');
     }
     if !answer.warnings.is_empty() {
-        out.extend_from_slice(b",\"warnings\":");
-        json_value(&mut out, &answer.warnings);
+        out.extend_from_slice(b",\"warnings\":[");
+        for (i, warning) in answer.warnings.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json_string(&mut out, warning);
+        }
+        out.push(b']');
     }
     if let Some(status) = &answer.status {
         out.extend_from_slice(b",\"status\":");
@@ -192,7 +198,7 @@ pub fn encode(api_version: &str, uid: &str, answer: &Answer) -> Vec<u8> {
 }
 
 fn json_string(out: &mut Vec<u8>, s: &str) {
-    json_value(out, s);
+    crate::inject::patch::text::string(out, s);
 }
 
 /// Strings, lists of strings and `Status` into a `Vec` cannot fail to serialize.
@@ -252,6 +258,75 @@ mod tests {
                 }
             })
         );
+    }
+
+    /// The answer as serde_json writes each of its parts.
+    fn encode_with_serde(api_version: &str, uid: &str, answer: &Answer) -> Vec<u8> {
+        let mut out = format!(
+            "{{\"apiVersion\":{},\"kind\":\"AdmissionReview\",\"response\":{{\"uid\":{},\"allowed\":{}",
+            json(api_version),
+            json(uid),
+            answer.allowed
+        );
+        if let Some(patch) = &answer.patch {
+            out.push_str(",\"patchType\":\"JSONPatch\",\"patch\":");
+            out.push_str(&json(
+                &base64::engine::general_purpose::STANDARD.encode(patch),
+            ));
+        }
+        if !answer.warnings.is_empty() {
+            out.push_str(",\"warnings\":");
+            out.push_str(&json(&answer.warnings));
+        }
+        if let Some(status) = &answer.status {
+            out.push_str(",\"status\":");
+            out.push_str(&serde_json::to_string(status).unwrap());
+        }
+        out.push_str("}}");
+        out.into_bytes()
+    }
+
+    fn json<T: Serialize + ?Sized>(value: &T) -> String {
+        serde_json::to_string(value).unwrap()
+    }
+
+    fn awkward() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop::collection::vec(
+            prop_oneof![
+                prop::sample::select(
+                    &["\"", "\\", "\n", "\u{1}", "\u{1f}", "/", "é", "\u{7f}"][..]
+                )
+                .prop_map(String::from),
+                "[a-zA-Z0-9 ._-]{0,6}",
+            ],
+            0..6,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_answer_is_byte_for_byte_what_serde_writes(
+            uid in awkward(),
+            warnings in proptest::collection::vec(awkward(), 0..3),
+            patch in proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..40)),
+            message in proptest::option::of(awkward()),
+            allowed in proptest::bool::ANY,
+        ) {
+            let answer = Answer {
+                allowed,
+                patch,
+                warnings,
+                status: message.map(|m| Status::failure(422, "Invalid", m)),
+            };
+            for version in [API_VERSION_V1, API_VERSION_V1BETA1] {
+                proptest::prop_assert_eq!(
+                    String::from_utf8(encode(version, &uid, &answer)).unwrap(),
+                    String::from_utf8(encode_with_serde(version, &uid, &answer)).unwrap()
+                );
+            }
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::review::{self, Answer, Cause, Details, Request, Review, Status};
 use super::{Admission, Reply, parse_workload, review_response};
 use crate::api::keys;
 use crate::inject::workload::Workload;
-use crate::inject::{self, Decision, Denial, template};
+use crate::inject::{self, Decision, Denial, Ops, PatchText, template};
 use crate::store::CachedConsumer;
 use crate::telemetry::metrics::{Kind, Operation, Outcome};
 
@@ -154,8 +154,12 @@ pub(crate) async fn decide(
             // Only the cache: an unchanged template gets no patch either way.
             let stale = state.index.get(namespace, consumer_name).and_then(|c| {
                 let settings = c.settings.as_ref().ok()?;
-                let d = inject::decide_deployment(object, settings, state.config.gomemlimit_ratio)
-                    .ok()?;
+                let d = inject::decide_deployment_into::<PatchText>(
+                    object,
+                    settings,
+                    state.config.gomemlimit_ratio,
+                )
+                .ok()?;
                 Some(d.mutation.ops.len())
             });
             return unchanged_template(stale.unwrap_or(0));
@@ -173,7 +177,7 @@ pub(crate) async fn decide(
         {
             return keep_template(old);
         }
-        match inject::decide_deployment(object, settings, state.config.gomemlimit_ratio) {
+        match inject::decide_deployment_into(object, settings, state.config.gomemlimit_ratio) {
             Ok(decision) => {
                 instance = Some(decision.instance);
                 patched(decision)
@@ -250,7 +254,7 @@ fn invalid(message: String, field: String) -> Status {
     })
 }
 
-fn patched(decision: Decision) -> (Answer, Outcome) {
+fn patched(decision: Decision<PatchText>) -> (Answer, Outcome) {
     let Decision { mutation, .. } = decision;
     if mutation.ops.is_empty() {
         return (
@@ -258,24 +262,15 @@ fn patched(decision: Decision) -> (Answer, Outcome) {
             Outcome::allowed,
         );
     }
-    // About a hundred bytes per operation: one allocation, seldom regrown.
-    let mut patch = Vec::with_capacity(128 * mutation.ops.len());
-    match serde_json::to_writer(&mut patch, &mutation.ops) {
-        Ok(()) => (
-            Answer {
-                allowed: true,
-                patch: Some(patch),
-                warnings: mutation.warnings,
-                status: None,
-            },
-            Outcome::patched,
-        ),
-        Err(e) => deny(Status::failure(
-            500,
-            "InternalError",
-            format!("cannot encode the patch: {e}"),
-        )),
-    }
+    (
+        Answer {
+            allowed: true,
+            patch: Some(mutation.ops.into_bytes()),
+            warnings: mutation.warnings,
+            status: None,
+        },
+        Outcome::patched,
+    )
 }
 
 /// CREATE of a Pod or a Deployment: the Consumer must exist and the instance be
@@ -304,9 +299,9 @@ async fn create(
     };
     let ratio = state.config.gomemlimit_ratio;
     let decision = if kind == Kind::Pod {
-        inject::decide_pod(object, settings, ratio)
+        inject::decide_pod_into(object, settings, ratio)
     } else {
-        inject::decide_deployment(object, settings, ratio)
+        inject::decide_deployment_into(object, settings, ratio)
     };
     match decision {
         Ok(d) => {

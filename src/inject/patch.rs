@@ -6,22 +6,128 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use json_patch::jsonptr::{PointerBuf, Token};
+use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
 use serde_json::{Map, Value};
 
 use crate::api::{env, keys};
+
+pub(crate) mod text;
+
+pub use text::PatchText;
 
 use super::hints;
 use super::partition;
 use super::settings::{ContainerTarget, InstancePlan, ResourceSource, Resources};
 use super::workload::{Container, Containers, Meta, Selected};
 
-/// The operations and the warnings for the user (one per value replaced).
+/// The operations and the warnings for the user (one per value replaced). `O` is
+/// where the operations go: json-patch's types by default (for callers that apply
+/// the patch), or [`PatchText`], the patch written straight as the webhook sends it.
 #[derive(Debug, Default)]
-pub struct Mutation {
-    pub ops: Vec<PatchOperation>,
+pub struct Mutation<O = Vec<PatchOperation>> {
+    pub ops: O,
     pub warnings: Vec<String>,
+}
+
+/// What an operation sets, borrowed from the decision: built into a
+/// `serde_json::Value` or written as JSON text, one shape for both.
+#[derive(Clone, Copy, Debug)]
+pub enum Val<'a> {
+    Str(&'a str),
+    /// An object of strings (keys in any order: written sorted, as serde_json's map).
+    Strings(&'a [(&'a str, &'a str)]),
+    /// `{"annotations": {...}}`.
+    Annotations(&'a [(&'a str, &'a str)]),
+    /// `{"name": ..., "value": ...}`.
+    Env(&'a str, &'a str),
+    /// A list of env entries.
+    EnvList(&'a [(&'a str, Cow<'a, str>)]),
+    /// `{"cpu": ..., "memory": ...}`, the ones that are set.
+    Resources(&'a Resources),
+    /// `{"limits": ..., "requests": ...}`, the sides that are not empty.
+    Sides {
+        requests: &'a Resources,
+        limits: &'a Resources,
+    },
+}
+
+impl Val<'_> {
+    /// The value as serde_json builds it (maps sorted by key).
+    pub fn to_value(self) -> Value {
+        let strings = |pairs: &[(&str, &str)]| {
+            Value::Object(
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), Value::String((*v).to_string())))
+                    .collect(),
+            )
+        };
+        match self {
+            Val::Str(s) => Value::String(s.to_string()),
+            Val::Strings(pairs) => strings(pairs),
+            Val::Annotations(pairs) => {
+                let mut m = Map::new();
+                m.insert("annotations".into(), strings(pairs));
+                Value::Object(m)
+            }
+            Val::Env(name, value) => env_entry(name, value),
+            Val::EnvList(list) => Value::Array(list.iter().map(|(n, v)| env_entry(n, v)).collect()),
+            Val::Resources(r) => resource_object(r),
+            Val::Sides { requests, limits } => {
+                let mut m = Map::new();
+                for (name, want) in [("requests", requests), ("limits", limits)] {
+                    if !want.is_empty() {
+                        m.insert(name.into(), resource_object(want));
+                    }
+                }
+                Value::Object(m)
+            }
+        }
+    }
+}
+
+/// The three operations konsumer writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Add,
+    Replace,
+    Remove,
+}
+
+/// Where a patch's operations go. `path` is an encoded JSON Pointer (`/a/b~1c`).
+pub trait Ops: Default {
+    fn push(&mut self, op: Op, path: &str, value: Option<Val<'_>>);
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Ops for Vec<PatchOperation> {
+    fn push(&mut self, op: Op, path: &str, value: Option<Val<'_>>) {
+        // Every token was encoded by `Path::push`, so this always parses.
+        let path = PointerBuf::parse(path).unwrap_or_else(|_| {
+            PointerBuf::from_tokens(
+                path.split('/')
+                    .skip(1)
+                    .map(|t| t.replace("~1", "/").replace("~0", "~")),
+            )
+        });
+        let value = value.map_or(Value::Null, Val::to_value);
+        Vec::push(
+            self,
+            match op {
+                Op::Add => PatchOperation::Add(AddOperation { path, value }),
+                Op::Replace => PatchOperation::Replace(ReplaceOperation { path, value }),
+                Op::Remove => PatchOperation::Remove(RemoveOperation { path }),
+            },
+        );
+    }
+
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
 }
 
 /// What one instance gets, computed once per request.
@@ -101,10 +207,19 @@ pub fn pod(
     spec: Option<Containers<'_, '_>>,
     inj: &Injection<'_>,
 ) -> Mutation {
+    pod_into(meta, spec, inj)
+}
+
+/// [`pod`] with the operations written into `O`.
+pub fn pod_into<O: Ops>(
+    meta: Option<&Meta<'_>>,
+    spec: Option<Containers<'_, '_>>,
+    inj: &Injection<'_>,
+) -> Mutation<O> {
     let mut b = Builder::default();
-    b.annotations(meta, ptr(&["metadata"]), inj);
+    b.at(&["metadata"], |b| b.annotations(meta, inj));
     if let Some(spec) = spec {
-        b.pod_spec(spec, &ptr(&["spec"]), inj);
+        b.at(&["spec"], |b| b.pod_spec(spec, inj));
     }
     b.mutation
 }
@@ -118,34 +233,44 @@ pub fn deployment(
     has_template: bool,
     inj: &Injection<'_>,
 ) -> Mutation {
+    deployment_into(meta, template_meta, template_spec, has_template, inj)
+}
+
+/// [`deployment`] with the operations written into `O`.
+pub fn deployment_into<O: Ops>(
+    meta: Option<&Meta<'_>>,
+    template_meta: Option<&Meta<'_>>,
+    template_spec: Option<Containers<'_, '_>>,
+    has_template: bool,
+    inj: &Injection<'_>,
+) -> Mutation<O> {
     let mut b = Builder::default();
-    b.annotations(meta, ptr(&["metadata"]), inj);
+    b.at(&["metadata"], |b| b.annotations(meta, inj));
     if has_template {
-        b.annotations(template_meta, ptr(&["spec", "template", "metadata"]), inj);
+        b.at(&["spec", "template", "metadata"], |b| {
+            b.annotations(template_meta, inj)
+        });
         if let Some(spec) = template_spec {
-            b.pod_spec(spec, &ptr(&["spec", "template", "spec"]), inj);
+            b.at(&["spec", "template", "spec"], |b| b.pod_spec(spec, inj));
         }
     }
     b.mutation
 }
 
-fn ptr(tokens: &[&str]) -> PointerBuf {
-    PointerBuf::from_tokens(tokens.iter().copied())
-}
-
-/// `base` plus one token, in one allocation of the right size.
-fn child(base: &PointerBuf, token: impl AsRef<str>) -> PointerBuf {
-    let token = Token::new(token.as_ref());
-    let encoded = token.encoded();
-    let mut text = String::with_capacity(base.as_str().len() + 1 + encoded.len());
-    text.push_str(base.as_str());
-    text.push('/');
-    text.push_str(encoded);
-    PointerBuf::parse(text).unwrap_or_else(|_| {
-        let mut p = base.clone();
-        p.push_back(token);
-        p
-    })
+/// Appends `token` to the encoded JSON Pointer `path` (`~` as `~0`, `/` as `~1`).
+pub(crate) fn push_token(path: &mut String, token: &str) {
+    path.push('/');
+    if !token.contains(['~', '/']) {
+        path.push_str(token);
+        return;
+    }
+    for c in token.chars() {
+        match c {
+            '~' => path.push_str("~0"),
+            '/' => path.push_str("~1"),
+            c => path.push(c),
+        }
+    }
 }
 
 fn env_entry(name: &str, value: &str) -> Value {
@@ -179,95 +304,96 @@ impl fmt::Display for Label<'_> {
     }
 }
 
+/// The operations so far, and the pointer of the place being patched: one buffer,
+/// tokens pushed on the way in and cut off on the way out.
 #[derive(Default)]
-struct Builder {
-    mutation: Mutation,
+struct Builder<O> {
+    mutation: Mutation<O>,
+    path: String,
 }
 
-impl Builder {
-    fn add(&mut self, path: PointerBuf, value: Value) {
-        self.mutation
-            .ops
-            .push(PatchOperation::Add(AddOperation { path, value }));
+impl<O: Ops> Builder<O> {
+    /// Runs `f` with `tokens` appended to the current path.
+    fn at<T: AsRef<str>>(&mut self, tokens: &[T], f: impl FnOnce(&mut Self)) {
+        let len = self.path.len();
+        for token in tokens {
+            push_token(&mut self.path, token.as_ref());
+        }
+        f(self);
+        self.path.truncate(len);
     }
 
-    fn replace(&mut self, path: PointerBuf, value: Value) {
-        self.mutation
-            .ops
-            .push(PatchOperation::Replace(ReplaceOperation { path, value }));
+    /// Runs `f` with the array index `i` appended to the current path.
+    fn at_index(&mut self, i: usize, f: impl FnOnce(&mut Self)) {
+        self.at(&[itoa::Buffer::new().format(i)], f);
     }
 
-    fn remove(&mut self, path: PointerBuf) {
-        self.mutation
-            .ops
-            .push(PatchOperation::Remove(RemoveOperation { path }));
+    fn add(&mut self, value: Val<'_>) {
+        self.mutation.ops.push(Op::Add, &self.path, Some(value));
+    }
+
+    fn replace(&mut self, value: Val<'_>) {
+        self.mutation.ops.push(Op::Replace, &self.path, Some(value));
+    }
+
+    fn remove(&mut self) {
+        self.mutation.ops.push(Op::Remove, &self.path, None);
     }
 
     fn warn(&mut self, message: String) {
         self.mutation.warnings.push(message);
     }
 
-    fn annotations(&mut self, meta: Option<&Meta<'_>>, meta_path: PointerBuf, inj: &Injection<'_>) {
+    /// At a metadata object's path.
+    fn annotations(&mut self, meta: Option<&Meta<'_>>, inj: &Injection<'_>) {
         let wanted = inj.annotations();
-        let object = || {
-            Value::Object(
-                wanted
-                    .iter()
-                    .map(|(k, v)| ((*k).to_string(), Value::String((*v).to_string())))
-                    .collect(),
-            )
-        };
         let Some(meta) = meta else {
-            let mut m = Map::new();
-            m.insert("annotations".into(), object());
-            self.add(meta_path, Value::Object(m));
+            self.add(Val::Annotations(&wanted));
             return;
         };
-        let path = child(&meta_path, "annotations");
-        let Some(current) = &meta.annotations else {
-            self.add(path, object());
-            return;
-        };
-        for (key, value) in wanted {
-            match current.get(key) {
-                Some(cur) if cur == value => {}
-                Some(cur) => {
-                    self.warn(format!("annotation {key}={cur:?} replaced by {value:?}"));
-                    self.replace(child(&path, key), Value::String(value.to_string()));
+        self.at(&["annotations"], |b| {
+            let Some(current) = &meta.annotations else {
+                b.add(Val::Strings(&wanted));
+                return;
+            };
+            for (key, value) in wanted {
+                match current.get(key) {
+                    Some(cur) if cur == value => {}
+                    Some(cur) => {
+                        b.warn(format!("annotation {key}={cur:?} replaced by {value:?}"));
+                        b.at(&[key], |b| b.replace(Val::Str(value)));
+                    }
+                    None => b.at(&[key], |b| b.add(Val::Str(value))),
                 }
-                None => self.add(child(&path, key), Value::String(value.to_string())),
             }
-        }
+        });
     }
 
-    fn pod_spec(&mut self, spec: Containers<'_, '_>, spec_path: &PointerBuf, inj: &Injection<'_>) {
+    /// At a pod spec's path.
+    fn pod_spec(&mut self, spec: Containers<'_, '_>, inj: &Injection<'_>) {
         if let Some(init) = spec.init_containers {
-            let base = child(spec_path, "initContainers");
-            for (i, c) in init.iter().enumerate() {
-                // Init containers get resources only when a policy names them.
-                let target = inj.plan.targets.iter().find(|t| t.name == c.name.as_str());
-                self.container(
-                    c,
-                    &child(&base, i.to_string()),
-                    target,
-                    "init container",
-                    inj,
-                );
-            }
+            self.at(&["initContainers"], |b| {
+                for (i, c) in init.iter().enumerate() {
+                    // Init containers get resources only when a policy names them.
+                    let target = inj.plan.targets.iter().find(|t| t.name == c.name.as_str());
+                    b.at_index(i, |b| b.container(c, target, "init container", inj));
+                }
+            });
         }
         if let Some(containers) = spec.containers {
-            let base = child(spec_path, "containers");
-            for (i, c) in containers.iter().enumerate() {
-                let target = inj.plan.target_for(c.name.as_str());
-                self.container(c, &child(&base, i.to_string()), target, "container", inj);
-            }
+            self.at(&["containers"], |b| {
+                for (i, c) in containers.iter().enumerate() {
+                    let target = inj.plan.target_for(c.name.as_str());
+                    b.at_index(i, |b| b.container(c, target, "container", inj));
+                }
+            });
         }
     }
 
+    /// At a container's path.
     fn container(
         &mut self,
         c: &Container<'_>,
-        path: &PointerBuf,
         target: Option<&ContainerTarget>,
         what: &str,
         inj: &Injection<'_>,
@@ -280,16 +406,16 @@ impl Builder {
             ResourceSource::Recommendation => "konsumer recommendation",
             ResourceSource::Fallback => "konsumer fallback from resourcePolicy",
         };
-        let (requests, limits) = self.resources(c, path, target, label, source);
+        let (requests, limits) = self.resources(c, target, label, source);
         let wanted = inj.env_for(&requests, &limits);
-        self.env(c, path, &wanted, label);
+        self.at(&["env"], |b| b.env(c, &wanted, label));
     }
 
-    /// Sets the target's resources; returns the container's final requests and limits.
+    /// Sets the target's resources (at a container's path); returns the container's
+    /// final requests and limits.
     fn resources(
         &mut self,
         c: &Container<'_>,
-        path: &PointerBuf,
         target: Option<&ContainerTarget>,
         label: Label<'_>,
         source: &str,
@@ -311,72 +437,73 @@ impl Builder {
         let final_requests = merge(&target.requests, &current_requests);
         let final_limits = merge(&target.limits, &current_limits);
 
-        let res_path = child(path, "resources");
-        let Some(view) = view else {
-            let mut m = Map::new();
-            for (name, want) in [("requests", &target.requests), ("limits", &target.limits)] {
-                if !want.is_empty() {
-                    m.insert(name.into(), resource_object(want));
-                }
-            }
-            self.add(res_path, Value::Object(m));
-            return (final_requests, final_limits);
-        };
-        for (name, current, want) in [
-            ("requests", view.requests.as_ref(), &target.requests),
-            ("limits", view.limits.as_ref(), &target.limits),
-        ] {
-            if want.is_empty() {
-                continue;
-            }
-            let side_path = child(&res_path, name);
-            let Some(current) = current else {
-                self.add(side_path, resource_object(want));
-                continue;
+        self.at(&["resources"], |b| {
+            let Some(view) = view else {
+                b.add(Val::Sides {
+                    requests: &target.requests,
+                    limits: &target.limits,
+                });
+                return;
             };
-            for (key, value) in [("cpu", want.cpu), ("memory", want.memory)] {
-                let Some(value) = value else { continue };
-                let text = if key == "cpu" {
-                    value.cpu_string()
-                } else {
-                    value.memory_string()
-                };
-                match current.get(key) {
-                    Some(cur) if hints::lenient(Some(cur)) == Some(value) => {}
-                    Some(cur) => {
-                        self.warn(format!(
-                            "{label}: resources.{name}.{key} {cur} replaced by {text} ({source})"
-                        ));
-                        self.replace(child(&side_path, key), Value::String(text));
-                    }
-                    None => self.add(child(&side_path, key), Value::String(text)),
+            for (name, current, want) in [
+                ("requests", view.requests.as_ref(), &target.requests),
+                ("limits", view.limits.as_ref(), &target.limits),
+            ] {
+                if want.is_empty() {
+                    continue;
                 }
+                b.at(&[name], |b| {
+                    let Some(current) = current else {
+                        b.add(Val::Resources(want));
+                        return;
+                    };
+                    for (key, value) in [("cpu", want.cpu), ("memory", want.memory)] {
+                        let Some(value) = value else { continue };
+                        let current = current.get(key);
+                        if current.is_some_and(|cur| hints::lenient(Some(cur)) == Some(value)) {
+                            continue;
+                        }
+                        // Written only when it goes into the patch.
+                        let text = if key == "cpu" {
+                            value.cpu_string()
+                        } else {
+                            value.memory_string()
+                        };
+                        match current {
+                            Some(cur) => {
+                                b.warn(format!(
+                                    "{label}: resources.{name}.{key} {cur} replaced by {text} ({source})"
+                                ));
+                                b.at(&[key], |b| b.replace(Val::Str(&text)));
+                            }
+                            None => b.at(&[key], |b| b.add(Val::Str(&text))),
+                        }
+                    }
+                });
             }
-        }
+        });
         (final_requests, final_limits)
     }
 
-    fn env(
-        &mut self,
-        c: &Container<'_>,
-        path: &PointerBuf,
-        wanted: &[(&str, Cow<'_, str>)],
-        label: Label<'_>,
-    ) {
-        let env_path = child(path, "env");
+    /// At a container's `env` path.
+    fn env(&mut self, c: &Container<'_>, wanted: &[(&str, Cow<'_, str>)], label: Label<'_>) {
         let Some(list) = &c.env else {
-            let entries = wanted.iter().map(|(n, v)| env_entry(n, v)).collect();
-            self.add(env_path, Value::Array(entries));
+            self.add(Val::EnvList(wanted));
             return;
         };
-        let is_wanted = |name: &str| wanted.iter().any(|(n, _)| *n == name);
-        // Later duplicates of an injected name go first, highest index first, so
-        // that every index below stays valid while they are removed.
+        let wanted_at = |name: &str| wanted.iter().position(|(n, _)| *n == name);
+        // One pass over the list: where each injected name first appears, and its
+        // later duplicates. These go first, highest index first, so that every
+        // index below stays valid while they are removed.
+        let mut first: Vec<Option<usize>> = vec![None; wanted.len()];
         let mut removed = Vec::new();
         for (i, e) in list.iter().enumerate() {
-            let name = e.name.as_str();
-            if is_wanted(name) && list[..i].iter().any(|p| p.name.as_str() == name) {
-                removed.push(i);
+            if let Some(w) = wanted_at(e.name.as_str()) {
+                if first[w].is_none() {
+                    first[w] = Some(i);
+                } else {
+                    removed.push(i);
+                }
             }
         }
         for &i in removed.iter().rev() {
@@ -384,11 +511,11 @@ impl Builder {
                 "{label}: duplicate env {} removed",
                 list[i].name.as_str()
             ));
-            self.remove(child(&env_path, i.to_string()));
+            self.at_index(i, |b| b.remove());
         }
         for (name, value) in wanted {
-            let Some(i) = list.iter().position(|e| e.name.as_str() == *name) else {
-                self.add(child(&env_path, "-"), env_entry(name, value));
+            let Some(i) = wanted_at(name).and_then(|w| first[w]) else {
+                self.at(&["-"], |b| b.add(Val::Env(name, value)));
                 continue;
             };
             let entry = &list[i];
@@ -406,10 +533,7 @@ impl Builder {
                 "{label}: env {name}={before} replaced by {value:?}"
             ));
             let shifted = i - removed.iter().filter(|&&r| r < i).count();
-            self.replace(
-                child(&env_path, shifted.to_string()),
-                env_entry(name, value),
-            );
+            self.at_index(shifted, |b| b.replace(Val::Env(name, value)));
         }
     }
 }

@@ -434,3 +434,124 @@ proptest! {
         prop_assert!(second.mutation.warnings.is_empty(), "second warnings: {:?}", second.mutation.warnings);
     }
 }
+
+/// A string with what JSON must escape: quotes, backslashes, control characters,
+/// and what it must not (`/`, `~`, non-ASCII).
+fn awkward() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop_oneof![
+            prop::sample::select(
+                &[
+                    "\"", "\\", "\n", "\u{1}", "\u{1f}", "/", "~", "é", "🦀", "\u{7f}"
+                ][..]
+            )
+            .prop_map(String::from),
+            "[a-zA-Z0-9 ._-]{0,6}",
+        ],
+        0..6,
+    )
+    .prop_map(|parts| parts.concat())
+}
+
+fn resources() -> impl Strategy<Value = Resources> {
+    let milli =
+        || proptest::option::of((-3i128..5_000_000_000_000).prop_map(crate::api::quantity::Milli));
+    (milli(), milli()).prop_map(|(cpu, memory)| Resources { cpu, memory })
+}
+
+/// A Deployment with the Pod's metadata on itself and on its pod template.
+fn as_deployment(pod: &Value) -> Value {
+    json!({
+        "metadata": pod["metadata"],
+        "spec": {"template": pod},
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn the_written_patch_is_what_serde_writes_for_json_patch_operations(doc in pod()) {
+        let s = orders();
+        let text = doc.to_string();
+        let pod: Workload = serde_json::from_str(&text).unwrap();
+        let ops = decide_pod(&pod, &s, 0.8).unwrap();
+        let written = decide_pod_into::<PatchText>(&pod, &s, 0.8).unwrap();
+        prop_assert_eq!(written.mutation.ops.len(), ops.mutation.ops.len());
+        prop_assert_eq!(&written.mutation.warnings, &ops.mutation.warnings);
+        let expected = serde_json::to_vec(&ops.mutation.ops).unwrap();
+        prop_assert_eq!(
+            String::from_utf8(written.mutation.ops.into_bytes()).unwrap(),
+            String::from_utf8(expected).unwrap()
+        );
+
+        let text = as_deployment(&doc).to_string();
+        let dep: Workload = serde_json::from_str(&text).unwrap();
+        let ops = decide_deployment(&dep, &s, 0.8).unwrap();
+        let written = decide_deployment_into::<PatchText>(&dep, &s, 0.8).unwrap();
+        prop_assert_eq!(&written.mutation.warnings, &ops.mutation.warnings);
+        let expected = serde_json::to_vec(&ops.mutation.ops).unwrap();
+        prop_assert_eq!(
+            String::from_utf8(written.mutation.ops.into_bytes()).unwrap(),
+            String::from_utf8(expected).unwrap()
+        );
+    }
+
+    #[test]
+    fn every_written_value_and_pointer_is_what_serde_writes(
+        a in awkward(),
+        b in awkward(),
+        keys in prop::collection::vec((awkward(), awkward()), 0..4),
+        env in prop::collection::vec((awkward(), awkward()), 0..4),
+        requests in resources(),
+        limits in resources(),
+        token in awkward(),
+        op in prop::sample::select(&[patch::Op::Add, patch::Op::Replace, patch::Op::Remove][..]),
+    ) {
+        use patch::Val;
+        let pairs: Vec<(&str, &str)> = keys.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let env: Vec<(&str, std::borrow::Cow<'_, str>)> =
+            env.iter().map(|(n, v)| (n.as_str(), v.as_str().into())).collect();
+        for val in [
+            Val::Str(&a),
+            Val::Strings(&pairs),
+            Val::Annotations(&pairs),
+            Val::Env(&a, &b),
+            Val::EnvList(&env),
+            Val::Resources(&requests),
+            Val::Sides { requests: &requests, limits: &limits },
+        ] {
+            let expected = serde_json::to_vec(&val.to_value()).unwrap();
+            prop_assert_eq!(
+                String::from_utf8(patch::text::val_bytes(val)).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+        }
+        // A pointer with an awkward token, through both sinks.
+        let mut path = String::new();
+        patch::push_token(&mut path, &a);
+        patch::push_token(&mut path, &token);
+        let value = (op != patch::Op::Remove).then_some(Val::Str(&b));
+        let mut written = PatchText::default();
+        written.push(op, &path, value);
+        let mut ops: Vec<json_patch::PatchOperation> = Vec::new();
+        Ops::push(&mut ops, op, &path, value);
+        prop_assert_eq!(
+            ops[0].path().tokens().map(|t| t.decoded().into_owned()).collect::<Vec<_>>(),
+            vec![a.clone(), token.clone()]
+        );
+        prop_assert_eq!(
+            String::from_utf8(written.into_bytes()).unwrap(),
+            serde_json::to_string(&ops).unwrap()
+        );
+    }
+}
+
+#[test]
+fn an_empty_written_patch_is_an_empty_array() {
+    let ops: Vec<json_patch::PatchOperation> = Vec::new();
+    assert_eq!(
+        PatchText::default().into_bytes(),
+        serde_json::to_vec(&ops).unwrap()
+    );
+}
