@@ -69,21 +69,23 @@ pub struct Memo {
 }
 
 impl Memo {
-    pub fn new(consumer: &Arc<Consumer>, fingerprint: u64, decision: Decision) -> Self {
-        Memo {
+    /// A memo of `decision`, if it is one that may be reused: one that writes
+    /// nothing. One that writes is made again next pass anyway, and kept it
+    /// would hold every Deployment body it writes (tens of KB each) until then.
+    pub fn new(consumer: &Arc<Consumer>, fingerprint: u64, decision: &Decision) -> Option<Self> {
+        let quiet = decision.writes.is_empty()
+            && decision.rollouts.is_empty()
+            && decision.removals.is_empty();
+        quiet.then(|| Memo {
             consumer: Arc::downgrade(consumer),
             fingerprint,
-            decision,
-        }
+            decision: decision.clone(),
+        })
     }
 
-    /// The decision again, if it would be the same and writes nothing.
+    /// The decision again, if it would be the same.
     pub fn reuse(&self, consumer: &Arc<Consumer>, fingerprint: u64) -> Option<&Decision> {
-        let quiet = self.decision.writes.is_empty()
-            && self.decision.rollouts.is_empty()
-            && self.decision.removals.is_empty();
-        (quiet
-            && std::ptr::eq(self.consumer.as_ptr(), Arc::as_ptr(consumer))
+        (std::ptr::eq(self.consumer.as_ptr(), Arc::as_ptr(consumer))
             && self.fingerprint == fingerprint)
             .then_some(&self.decision)
     }
@@ -107,7 +109,7 @@ mod tests {
         let c = Arc::new(crate::api::test_orders());
         let d = vec![json!({"metadata": {"name": "orders-0", "resourceVersion": "7"}})];
         let f = fp(&d, None);
-        let memo = Memo::new(&c, f, Decision::default());
+        let memo = Memo::new(&c, f, &Decision::default()).unwrap();
         assert!(memo.reuse(&c, f).is_some());
         assert!(
             memo.reuse(&Arc::new((*c).clone()), f).is_none(),
@@ -126,7 +128,7 @@ mod tests {
     }
 
     #[test]
-    fn a_decision_that_writes_is_never_reused() {
+    fn a_decision_that_writes_is_never_kept_nor_reused() {
         let c = Arc::new(crate::api::test_orders());
         let busy = Decision {
             removals: vec![crate::manage::Removal {
@@ -135,7 +137,6 @@ mod tests {
             }],
             ..Decision::default()
         };
-        let memo = Memo::new(&c, 1, busy);
-        assert!(memo.reuse(&c, 1).is_none());
+        assert!(Memo::new(&c, 1, &busy).is_none());
     }
 }

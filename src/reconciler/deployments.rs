@@ -686,10 +686,11 @@ impl DeploymentManager {
         fingerprint: u64,
         decision: &Decision,
     ) {
-        self.memos.lock().unwrap_or_else(|e| e.into_inner()).insert(
-            key.to_string(),
-            Memo::new(consumer, fingerprint, decision.clone()),
-        );
+        let mut memos = self.memos.lock().unwrap_or_else(|e| e.into_inner());
+        match Memo::new(consumer, fingerprint, decision) {
+            Some(memo) => memos.insert(key.to_string(), memo),
+            None => memos.remove(key),
+        };
     }
 
     /// A fingerprint of what the manager would decide from for `consumer` (its
