@@ -555,7 +555,10 @@ impl View<'_> {
                 Candidate::Labelled(_) => None,
             })
             .collect();
-        let fetched = tokio::task::spawn_blocking(move || {
+        let fetched = if listed.is_empty() {
+            Vec::new()
+        } else {
+            tokio::task::spawn_blocking(move || {
             listed
                 .iter()
                 .map(|d| match d.object() {
@@ -566,12 +569,13 @@ impl View<'_> {
                     }
                 })
                 .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|e| StoreError::Database {
-            path: "managed Deployments".into(),
-            message: e.to_string(),
-        })?;
+            })
+            .await
+            .map_err(|e| StoreError::Database {
+                path: "managed Deployments".into(),
+                message: e.to_string(),
+            })?
+        };
         let mut fetched = fetched.into_iter();
         let mut all = Vec::with_capacity(self.candidates.len());
         let mut ours = 0;
