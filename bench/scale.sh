@@ -108,7 +108,7 @@ for n in 1 $COUNTS; do
     passes=$(metric konsumer_reconcile_pass_duration_seconds_count)
     pass_sum=$(metric konsumer_reconcile_pass_duration_seconds_sum)
     pass_mean=$(awk -v s="${pass_sum:-0}" -v c="${passes:-0}" 'BEGIN { printf "%.0f ms", (c > 0 ? s / c * 1000 : 0) }')
-    managed=$(find "$dir/.konsumer/deployments" -name '*.yaml' 2>/dev/null | wc -l)
+    managed=$({ find "$dir/.konsumer/deployments" -name '*.yaml' 2>/dev/null || true; } | wc -l)
     kill "$PID"
     wait "$PID" 2>/dev/null || true
     PID=""
