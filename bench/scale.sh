@@ -4,6 +4,7 @@
 #
 #   bench/scale.sh                    # 1,000, 10,000 and 50,000 Consumers
 #   COUNTS="10000" IDLE=60 bench/scale.sh
+#   ARGS=--manage-deployments=false bench/scale.sh   # the same fleet, unmanaged
 #
 # For each count N in COUNTS it writes N copies of examples/local/orders.yaml
 # (metadata.name and spec.name varied, the Prometheus address
@@ -13,8 +14,10 @@
 # the first passes (WARMUP s), and after IDLE more seconds with nothing changing,
 # the peak (VmHWM), the CPU used in those IDLE seconds, the reconcile passes
 # (konsumer_reconcile_pass_duration_seconds: count and mean) and the log lines
-# per level. Markdown on stdout, progress on stderr. Needs curl and jq. BUILD=0 uses
-# the release binary as it is.
+# per level, and the managed Deployment manifests written (4 per copy: the
+# example has a deploymentTemplate, and --manage-deployments is on by default).
+# ARGS are more `konsumer serve` flags. Markdown on stdout, progress on stderr.
+# Needs curl and jq. BUILD=0 uses the release binary as it is.
 
 set -euo pipefail
 
@@ -22,6 +25,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 COUNTS=${COUNTS:-"1000 10000 50000"}
 WARMUP=${WARMUP:-30}
 IDLE=${IDLE:-60}
+ARGS=${ARGS:-}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -52,10 +56,10 @@ metric() { curl -s "$ADMIN/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
 
 TEMPLATE=$(sed 's#http://prometheus.monitoring.svc:9090#http://127.0.0.1:1#' "$ROOT/examples/local/orders.yaml")
 
-echo "load average at start: \`$(cat /proc/loadavg)\`; $(nproc) CPUs; commit $(git -C "$ROOT" rev-parse --short HEAD)"
+echo "load average at start: \`$(cat /proc/loadavg)\`; $(nproc) CPUs; commit $(git -C "$ROOT" rev-parse --short HEAD)${ARGS:+; flags \`$ARGS\`}"
 echo
-echo "| Consumers | ready | all cached | RSS loaded | RSS after ${WARMUP} s | RSS after ${IDLE} s more | peak | CPU while idle | passes (mean wall time) | WARN / INFO lines in ${IDLE} s | per Consumer (RSS after idle − 1 Consumer's) |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| Consumers | ready | all cached | RSS loaded | RSS after ${WARMUP} s | RSS after ${IDLE} s more | peak | CPU while idle | passes (mean wall time) | WARN / INFO lines in ${IDLE} s | per Consumer (RSS after idle − 1 Consumer's) | managed Deployments |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 
 BASE_RSS=""
 for n in 1 $COUNTS; do
@@ -70,8 +74,9 @@ for n in 1 $COUNTS; do
     done
     logf=$WORK/konsumer-$n.log
     t0=$(date +%s%N)
+    # shellcheck disable=SC2086 # ARGS are words
     "$KONSUMER" serve --local "$dir" --log-format json \
-        --webhook-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 >"$logf" 2>&1 &
+        --webhook-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 $ARGS >"$logf" 2>&1 &
     PID=$!
     line=""
     for _ in $(seq 1200); do
@@ -103,6 +108,7 @@ for n in 1 $COUNTS; do
     passes=$(metric konsumer_reconcile_pass_duration_seconds_count)
     pass_sum=$(metric konsumer_reconcile_pass_duration_seconds_sum)
     pass_mean=$(awk -v s="${pass_sum:-0}" -v c="${passes:-0}" 'BEGIN { printf "%.0f ms", (c > 0 ? s / c * 1000 : 0) }')
+    managed=$({ find "$dir/.konsumer/deployments" -name '*.yaml' 2>/dev/null || true; } | wc -l)
     kill "$PID"
     wait "$PID" 2>/dev/null || true
     PID=""
@@ -112,7 +118,7 @@ for n in 1 $COUNTS; do
     else
         per=$(awk -v a="$rss_idle" -v b="$BASE_RSS" -v n="$n" 'BEGIN { printf "%.1f KB", (a - b) / (n - 1) }')
     fi
-    echo "| $n | $ready_ms ms | $loaded_ms ms | $(mb "$rss_loaded") | $(mb "$rss_warm") | $(mb "$rss_idle") | $(mb "$hwm") | $idle_cores cores | ${passes:-0} ($pass_mean) | $warn / $info | $per |"
+    echo "| $n | $ready_ms ms | $loaded_ms ms | $(mb "$rss_loaded") | $(mb "$rss_warm") | $(mb "$rss_idle") | $(mb "$hwm") | $idle_cores cores | ${passes:-0} ($pass_mean) | $warn / $info | $per | $managed |"
     rm -rf "$dir"
 done
 echo

@@ -306,8 +306,9 @@ fn main() {
         .zip(&warm)
         .map(|((_, _, _, live), c)| {
             let consumer = std::sync::Arc::new(c.consumer.clone());
-            let f = manage::memo::fingerprint(live, None);
-            let memo = manage::memo::Memo::new(consumer.clone(), f, manage::Decision::default());
+            let f = manage::memo::fingerprint(versions(live), None);
+            let memo = manage::memo::Memo::new(&consumer, f, &manage::Decision::default())
+                .expect("a decision that writes nothing is kept");
             (consumer, memo)
         })
         .collect();
@@ -316,7 +317,7 @@ fn main() {
             .iter()
             .zip(&memos)
             .filter(|((_, _, _, live), (consumer, memo))| {
-                memo.reuse(consumer, manage::memo::fingerprint(live, None))
+                memo.reuse(consumer, manage::memo::fingerprint(versions(live), None))
                     .is_some()
             })
             .count()
@@ -405,4 +406,11 @@ fn main() {
         ms(v_best),
         ms(v_median)
     );
+}
+
+/// The listed Deployments as the memo's fingerprint reads them.
+fn versions(live: &[serde_json::Value]) -> Vec<(&str, manage::memo::Version<'_>)> {
+    live.iter()
+        .map(|d| (manage::live::name(d), manage::memo::Version::of(d)))
+        .collect()
 }

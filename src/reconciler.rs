@@ -33,7 +33,7 @@ use crate::store::{CachedConsumer, ConsumerIndex, Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{EventLabel, ReasonLabel};
 
-use deployments::{DeploymentApi, DeploymentIndex, DeploymentManager, View};
+use deployments::{DeploymentApi, DeploymentIndex, DeploymentManager, Objects, View};
 use outage::{Notice, Outages};
 use prometheus::{PromClient, PromError};
 use workloads::WorkloadSource;
@@ -552,15 +552,20 @@ impl Reconciler {
         let managed = view
             .as_ref()
             .is_some_and(|v| v.management == Management::Managed);
+        // The Deployments whole, fetched now that this Consumer is reconciled.
+        let objects_of = match &view {
+            Some(view) => Some(view.objects().await?),
+            None => None,
+        };
         // Adopted Deployments seed the recommendation with what they run with.
-        let seeded: Option<Consumer> = match (&spec, &view) {
-            (Ok(Some(spec)), Some(view)) if managed => {
+        let seeded: Option<Consumer> = match (&spec, &objects_of) {
+            (Ok(Some(spec)), Some(of)) if managed => {
                 let previous = consumer
                     .status
                     .as_ref()
                     .and_then(|s| s.instances.as_deref())
                     .unwrap_or_default();
-                let ours: Vec<&Value> = view.ours.iter().collect();
+                let ours: Vec<&Value> = of.ours().iter().collect();
                 manage::seed::seed(spec, previous, &ours, now).map(|instances| {
                     let mut c = (**consumer).clone();
                     c.status.get_or_insert_with(Default::default).instances = Some(instances);
@@ -572,10 +577,10 @@ impl Reconciler {
         let stepped = seeded.as_ref().unwrap_or(consumer);
         // The counters see the managed Deployments too (adopted ones may lack
         // the consumer label).
-        let counted: Option<Vec<Value>> = match (&view, objects) {
-            (Some(view), Some(objects)) if !view.ours.is_empty() => {
+        let counted: Option<Vec<Value>> = match (&objects_of, objects) {
+            (Some(of), Some(objects)) if !of.ours().is_empty() => {
                 let mut all = objects.to_vec();
-                for d in &view.ours {
+                for d in of.ours() {
                     if !all.iter().any(|o| {
                         o.get("kind").and_then(Value::as_str) == Some("Deployment")
                             && manage::live::name(o) == manage::live::name(d)
@@ -628,9 +633,9 @@ impl Reconciler {
             .or_else(|| seeded.as_ref().and_then(|c| c.status.clone()));
         // The Deployments decided from the recommendation just made.
         let mut decision = None;
-        if let Some(view) = &view {
+        if let (Some(view), Some(of)) = (&view, &objects_of) {
             if managed {
-                decision = self.decide_deployments(cached, next.as_ref(), settings, view, &key);
+                decision = self.decide_deployments(cached, next.as_ref(), settings, view, of, &key);
             }
             let counted_outdated =
                 objects.map(|_| next.as_ref().unwrap_or(previous).outdated.unwrap_or(0));
@@ -738,13 +743,14 @@ impl Reconciler {
         cached: &CachedConsumer,
         next: Option<&ConsumerStatus>,
         settings: Option<&ConsumerSettings>,
-        view: &View,
+        view: &View<'_>,
+        objects: &Objects,
         key: &str,
     ) -> Option<Decision> {
         let manager = self.deployments.as_ref()?;
         let consumer = &cached.consumer;
         let in_flight = manager.in_flight(key);
-        let fingerprint = manage::memo::fingerprint(&view.candidates, in_flight.as_ref());
+        let fingerprint = view.fingerprint(in_flight.as_ref());
         // The recommendations are the cached status' unless this pass changed them
         // (new metrics alone, a new lastSyncTime, change nothing here).
         let same_recommendations = next.is_none_or(|n| {
@@ -770,11 +776,10 @@ impl Reconciler {
             &view.owner,
             self.config.gomemlimit_ratio,
         );
-        let candidates: Vec<&Value> = view.candidates.iter().collect();
-        match manage::decide(&recipe, &candidates, in_flight.as_ref()) {
+        match manage::decide(&recipe, &objects.candidates(), in_flight.as_ref()) {
             Ok(d) => {
                 if same_recommendations {
-                    manager.remember(key, consumer.clone(), fingerprint, &d);
+                    manager.remember(key, consumer, fingerprint, &d);
                 }
                 Some(d)
             }

@@ -8,7 +8,7 @@
 //! Events; each rollout is an [`Applied`] record.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -30,12 +30,77 @@ use crate::notice;
 use crate::store::StoreError;
 use crate::telemetry::Metrics;
 
+/// One listed Deployment, as a pass reads it: whose it is, its name and its
+/// version (what the skip decision reads), and the way to the whole object,
+/// fetched only for the Consumers that are reconciled (see [`Listed::object`]).
+/// An unchanged fleet costs a listing of these digests and nothing more.
+pub struct Listed {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    /// Its controller's uid.
+    pub owner: Option<Arc<str>>,
+    /// `resourceVersion`; in local mode, the manifest file's stamp (an edit by
+    /// hand changes it too).
+    pub version: Arc<str>,
+    body: Body,
+}
+
+enum Body {
+    /// Kube mode: the object of this pass's list, dropped with it.
+    Listed(Box<Deployment>),
+    /// Local mode: nothing is kept between passes but the digest; the manifest
+    /// is read again when it is needed.
+    File(Arc<Path>),
+    /// An object given whole (tests).
+    #[cfg(test)]
+    Value(Value),
+}
+
+impl Listed {
+    /// The whole Deployment as JSON (`None`: it is gone since it was listed).
+    pub fn object(&self) -> Result<Option<Value>, StoreError> {
+        match &self.body {
+            Body::Listed(d) => to_json(d).map(Some),
+            Body::File(path) => Ok(LocalDeployments::read_stamped(path)?.map(|(_, d)| d)),
+            #[cfg(test)]
+            Body::Value(v) => Ok(Some(v.clone())),
+        }
+    }
+
+    /// The digest of a Deployment given whole.
+    #[cfg(test)]
+    pub fn of_value(d: Value) -> Self {
+        Listed {
+            namespace: live::namespace(&d).into(),
+            name: live::name(&d).into(),
+            owner: live::controller(&d).map(|(_, _, uid)| uid.into()),
+            version: d
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .into(),
+            body: Body::Value(d),
+        }
+    }
+
+    fn digest(d: &Value, version: Arc<str>, body: Body) -> Self {
+        Listed {
+            namespace: live::namespace(d).into(),
+            name: live::name(d).into(),
+            owner: live::controller(d).map(|(_, _, uid)| uid.into()),
+            version,
+            body,
+        }
+    }
+}
+
 /// Where managed Deployments live.
 #[async_trait]
 pub trait DeploymentApi: Send + Sync {
     /// Every Deployment konsumer may manage: those with Konsumerator's
-    /// `controller` label (konsumer's and Konsumerator's both have it).
-    async fn list(&self) -> Result<Vec<Arc<Value>>, StoreError>;
+    /// `controller` label (konsumer's and Konsumerator's both have it), as
+    /// digests.
+    async fn list(&self) -> Result<Vec<Arc<Listed>>, StoreError>;
     /// One Deployment, if it exists (a name is checked before it is created).
     async fn get(&self, namespace: &str, name: &str) -> Result<Option<Value>, StoreError>;
     /// Server-side apply of a whole Deployment; the stored object back.
@@ -57,20 +122,41 @@ pub struct KubeDeployments {
 
 #[async_trait]
 impl DeploymentApi for KubeDeployments {
-    async fn list(&self) -> Result<Vec<Arc<Value>>, StoreError> {
+    async fn list(&self) -> Result<Vec<Arc<Listed>>, StoreError> {
         let api: Api<Deployment> = match &self.namespace {
             Some(ns) => Api::namespaced(self.client.clone(), ns),
             None => Api::all(self.client.clone()),
         };
-        // From the apiserver's watch cache, like the workload counters.
+        // From the apiserver's watch cache (`resourceVersion=0`), like the
+        // workload counters. The typed objects live until the pass ends; only
+        // the reconciled Consumers' become JSON.
         let params = ListParams::default()
             .labels(keys::CONTROLLER_LABEL)
             .match_any();
-        let mut out = Vec::new();
-        for d in api.list(&params).await? {
-            out.push(Arc::new(to_json(&d)?));
-        }
-        Ok(out)
+        Ok(api
+            .list(&params)
+            .await?
+            .items
+            .into_iter()
+            .map(|d| {
+                let meta = &d.metadata;
+                let text =
+                    |s: &Option<String>| -> Arc<str> { s.as_deref().unwrap_or_default().into() };
+                let owner = meta
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .find(|r| r.controller == Some(true))
+                    .map(|r| Arc::from(r.uid.as_str()));
+                Arc::new(Listed {
+                    namespace: text(&meta.namespace),
+                    name: text(&meta.name),
+                    owner,
+                    version: text(&meta.resource_version),
+                    body: Body::Listed(Box::new(d)),
+                })
+            })
+            .collect())
     }
 
     async fn get(&self, namespace: &str, name: &str) -> Result<Option<Value>, StoreError> {
@@ -122,6 +208,18 @@ impl DeploymentApi for KubeDeployments {
     }
 }
 
+/// Sets `metadata.resourceVersion` (a manifest that is no object is left as
+/// it is: it is no Deployment of anyone's).
+fn set_version(d: &mut Value, version: String) {
+    if let Some(meta) = d.as_object_mut().map(|d| {
+        d.entry("metadata")
+            .or_insert_with(|| Value::Object(Default::default()))
+    }) && let Some(meta) = meta.as_object_mut()
+    {
+        meta.insert("resourceVersion".into(), Value::from(version));
+    }
+}
+
 fn to_json(d: &Deployment) -> Result<Value, StoreError> {
     let mut v = serde_json::to_value(d)?;
     v["kind"] = Value::from("Deployment");
@@ -135,22 +233,22 @@ fn to_json(d: &Deployment) -> Result<Value, StoreError> {
 /// add `konsumerator.lwolf.org/disable-autoscaler` and konsumer leaves it alone.
 pub struct LocalDeployments {
     root: PathBuf,
-    /// Each manifest as last read, by path, with the stamp it was read at, as
-    /// compact JSON: a pass YAML-parses only the files that changed since the
-    /// last one, and what stays between passes is text, not `Value` trees
-    /// (about ten times smaller).
-    parsed: Arc<Mutex<Parsed>>,
+    /// Each manifest's digest as last read, by path, with the stamp it was read
+    /// at: a pass YAML-parses only the files that changed since the last one
+    /// (konsumer's own writes are noted as they are made), and what stays
+    /// between passes is the digest, not the manifest.
+    digests: Arc<Mutex<Digests>>,
 }
 
 /// A file's modification time (ns) and length.
 type Stamp = (u128, u64);
-type Parsed = HashMap<PathBuf, (Stamp, Box<str>)>;
+type Digests = HashMap<Arc<Path>, (Stamp, Arc<Listed>)>;
 
 impl LocalDeployments {
     pub fn new(root: PathBuf) -> Self {
         LocalDeployments {
             root,
-            parsed: Arc::default(),
+            digests: Arc::default(),
         }
     }
 
@@ -158,14 +256,28 @@ impl LocalDeployments {
         self.root.join(namespace).join(format!("{name}.yaml"))
     }
 
-    fn io(path: &std::path::Path, source: std::io::Error) -> StoreError {
+    fn io(path: &Path, source: std::io::Error) -> StoreError {
         StoreError::Io {
             path: path.display().to_string(),
             source,
         }
     }
 
-    fn read(path: &std::path::Path) -> Result<Option<Value>, StoreError> {
+    fn stamp(meta: &std::fs::Metadata) -> Stamp {
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        (modified, meta.len())
+    }
+
+    /// The stamp as the resourceVersion it stands for.
+    fn version((modified, len): Stamp) -> String {
+        format!("{modified}-{len}")
+    }
+
+    fn read(path: &Path) -> Result<Option<Value>, StoreError> {
         match std::fs::read_to_string(path) {
             Ok(text) => serde_saphyr::from_str::<Value>(&text)
                 .map(Some)
@@ -177,72 +289,87 @@ impl LocalDeployments {
             Err(e) => Err(Self::io(path, e)),
         }
     }
+
+    /// A manifest with its stamp as `metadata.resourceVersion`, as listed.
+    fn read_stamped(path: &Path) -> Result<Option<(Stamp, Value)>, StoreError> {
+        let stamp = match std::fs::metadata(path) {
+            Ok(meta) => Self::stamp(&meta),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Self::io(path, e)),
+        };
+        Ok(Self::read(path)?.map(|mut d| {
+            set_version(&mut d, Self::version(stamp));
+            (stamp, d)
+        }))
+    }
+
+    fn scan(root: &Path, digests: &mut Digests) -> Vec<Arc<Listed>> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        let Ok(namespaces) = std::fs::read_dir(root) else {
+            digests.clear();
+            return out;
+        };
+        for ns in namespaces.filter_map(Result::ok).map(|e| e.path()) {
+            let Ok(files) = std::fs::read_dir(&ns) else {
+                continue;
+            };
+            for file in files.filter_map(Result::ok).map(|e| e.path()) {
+                if file.extension().and_then(|e| e.to_str()) != Some("yaml") {
+                    continue;
+                }
+                let Ok(meta) = std::fs::metadata(&file) else {
+                    continue;
+                };
+                let stamp = Self::stamp(&meta);
+                if let Some((at, listed)) = digests.get(file.as_path())
+                    && *at == stamp
+                {
+                    seen.insert(file);
+                    out.push(listed.clone());
+                    continue;
+                }
+                let file: Arc<Path> = file.into();
+                seen.insert(file.to_path_buf());
+                match Self::read(&file) {
+                    Ok(Some(d)) if live::name(&d).is_empty() => {
+                        tracing::warn!(path = %file.display(), "skipping a managed Deployment manifest without metadata.name");
+                    }
+                    Ok(Some(d)) => {
+                        let listed = Arc::new(Listed::digest(
+                            &d,
+                            Self::version(stamp).into(),
+                            Body::File(file.clone()),
+                        ));
+                        digests.insert(file, (stamp, listed.clone()));
+                        out.push(listed);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "skipping a managed Deployment manifest")
+                    }
+                }
+            }
+        }
+        digests.retain(|path, _| seen.contains(&**path));
+        out
+    }
 }
 
 #[async_trait]
 impl DeploymentApi for LocalDeployments {
-    async fn list(&self) -> Result<Vec<Arc<Value>>, StoreError> {
+    async fn list(&self) -> Result<Vec<Arc<Listed>>, StoreError> {
         let root = self.root.clone();
-        let parsed = self.parsed.clone();
+        let digests = self.digests.clone();
         tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            let mut parsed = parsed.lock().unwrap_or_else(|e| e.into_inner());
-            let mut seen = HashSet::new();
-            let Ok(namespaces) = std::fs::read_dir(&root) else {
-                parsed.clear();
-                return Ok(out);
-            };
-            for ns in namespaces.filter_map(Result::ok).map(|e| e.path()) {
-                let Ok(files) = std::fs::read_dir(&ns) else {
-                    continue;
-                };
-                for file in files.filter_map(Result::ok).map(|e| e.path()) {
-                    if file.extension().and_then(|e| e.to_str()) != Some("yaml") {
-                        continue;
-                    }
-                    let Ok(meta) = std::fs::metadata(&file) else {
-                        continue;
-                    };
-                    let modified = meta
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map_or(0, |d| d.as_nanos());
-                    let stamp = (modified, meta.len());
-                    seen.insert(file.clone());
-                    if let Some((at, text)) = parsed.get(&file)
-                        && *at == stamp
-                        && let Ok(d) = serde_json::from_str::<Value>(text)
-                    {
-                        out.push(Arc::new(d));
-                        continue;
-                    }
-                    match Self::read(&file) {
-                        Ok(Some(mut d)) => {
-                            // The file's stamp stands for the API server's
-                            // resourceVersion: an edit by hand changes it too.
-                            d["metadata"]["resourceVersion"] =
-                                Value::from(format!("{modified}-{}", meta.len()));
-                            if let Ok(text) = serde_json::to_string(&d) {
-                                parsed.insert(file, (stamp, text.into_boxed_str()));
-                            }
-                            out.push(Arc::new(d))
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            tracing::warn!(error = %e, "skipping a managed Deployment manifest")
-                        }
-                    }
-                }
-            }
-            parsed.retain(|path, _| seen.contains(path));
-            Ok(out)
+            let mut digests = digests.lock().unwrap_or_else(|e| e.into_inner());
+            Self::scan(&root, &mut digests)
         })
         .await
         .map_err(|e| StoreError::Database {
             path: self.root.display().to_string(),
             message: e.to_string(),
-        })?
+        })
     }
 
     async fn get(&self, namespace: &str, name: &str) -> Result<Option<Value>, StoreError> {
@@ -251,7 +378,7 @@ impl DeploymentApi for LocalDeployments {
 
     async fn apply(&self, namespace: &str, name: &str, body: &Value) -> Result<Value, StoreError> {
         let path = self.path(namespace, name);
-        let stored = local_apply(Self::read(&path)?, body);
+        let mut stored = local_apply(Self::read(&path)?, body);
         let dir = self.root.join(namespace);
         std::fs::create_dir_all(&dir).map_err(|e| Self::io(&dir, e))?;
         let text = serde_saphyr::to_string(&stored).map_err(|e| StoreError::Database {
@@ -262,6 +389,18 @@ impl DeploymentApi for LocalDeployments {
         let tmp = dir.join(format!(".{name}.yaml.tmp"));
         std::fs::write(&tmp, text).map_err(|e| Self::io(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| Self::io(&path, e))?;
+        // What was written is known: the next listing need not parse it again.
+        if let Ok(meta) = std::fs::metadata(&path) {
+            let stamp = Self::stamp(&meta);
+            let version = Self::version(stamp);
+            set_version(&mut stored, version.clone());
+            let path: Arc<Path> = path.into();
+            let listed = Listed::digest(&stored, version.into(), Body::File(path.clone()));
+            self.digests
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(path, (stamp, Arc::new(listed)));
+        }
         Ok(stored)
     }
 
@@ -330,38 +469,147 @@ fn local_apply(existing: Option<Value>, body: &Value) -> Value {
 /// The listed Deployments, by owner uid and by (namespace, name).
 #[derive(Default)]
 pub struct DeploymentIndex {
-    by_owner: HashMap<String, Vec<Arc<Value>>>,
-    by_name: HashMap<(String, String), Arc<Value>>,
+    by_owner: HashMap<Arc<str>, Vec<Arc<Listed>>>,
+    by_name: HashMap<Arc<str>, HashMap<Arc<str>, Arc<Listed>>>,
 }
 
 impl DeploymentIndex {
-    pub fn new(list: Vec<Arc<Value>>) -> Self {
+    pub fn new(list: Vec<Arc<Listed>>) -> Self {
         let mut index = DeploymentIndex::default();
         for d in list {
-            if let Some((_, _, uid)) = live::controller(&d) {
+            if let Some(uid) = &d.owner {
                 index
                     .by_owner
-                    .entry(uid.to_string())
+                    .entry(uid.clone())
                     .or_default()
                     .push(d.clone());
             }
-            index.by_name.insert(
-                (live::namespace(&d).to_string(), live::name(&d).to_string()),
-                d,
-            );
+            index
+                .by_name
+                .entry(d.namespace.clone())
+                .or_default()
+                .insert(d.name.clone(), d);
         }
         index
+    }
+
+    fn get(&self, namespace: &str, name: &str) -> Option<&Arc<Listed>> {
+        self.by_name.get(namespace)?.get(name)
+    }
+}
+
+/// A Deployment the manager decides from: one it listed, or one of the
+/// Consumer's labelled workloads named like one of its instances.
+pub enum Candidate<'a> {
+    Listed(Arc<Listed>),
+    Labelled(&'a Value),
+}
+
+impl Candidate<'_> {
+    fn name(&self) -> &str {
+        match self {
+            Candidate::Listed(d) => &d.name,
+            Candidate::Labelled(d) => live::name(d),
+        }
+    }
+
+    fn version(&self) -> manage::memo::Version<'_> {
+        match self {
+            Candidate::Listed(d) => manage::memo::Version::Resource(&d.version),
+            Candidate::Labelled(d) => manage::memo::Version::of(d),
+        }
     }
 }
 
 /// What the manager sees of one Consumer this pass.
-pub struct View {
+pub struct View<'a> {
     pub owner: Owner,
     pub management: Management,
     /// Deployments it owns.
-    pub ours: Vec<Value>,
-    /// Those, and any other Deployment named like one of its instances.
-    pub candidates: Vec<Value>,
+    pub ours: Vec<Arc<Listed>>,
+    /// Those first, and any other Deployment named like one of its instances.
+    pub candidates: Vec<Candidate<'a>>,
+}
+
+impl View<'_> {
+    /// What the decision depends on of these Deployments (with the rollout in
+    /// flight): read from the digests, no object fetched.
+    pub fn fingerprint(&self, in_flight: Option<&InFlight>) -> u64 {
+        manage::memo::fingerprint(
+            self.candidates.iter().map(|c| (c.name(), c.version())),
+            in_flight,
+        )
+    }
+
+    /// The Deployments whole, for a Consumer that is reconciled: its own, and
+    /// every candidate (its own first). One that went away since it was listed
+    /// is left out; one that cannot be read is left out and said. Files are
+    /// read off the async workers (a failure there fails the reconcile: no
+    /// decision is made from Deployments missing for that reason).
+    pub async fn objects(&self) -> Result<Objects, StoreError> {
+        let listed: Vec<Arc<Listed>> = self
+            .candidates
+            .iter()
+            .filter_map(|c| match c {
+                Candidate::Listed(d) => Some(d.clone()),
+                Candidate::Labelled(_) => None,
+            })
+            .collect();
+        let fetched = if listed.is_empty() {
+            Vec::new()
+        } else {
+            tokio::task::spawn_blocking(move || {
+            listed
+                .iter()
+                .map(|d| match d.object() {
+                    Ok(object) => object,
+                    Err(e) => {
+                        tracing::warn!(error = %e, deployment = %d.name, "skipping a managed Deployment that cannot be read");
+                        None
+                    }
+                })
+                .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| StoreError::Database {
+                path: "managed Deployments".into(),
+                message: e.to_string(),
+            })?
+        };
+        let mut fetched = fetched.into_iter();
+        let mut all = Vec::with_capacity(self.candidates.len());
+        let mut ours = 0;
+        for (i, c) in self.candidates.iter().enumerate() {
+            let object = match c {
+                Candidate::Listed(_) => fetched.next().flatten(),
+                Candidate::Labelled(d) => Some((*d).clone()),
+            };
+            if let Some(object) = object {
+                if i < self.ours.len() {
+                    ours += 1;
+                }
+                all.push(object);
+            }
+        }
+        Ok(Objects { all, ours })
+    }
+}
+
+/// A reconciled Consumer's Deployments, whole, for this pass only.
+pub struct Objects {
+    /// Every candidate, those it owns first.
+    all: Vec<Value>,
+    ours: usize,
+}
+
+impl Objects {
+    pub fn ours(&self) -> &[Value] {
+        &self.all[..self.ours]
+    }
+
+    pub fn candidates(&self) -> Vec<&Value> {
+        self.all.iter().collect()
+    }
 }
 
 /// What was told about one Consumer.
@@ -438,14 +686,15 @@ impl DeploymentManager {
     pub fn remember(
         &self,
         key: &str,
-        consumer: Arc<Consumer>,
+        consumer: &Arc<Consumer>,
         fingerprint: u64,
         decision: &Decision,
     ) {
-        self.memos.lock().unwrap_or_else(|e| e.into_inner()).insert(
-            key.to_string(),
-            Memo::new(consumer, fingerprint, decision.clone()),
-        );
+        let mut memos = self.memos.lock().unwrap_or_else(|e| e.into_inner());
+        match Memo::new(consumer, fingerprint, decision) {
+            Some(memo) => memos.insert(key.to_string(), memo),
+            None => memos.remove(key),
+        };
     }
 
     /// A fingerprint of what the manager would decide from for `consumer` (its
@@ -462,49 +711,46 @@ impl DeploymentManager {
             return 0;
         };
         let in_flight = self.in_flight(&consumer.key());
-        manage::memo::fingerprint(&view.candidates, in_flight.as_ref())
+        view.fingerprint(in_flight.as_ref())
     }
 
     /// The Consumer's Deployments and whether konsumer manages them.
     /// `labelled`: its workloads with the consumer label (`None`: unknown).
-    pub fn view(
+    pub fn view<'a>(
         &self,
         consumer: &Consumer,
         settings: Option<&ConsumerSettings>,
         index: &DeploymentIndex,
-        labelled: Option<&[Value]>,
-    ) -> Option<View> {
+        labelled: Option<&'a [Value]>,
+    ) -> Option<View<'a>> {
         let owner = self.api.owner(consumer)?;
         let settings = settings?;
-        let ours: Vec<Value> = index
+        let ours: Vec<Arc<Listed>> = index
             .by_owner
-            .get(&owner.uid)
-            .into_iter()
-            .flatten()
-            .map(|d| Value::clone(d))
-            .collect();
-        let mut candidates = ours.clone();
-        let mut seen: HashSet<String> = ours.iter().map(|d| live::name(d).to_string()).collect();
-        let names: HashSet<String> = (0..settings.instances())
+            .get(owner.uid.as_str())
+            .cloned()
+            .unwrap_or_default();
+        let mut candidates: Vec<Candidate<'a>> =
+            ours.iter().cloned().map(Candidate::Listed).collect();
+        let mut seen: HashSet<&str> = ours.iter().map(|d| &*d.name).collect();
+        let names: Vec<String> = (0..settings.instances())
             .map(|id| manage::desired::deployment_name(&settings.base_name, id))
             .collect();
+        for name in &names {
+            if let Some(d) = index.get(&settings.namespace, name)
+                && seen.insert(name)
+            {
+                candidates.push(Candidate::Listed(d.clone()));
+            }
+        }
         let labelled_deployments = labelled
             .unwrap_or_default()
             .iter()
             .filter(|o| o.get("kind").and_then(Value::as_str) == Some("Deployment"));
-        for name in &names {
-            if let Some(d) = index
-                .by_name
-                .get(&(settings.namespace.clone(), name.clone()))
-                && seen.insert(name.clone())
-            {
-                candidates.push(Value::clone(d));
-            }
-        }
         for d in labelled_deployments {
             let name = live::name(d);
-            if names.contains(name) && seen.insert(name.to_string()) {
-                candidates.push(d.clone());
+            if names.iter().any(|n| n == name) && seen.insert(name) {
+                candidates.push(Candidate::Labelled(d));
             }
         }
         let own_workloads = labelled
@@ -802,15 +1048,25 @@ impl DeploymentManager {
 mod tests {
     use super::*;
 
-    fn names(list: &[Arc<Value>]) -> Vec<(String, Option<i64>)> {
+    fn names(list: &[Arc<Listed>]) -> Vec<(String, Option<i64>)> {
         let mut out: Vec<_> = list
             .iter()
             .map(|d| {
+                let object = d.object().unwrap().unwrap();
                 (
-                    live::name(d).to_string(),
-                    d.pointer("/spec/replicas").and_then(Value::as_i64),
+                    live::name(&object).to_string(),
+                    object.pointer("/spec/replicas").and_then(Value::as_i64),
                 )
             })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn versions(list: &[Arc<Listed>]) -> Vec<(String, String)> {
+        let mut out: Vec<_> = list
+            .iter()
+            .map(|d| (d.name.to_string(), d.version.to_string()))
             .collect();
         out.sort();
         out
@@ -839,7 +1095,7 @@ mod tests {
             [("orders-0".into(), Some(1)), ("orders-1".into(), Some(1))]
         );
         // Unchanged files come from the cache and read the same.
-        assert_eq!(api.list().await.unwrap(), first);
+        assert_eq!(versions(&api.list().await.unwrap()), versions(&first));
 
         // An edit by hand (another length), and a removal.
         let path = dir.path().join("streams/orders-0.yaml");
@@ -850,15 +1106,53 @@ mod tests {
         std::fs::remove_file(dir.path().join("streams/orders-1.yaml")).unwrap();
         let second = api.list().await.unwrap();
         assert_eq!(names(&second), [("orders-0".into(), Some(12))]);
-        let before = first.iter().find(|d| live::name(d) == "orders-0").unwrap();
-        assert_ne!(
-            second[0]["metadata"]["resourceVersion"],
-            before["metadata"]["resourceVersion"]
+        let before = first.iter().find(|d| &*d.name == "orders-0").unwrap();
+        assert_ne!(second[0].version, before.version);
+        let object = second[0].object().unwrap().unwrap();
+        assert_eq!(
+            object["metadata"]["resourceVersion"].as_str(),
+            Some(&*second[0].version),
+            "the whole object carries the version it was listed with"
         );
         assert_eq!(
-            api.parsed.lock().unwrap().len(),
+            api.digests.lock().unwrap().len(),
             1,
             "the removed file is forgotten"
         );
+    }
+
+    #[tokio::test]
+    async fn a_local_listing_knows_owner_and_version_and_skips_what_is_no_deployment() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = LocalDeployments::new(dir.path().to_path_buf());
+        let body = serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "orders-0", "namespace": "streams", "ownerReferences": [
+                {"apiVersion": "konsumerator.lwolf.org/v1", "kind": "Consumer",
+                 "name": "orders", "uid": "u-1", "controller": true}
+            ]},
+            "spec": {"replicas": 2}
+        });
+        let stored = api.apply("streams", "orders-0", &body).await.unwrap();
+        let path = dir.path().join("streams/orders-0.yaml");
+        let listed = api.list().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].owner.as_deref(), Some("u-1"));
+        assert_eq!(
+            stored["metadata"]["resourceVersion"].as_str(),
+            Some(&*listed[0].version)
+        );
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            &*listed[0].version,
+            LocalDeployments::version(LocalDeployments::stamp(&meta))
+        );
+        // A manifest that is not a named object is skipped, never a panic.
+        let odd = dir.path().join("streams/odd.yaml");
+        std::fs::write(&odd, "just text\n").unwrap();
+        std::fs::write(dir.path().join("streams/nameless.yaml"), "spec: {}\n").unwrap();
+        let listed = api.list().await.unwrap();
+        assert_eq!(versions(&listed).len(), 1);
+        assert!(matches!(LocalDeployments::read_stamped(&odd), Ok(Some(_))));
     }
 }
