@@ -169,7 +169,9 @@ impl LocalSubscriptions {
             .unwrap_or_default();
         paths.sort();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache.files.retain(|p, _| paths.contains(p));
+        // `paths` is sorted: a lookup per cached file, not a scan (10,000
+        // Consumer files made this the largest share of an idle pass).
+        cache.files.retain(|p, _| paths.binary_search(p).is_ok());
         let mut out = Vec::with_capacity(paths.len());
         for path in paths {
             let now = stamp(&path);

@@ -146,14 +146,14 @@ pub fn scan_dir(
     let mut stale: HashSet<(String, String)> = HashSet::new();
     for (path, entry) in cache.iter() {
         let still = paths
-            .iter()
-            .position(|p| p == path)
-            .is_some_and(|i| seen_before(path, &probes[i]));
+            .binary_search(path)
+            .is_ok_and(|i| seen_before(path, &probes[i]));
         if !still {
             stale.extend(entry.0.keys.iter().cloned());
         }
     }
-    cache.retain(|p, _| paths.contains(p));
+    // `paths` is sorted: a lookup per cached file, not a scan.
+    cache.retain(|p, _| paths.binary_search(p).is_ok());
     let mut consumers = Vec::new();
     let mut problems = Vec::new();
     let mut seen = HashSet::new();
