@@ -695,26 +695,37 @@ async fn a_test_ping_is_signed_with_the_secret_konsumer_made_and_stale_writes_co
         .collect();
     assert_eq!(pings.len(), 1);
 
-    // A PUT from an old read conflicts, as the apiserver says.
-    let (_, got) = k
-        .call(
-            Some(TOKEN),
-            "GET",
-            "/v1/namespaces/streams/subscriptions/feed",
-            None,
-        )
-        .await;
-    let mut first = got.clone();
-    first["spec"]["timeout"] = json!("20s");
-    let (status, _) = k
-        .call(
-            Some(TOKEN),
-            "PUT",
-            "/v1/namespaces/streams/subscriptions/feed",
-            Some(first),
-        )
-        .await;
-    assert_eq!(status, 200);
+    // A PUT from an old read conflicts, as the apiserver says. The delivery
+    // side may still be writing the subscription's status (a new
+    // resourceVersion) after the ping, so the first PUT reads again on a
+    // conflict, as any client does; the stale one below may not.
+    let mut tries = 0;
+    let got = loop {
+        let (_, got) = k
+            .call(
+                Some(TOKEN),
+                "GET",
+                "/v1/namespaces/streams/subscriptions/feed",
+                None,
+            )
+            .await;
+        let mut first = got.clone();
+        first["spec"]["timeout"] = json!("20s");
+        let (status, answer) = k
+            .call(
+                Some(TOKEN),
+                "PUT",
+                "/v1/namespaces/streams/subscriptions/feed",
+                Some(first),
+            )
+            .await;
+        if status == 200 {
+            break got;
+        }
+        tries += 1;
+        assert!(status == 409 && tries < 20, "{status}: {answer}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let mut stale = got;
     stale["spec"]["timeout"] = json!("30s");
     let (status, p) = k
