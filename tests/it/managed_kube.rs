@@ -79,8 +79,10 @@ async fn start_with(
     }
 }
 
+/// Up to 30 s: a pass takes milliseconds here, but under a loaded CI machine
+/// the 2 s lease and the 100 ms passes can slip by seconds; a stall still fails.
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..400 {
+    for _ in 0..1200 {
         if check() {
             return;
         }
@@ -247,17 +249,21 @@ async fn a_consumer_with_a_template_gets_konsumerators_deployments_added_and_rem
             "/apis/apps/v1/namespaces/streams/deployments/orders-4"
         ]
     );
-    let events = fake.events();
-    assert!(events.iter().any(|e| e["reason"] == "DeploymentCreated"
-        && e["note"].as_str().unwrap().starts_with("created Deployment orders-4 for instance 4 (partitions 11,12) with consumer cpu 100m, memory 128Mi")), "{events:?}");
-    assert!(
-        events.iter().any(|e| e["reason"] == "DeploymentDeleted"
+    // The Event of a delete is posted after the DELETE itself: wait for it.
+    let deleted_event = |e: &Value| {
+        e["reason"] == "DeploymentDeleted"
             && e["note"]
                 .as_str()
                 .unwrap()
-                .contains("orders-4: instance 4 is beyond the 3 instances")),
-        "{events:?}"
-    );
+                .contains("orders-4: instance 4 is beyond the 3 instances")
+    };
+    eventually("the Event of orders-4's delete", || {
+        fake.events().iter().any(deleted_event)
+    })
+    .await;
+    let events = fake.events();
+    assert!(events.iter().any(|e| e["reason"] == "DeploymentCreated"
+        && e["note"].as_str().unwrap().starts_with("created Deployment orders-4 for instance 4 (partitions 11,12) with consumer cpu 100m, memory 128Mi")), "{events:?}");
 
     // The Consumer goes: the garbage collector takes its Deployments (the owner
     // reference), and konsumer makes no new ones.
