@@ -331,6 +331,25 @@ impl<'a> Cursor<'a> {
     }
 
     fn request(&mut self) -> R<Request<'a, Workload<'a>, IgnoredAny>> {
+        self.envelope(
+            |c| {
+                if c.null()? {
+                    Ok(None)
+                } else {
+                    Ok(Some(c.workload()?))
+                }
+            },
+            |c| c.opt_any(),
+        )
+    }
+
+    /// The review's `request` as serde reads it, with `object` and `oldObject`
+    /// read by the given readers: one envelope for every webhook's reader.
+    pub(super) fn envelope<O, Old>(
+        &mut self,
+        mut read_object: impl FnMut(&mut Self) -> R<Option<O>>,
+        mut read_old: impl FnMut(&mut Self) -> R<Option<Old>>,
+    ) -> R<Request<'a, O, Old>> {
         let mut uid = None;
         let (mut kind, mut request_kind) = (None, None);
         let (mut namespace, mut name, mut operation) = (None, None, None);
@@ -369,11 +388,11 @@ impl<'a> Cursor<'a> {
                 }
                 "object" => {
                     once(&mut seen[7])?;
-                    object = if c.null()? { None } else { Some(c.workload()?) };
+                    object = read_object(c)?;
                 }
                 "oldObject" => {
                     once(&mut seen[8])?;
-                    old_object = c.opt_any()?;
+                    old_object = read_old(c)?;
                 }
                 _ => c.skip()?,
             }

@@ -58,65 +58,7 @@ pub fn read_consumer_review(body: &[u8]) -> R<ConsumerReview<'_>> {
 
 impl<'a> Cursor<'a> {
     fn consumer_request(&mut self) -> R<Request<'a, Parts<'a>, Parts<'a>>> {
-        let mut uid = None;
-        let (mut kind, mut request_kind) = (None, None);
-        let (mut namespace, mut name, mut operation) = (None, None, None);
-        let mut dry_run = None;
-        let (mut object, mut old_object) = (None, None);
-        let mut seen = [false; 9];
-        self.object(|c, key| {
-            match key {
-                "uid" => {
-                    once(&mut seen[0])?;
-                    uid = Some(c.string()?);
-                }
-                "kind" => {
-                    once(&mut seen[1])?;
-                    kind = c.opt_gvk()?;
-                }
-                "requestKind" => {
-                    once(&mut seen[2])?;
-                    request_kind = c.opt_gvk()?;
-                }
-                "namespace" => {
-                    once(&mut seen[3])?;
-                    namespace = c.opt_str()?;
-                }
-                "name" => {
-                    once(&mut seen[4])?;
-                    name = c.opt_str()?;
-                }
-                "operation" => {
-                    once(&mut seen[5])?;
-                    operation = c.opt_str()?;
-                }
-                "dryRun" => {
-                    once(&mut seen[6])?;
-                    dry_run = c.opt_bool()?;
-                }
-                "object" => {
-                    once(&mut seen[7])?;
-                    object = c.opt_parts()?;
-                }
-                "oldObject" => {
-                    once(&mut seen[8])?;
-                    old_object = c.opt_parts()?;
-                }
-                _ => c.skip()?,
-            }
-            Ok(())
-        })?;
-        Ok(Request {
-            uid: uid.ok_or(Unsure)?,
-            kind,
-            request_kind,
-            namespace,
-            name,
-            operation,
-            dry_run,
-            object,
-            old_object,
-        })
+        self.envelope(|c| c.opt_parts(), |c| c.opt_parts())
     }
 
     /// The text of the next value, skipped.
