@@ -36,6 +36,10 @@ pub struct Seen {
     pub query: String,
     pub content_type: Option<String>,
     pub body: Vec<u8>,
+    /// The answer's status code, once answered: a request is seen when it
+    /// arrives, and its effect is stored only when it is answered (a test that
+    /// waits for a write to take effect waits for this).
+    pub status: Option<u16>,
 }
 
 #[derive(Default)]
@@ -633,32 +637,49 @@ async fn serve(mut handle: Handle, fake: Weak<FakeApiServer>) {
             return;
         };
         tokio::spawn(async move {
-            let response = answer(&fake, request).await;
+            let (seen, response) = answer(&fake, request).await;
+            if let Some(r) = fake.state.lock().unwrap().seen.get_mut(seen) {
+                r.status = Some(response.status().as_u16());
+            }
             respond.send_response(response);
         });
     }
 }
 
-async fn answer(fake: &FakeApiServer, request: Request<Body>) -> Response<MockBody> {
+/// The answer to a request, with the request's index in `seen`.
+async fn answer(fake: &FakeApiServer, request: Request<Body>) -> (usize, Response<MockBody>) {
     let (parts, body) = request.into_parts();
     let body = body
         .collect_bytes()
         .await
         .map(|b| b.to_vec())
         .unwrap_or_default();
+    let seen = {
+        let mut state = fake.state.lock().unwrap();
+        state.seen.push(Seen {
+            method: parts.method.clone(),
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().unwrap_or("").to_string(),
+            content_type: parts
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .map(String::from),
+            body: body.clone(),
+            status: None,
+        });
+        state.seen.len() - 1
+    };
+    (seen, answer_request(fake, parts, body).await)
+}
+
+async fn answer_request(
+    fake: &FakeApiServer,
+    parts: http::request::Parts,
+    body: Vec<u8>,
+) -> Response<MockBody> {
     let path = parts.uri.path().to_string();
     let query = parts.uri.query().unwrap_or("").to_string();
-    fake.state.lock().unwrap().seen.push(Seen {
-        method: parts.method.clone(),
-        path: path.clone(),
-        query: query.clone(),
-        content_type: parts
-            .headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .map(String::from),
-        body: body.clone(),
-    });
     let params: Vec<(&str, &str)> = query
         .split('&')
         .filter_map(|kv| kv.split_once('='))

@@ -99,11 +99,25 @@ fn writes(fake: &FakeApiServer) -> Vec<Seen> {
         .collect()
 }
 
+/// Patches of a Deployment, answered or not.
 fn patches_of(fake: &FakeApiServer, name: &str) -> usize {
-    writes(fake)
-        .iter()
-        .filter(|r| r.method == Method::PATCH && r.path.ends_with(&format!("/deployments/{name}")))
+    patches(fake, name).count()
+}
+
+/// Patches of a Deployment that took effect (answered 2xx): a request is seen
+/// when it arrives, before the apiserver stores it, so a test that acts on a
+/// write's effect (a rollout) waits for this.
+fn applied_patches_of(fake: &FakeApiServer, name: &str) -> usize {
+    patches(fake, name)
+        .filter(|r| r.status.is_some_and(|s| (200..300).contains(&s)))
         .count()
+}
+
+fn patches(fake: &FakeApiServer, name: &str) -> impl Iterator<Item = Seen> {
+    let path = format!("/deployments/{name}");
+    writes(fake)
+        .into_iter()
+        .filter(move |r| r.method == Method::PATCH && r.path.ends_with(&path))
 }
 
 fn status(fake: &FakeApiServer) -> Value {
@@ -302,7 +316,10 @@ async fn a_new_recommendation_rolls_one_deployment_at_a_time_the_next_once_the_f
     eventually("four running", || status(&fake)["running"] == 4).await;
 
     recommend_two_cpus(&fake);
-    eventually("the first rollout", || patches_of(&fake, "orders-1") == 2).await;
+    eventually("the first rollout", || {
+        applied_patches_of(&fake, "orders-1") == 2
+    })
+    .await;
     let d1 = fake.deployment("streams", "orders-1").unwrap();
     let c = &d1["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["resources"]["requests"]["cpu"], "2");
@@ -319,7 +336,10 @@ async fn a_new_recommendation_rolls_one_deployment_at_a_time_the_next_once_the_f
     eventually("outdated", || status(&fake)["outdated"] == 1).await;
 
     fake.roll_out("streams", "orders-1");
-    eventually("the second rollout", || patches_of(&fake, "orders-2") == 2).await;
+    eventually("the second rollout", || {
+        applied_patches_of(&fake, "orders-2") == 2
+    })
+    .await;
     fake.roll_out("streams", "orders-2");
     eventually("nothing outdated", || status(&fake)["outdated"] == 0).await;
     assert_eq!(patches_of(&fake, "orders-0"), 1);
@@ -565,7 +585,7 @@ async fn konsumerators_deployments_are_adopted_without_a_write_and_keep_what_the
         json!("registry.example.com/orders-consumer:1.5.0");
     fake.apply(newer);
     for name in ["orders-0", "orders-1", "orders-2", "orders-3"] {
-        eventually(name, || patches_of(&fake, name) == 1).await;
+        eventually(name, || applied_patches_of(&fake, name) == 1).await;
         assert_eq!(
             writes(&fake)
                 .iter()
@@ -638,7 +658,7 @@ async fn paused_deployments_are_left_alone_and_counted_paused() {
         json!("x:2");
     fake.apply(newer);
     for name in ["orders-0", "orders-3"] {
-        eventually(name, || patches_of(&fake, name) == 1).await;
+        eventually(name, || applied_patches_of(&fake, name) == 1).await;
         fake.roll_out("streams", name);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
