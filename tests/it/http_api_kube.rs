@@ -109,6 +109,30 @@ impl Kube {
     }
 }
 
+/// A PUT of the subscription read just before, with `edit` applied: read
+/// again on a conflict, as any client does (the delivery side may write the
+/// subscription's status, a new resourceVersion, between the read and the
+/// write). The read the accepted PUT was based on, and the answer.
+async fn put_reading_again_on_conflict(
+    k: &Kube,
+    path: &str,
+    edit: impl Fn(&mut Value),
+) -> (Value, Value) {
+    let mut tries = 0;
+    loop {
+        let (_, got) = k.call(Some(TOKEN), "GET", path, None).await;
+        let mut changed = got.clone();
+        edit(&mut changed);
+        let (status, answer) = k.call(Some(TOKEN), "PUT", path, Some(changed)).await;
+        if status == 200 {
+            return (got, answer);
+        }
+        tries += 1;
+        assert!(status == 409 && tries < 20, "{status}: {answer}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn setup() -> Arc<FakeApiServer> {
     let (_, fake) = FakeApiServer::start();
     // What the operator does for a team's namespace (manifests/base/rbac.yaml).
@@ -297,17 +321,10 @@ async fn a_subscription_created_through_the_api_is_a_scalingsubscription_with_a_
         .await;
     assert_eq!(status, 409, "{dup}");
 
-    let mut changed = got.clone();
-    changed["spec"]["timeout"] = json!("20s");
-    let (status, replaced) = k
-        .call(
-            Some(TOKEN),
-            "PUT",
-            "/v1/namespaces/streams/subscriptions/feed",
-            Some(changed),
-        )
-        .await;
-    assert_eq!(status, 200, "{replaced}");
+    put_reading_again_on_conflict(&k, "/v1/namespaces/streams/subscriptions/feed", |s| {
+        s["spec"]["timeout"] = json!("20s")
+    })
+    .await;
     assert_eq!(
         fake.subscription("streams", "feed").unwrap()["spec"]["timeout"],
         "20s"
@@ -699,33 +716,11 @@ async fn a_test_ping_is_signed_with_the_secret_konsumer_made_and_stale_writes_co
     // side may still be writing the subscription's status (a new
     // resourceVersion) after the ping, so the first PUT reads again on a
     // conflict, as any client does; the stale one below may not.
-    let mut tries = 0;
-    let got = loop {
-        let (_, got) = k
-            .call(
-                Some(TOKEN),
-                "GET",
-                "/v1/namespaces/streams/subscriptions/feed",
-                None,
-            )
-            .await;
-        let mut first = got.clone();
-        first["spec"]["timeout"] = json!("20s");
-        let (status, answer) = k
-            .call(
-                Some(TOKEN),
-                "PUT",
-                "/v1/namespaces/streams/subscriptions/feed",
-                Some(first),
-            )
-            .await;
-        if status == 200 {
-            break got;
-        }
-        tries += 1;
-        assert!(status == 409 && tries < 20, "{status}: {answer}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (got, _) =
+        put_reading_again_on_conflict(&k, "/v1/namespaces/streams/subscriptions/feed", |s| {
+            s["spec"]["timeout"] = json!("20s")
+        })
+        .await;
     let mut stale = got;
     stale["spec"]["timeout"] = json!("30s");
     let (status, p) = k
