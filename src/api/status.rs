@@ -125,7 +125,7 @@ mod json_bound {
             + field("limits", resource_list(limits))
     }
 
-    fn containers(c: &Vec<ContainerResources>) -> usize {
+    fn containers(c: &[ContainerResources]) -> usize {
         list(c, container)
     }
 
@@ -144,7 +144,7 @@ mod json_bound {
             + field("state", text("PENDING_SCALE_DOWN"))
             + optional("since", since, time)
             + field("resources", containers(resources))
-            + optional("pending", pending, containers)
+            + optional("pending", pending, |p| containers(p))
             + optional("saturation", saturation, quantity)
     }
 
