@@ -15,6 +15,9 @@
 //!
 //! Times are this thread's CPU time (`/proc/thread-self/schedstat`), best and
 //! median of several runs.
+//!
+//! `ONLY=fresh` runs only the fresh pass of 1 (`RUNS` times, 10 by default), for
+//! profilers: `valgrind --tool=callgrind --toggle-collect='*fresh_pass*'`.
 
 use std::collections::BTreeMap;
 use std::hash::RandomState;
@@ -23,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use konsumer::api::{Consumer, ConsumerStatus, PartitionState};
+use konsumer::api::{Consumer, ConsumerStatus, PartitionState, SyncState};
 use konsumer::inject::ConsumerSettings;
 use konsumer::manage::{self, Owner, Recipe};
 use konsumer::reconciler::prometheus::parse_response;
@@ -73,7 +76,7 @@ fn consumers(n: usize, partitions: u32, now: Timestamp) -> Vec<Consumer> {
             c.spec.num_partitions = Some(partitions as i32);
             c.spec.num_partitions_per_instance = Some(10);
             // A spread of quiet, busy and lagging partitions.
-            let state: BTreeMap<String, PartitionState> = (0..partitions)
+            let state: SyncState = (0..partitions)
                 .map(|p| {
                     let production = 1_000 + ((p as i64 * 37 + i as i64 * 11) % 5_000);
                     let behind = if (p + i as u32).is_multiple_of(7) {
@@ -178,6 +181,13 @@ fn pass(
         .collect()
 }
 
+/// The fresh pass with its statuses dropped (freeing is part of a pass, as in
+/// `measure`). Never inlined: profilers collect this function only (`ONLY=fresh`).
+#[inline(never)]
+fn fresh_pass(all: &[Cached], now: Timestamp, keys: &RandomState) -> usize {
+    pass(all, true, now, keys).len()
+}
+
 fn prometheus_body(series: usize) -> Vec<u8> {
     let mut body = String::with_capacity(series * 160);
     body.push_str(r#"{"status":"success","data":{"resultType":"vector","result":["#);
@@ -210,6 +220,20 @@ fn main() {
         }
     }
     let warm = cache(&warm, &keys);
+    if std::env::var("ONLY").as_deref() == Ok("fresh") {
+        let runs = std::env::var("RUNS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(10);
+        let (best, median, wall) = measure(runs, || fresh_pass(&warm, now, &keys));
+        println!(
+            "fresh pass, {runs} runs: best CPU {}, median {}, best wall {}",
+            ms(best),
+            ms(median),
+            ms(wall)
+        );
+        return;
+    }
     let (best, median, wall) = measure(10, || pass(&warm, false, now, &keys));
     let (r_best, r_median, r_wall) = measure(10, || pass(&warm, true, now, &keys));
     let statuses: Vec<ConsumerStatus> = warm

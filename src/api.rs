@@ -10,6 +10,7 @@ pub mod resource_list;
 mod schema;
 pub mod status;
 pub mod subscription;
+pub mod sync_state;
 pub mod template;
 
 /// The `orders` Consumer of the fixtures, for unit tests.
@@ -29,6 +30,7 @@ pub use status::{
     ScalingState,
 };
 pub use subscription::{ScalingSubscription, SecretKeyRef, SubscriptionSpec, SubscriptionStatus};
+pub use sync_state::SyncState;
 pub use template::DeploymentTemplate;
 
 /// API group of the Consumer resource.

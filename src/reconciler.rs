@@ -610,7 +610,7 @@ impl Reconciler {
             }
             _ => None,
         };
-        let out = consumer_step::reconcile(ConsumerInput {
+        let mut out = consumer_step::reconcile(ConsumerInput {
             consumer: stepped,
             spec: &spec,
             settings,
@@ -627,9 +627,11 @@ impl Reconciler {
         }
         let empty = ConsumerStatus::default();
         let previous = consumer.status.as_ref().unwrap_or(&empty);
+        // Moved out, not cloned: the rest of the pass reads the transitions and
+        // the states only.
         let mut next = out
             .status
-            .clone()
+            .take()
             .or_else(|| seeded.as_ref().and_then(|c| c.status.clone()));
         // The Deployments decided from the recommendation just made.
         let mut decision = None;

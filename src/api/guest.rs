@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::{Map, Value, json};
 
-use super::{Consumer, ConsumerSpec, ConsumerStatus, GROUP, PartitionState, VERSION_V1, keys};
+use super::{Consumer, ConsumerSpec, ConsumerStatus, GROUP, SyncState, VERSION_V1, keys};
 
 /// Konsumerator's status annotations.
 pub mod annotations {
@@ -134,7 +134,7 @@ pub fn status(annotations: &BTreeMap<String, String>) -> Option<ConsumerStatus> 
         .map(Time);
     s.last_sync_state = annotations
         .get(LAST_SYNC_STATE)
-        .and_then(|j| serde_json::from_str::<BTreeMap<String, PartitionState>>(j).ok());
+        .and_then(|j| serde_json::from_str::<SyncState>(j).ok());
     (s != ConsumerStatus::default()).then_some(s)
 }
 
@@ -286,10 +286,10 @@ mod tests {
     #[test]
     fn status_round_trips_through_konsumerators_annotations() {
         let now: Time = Time("2026-11-22T12:00:01Z".parse().unwrap());
-        let mut sync = BTreeMap::new();
+        let mut sync = SyncState::new();
         sync.insert(
-            "0".to_string(),
-            PartitionState {
+            "0",
+            crate::api::PartitionState {
                 production_rate: 500,
                 consumption_rate: 480,
                 messages_behind: 15000,

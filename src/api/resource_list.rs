@@ -1,9 +1,13 @@
 //! `corev1.ResourceList` (`cpu`, `memory`, ... → quantity) as a small sorted
-//! vector: a `BTreeMap` leaf takes ~540 bytes for the two entries a list holds,
+//! slice: a `BTreeMap` leaf takes ~540 bytes for the two entries a list holds,
 //! and a cached Consumer holds five of them (its policy) plus its status'.
+//! Shared (`Arc`): every status konsumer writes carries the instances'
+//! recommendations over from the last one, two lists per container, and a
+//! clone of a list was four strings to allocate and free again.
 //! Reads and writes the same JSON as a map, keys in order.
 
 use std::fmt;
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
@@ -13,22 +17,58 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Entries sorted by name, each name once.
 #[derive(Clone, Default, PartialEq)]
-pub struct ResourceList(Vec<(String, Quantity)>);
+pub struct ResourceList(Arc<[(String, Quantity)]>);
 
 impl ResourceList {
     pub fn new() -> Self {
-        ResourceList(Vec::new())
+        ResourceList::default()
     }
 
-    /// Sets `name`, replacing what it had (as a map does).
+    /// Sets `name`, replacing what it had (as a map does). A shared list is
+    /// copied first.
     pub fn insert(&mut self, name: String, quantity: Quantity) -> Option<Quantity> {
-        match self.0.binary_search_by(|(k, _)| k.as_str().cmp(&name)) {
-            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, quantity)),
+        let at = self.0.binary_search_by(|(k, _)| k.as_str().cmp(&name));
+        if let Ok(i) = at
+            && let Some(entries) = Arc::get_mut(&mut self.0)
+        {
+            return Some(std::mem::replace(&mut entries[i].1, quantity));
+        }
+        // Moved out of a list no one else holds, copied from a shared one.
+        let mut entries: Vec<(String, Quantity)> = match Arc::get_mut(&mut self.0) {
+            Some(own) => own.iter_mut().map(std::mem::take).collect(),
+            None => self.0.to_vec(),
+        };
+        let previous = match at {
+            Ok(i) => Some(std::mem::replace(&mut entries[i].1, quantity)),
             Err(i) => {
-                self.0.insert(i, (name, quantity));
+                entries.insert(i, (name, quantity));
                 None
             }
+        };
+        self.0 = entries.into();
+        previous
+    }
+
+    /// From entries sorted by name, each name once.
+    fn from_sorted(entries: Vec<(String, Quantity)>) -> Self {
+        ResourceList(entries.into())
+    }
+
+    /// Sorted by name, each name once, the last of a repeated name kept.
+    fn from_entries(mut entries: Vec<(String, Quantity)>) -> Self {
+        if !entries.is_sorted_by(|(a, _), (b, _)| a < b) {
+            // Stable: of a repeated name, the last one stays last.
+            entries.sort_by(|(a, _), (b, _)| a.cmp(b));
+            let mut unique: Vec<(String, Quantity)> = Vec::with_capacity(entries.len());
+            for e in entries {
+                match unique.last_mut() {
+                    Some(last) if last.0 == e.0 => *last = e,
+                    _ => unique.push(e),
+                }
+            }
+            entries = unique;
         }
+        ResourceList::from_sorted(entries)
     }
 
     pub fn get(&self, name: &str) -> Option<&Quantity> {
@@ -62,12 +102,7 @@ impl ResourceList {
 
 impl FromIterator<(String, Quantity)> for ResourceList {
     fn from_iter<I: IntoIterator<Item = (String, Quantity)>>(iter: I) -> Self {
-        let mut list = ResourceList::new();
-        for (k, v) in iter {
-            list.insert(k, v);
-        }
-        list.0.shrink_to_fit();
-        list
+        ResourceList::from_entries(iter.into_iter().collect())
     }
 }
 
@@ -110,7 +145,7 @@ impl fmt::Debug for ResourceList {
 impl Serialize for ResourceList {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (k, v) in &self.0 {
+        for (k, v) in self.0.iter() {
             map.serialize_entry(k, v)?;
         }
         map.end()
@@ -128,12 +163,11 @@ impl<'de> Deserialize<'de> for ResourceList {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut list = ResourceList(Vec::with_capacity(map.size_hint().unwrap_or(2)));
-                while let Some((k, v)) = map.next_entry::<String, Quantity>()? {
-                    list.insert(k, v);
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(2).min(16));
+                while let Some(entry) = map.next_entry::<String, Quantity>()? {
+                    entries.push(entry);
                 }
-                list.0.shrink_to_fit();
-                Ok(list)
+                Ok(ResourceList::from_entries(entries))
             }
         }
         deserializer.deserialize_map(ListVisitor)
@@ -195,6 +229,36 @@ mod tests {
         assert!(!list.contains_key("gpu"));
         let same: ResourceList = [("memory".to_string(), q("1Gi")), ("cpu".into(), q("2"))].into();
         assert_eq!(list, same);
+    }
+
+    #[test]
+    fn a_clone_shares_its_entries_until_one_of_them_changes() {
+        let mut list: ResourceList =
+            [("cpu".to_string(), q("1")), ("memory".into(), q("1Gi"))].into();
+        let copy = list.clone();
+        assert!(Arc::ptr_eq(&list.0, &copy.0));
+        assert_eq!(list.insert("cpu".into(), q("2")), Some(q("1")));
+        assert_eq!(list.insert("gpu".into(), q("1")), None);
+        assert_eq!(copy.get("cpu"), Some(&q("1")));
+        assert!(!copy.contains_key("gpu"));
+        assert_eq!(list.keys().collect::<Vec<_>>(), ["cpu", "gpu", "memory"]);
+        assert_eq!(list.get("cpu"), Some(&q("2")));
+    }
+
+    #[test]
+    fn collecting_keeps_the_last_of_a_repeated_name() {
+        let list: ResourceList = [
+            ("memory".to_string(), q("1Gi")),
+            ("cpu".into(), q("1")),
+            ("memory".into(), q("2Gi")),
+            ("cpu".into(), q("2")),
+        ]
+        .into();
+        assert_eq!(list.keys().collect::<Vec<_>>(), ["cpu", "memory"]);
+        assert_eq!(
+            (list["cpu"].0.as_str(), list["memory"].0.as_str()),
+            ("2", "2Gi")
+        );
     }
 
     #[test]

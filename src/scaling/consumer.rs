@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::spec::{ScalingSpec, autoscaler_disabled};
 use super::status::{self, METRICS_AVAILABLE, RECONCILED};
 use super::step::{Metrics, Restored, StepInput, Transition, step};
-use crate::api::{Consumer, ConsumerStatus, PartitionState, ScalingState};
+use crate::api::{Consumer, ConsumerStatus, PartitionState, ScalingState, SyncState};
 use crate::inject::ConsumerSettings;
 
 /// What Prometheus said this pass.
@@ -72,35 +72,23 @@ pub const SYNC_STATE_MAX_PARTITIONS: usize = 1_000;
 /// (256 KiB); this is the last guard.
 pub const STATUS_MAX_BYTES: usize = 1_280 << 10;
 
-fn sync_state(
-    partitions: &BTreeMap<u32, PartitionState>,
-) -> Option<BTreeMap<String, PartitionState>> {
-    (partitions.len() <= SYNC_STATE_MAX_PARTITIONS).then(|| {
-        let mut digits = itoa::Buffer::new();
-        partitions
-            .iter()
-            .map(|(p, s)| (digits.format(*p).to_owned(), s.clone()))
-            .collect()
-    })
+fn sync_state(partitions: &BTreeMap<u32, PartitionState>) -> Option<SyncState> {
+    (partitions.len() <= SYNC_STATE_MAX_PARTITIONS).then(|| SyncState::from_partitions(partitions))
 }
 
 /// Keeps a status within [`STATUS_MAX_BYTES`]: drops `lastSyncState`, then the
 /// recommendations (the webhook falls back to `resourcePolicy`), and says so in a
 /// condition. Validation keeps this from happening; it guards what it missed.
 fn fit(status: &mut ConsumerStatus, generation: Option<i64>, now: Timestamp) {
+    // A bound counted without writing the status settles the usual case (far
+    // below the limit); only a status near it is written out to count.
+    if status.json_len_bound() <= STATUS_MAX_BYTES {
+        return;
+    }
     let size = |s: &ConsumerStatus| {
         let mut counter = ByteCounter(0);
         serde_json::to_writer(&mut counter, s).map_or(0, |()| counter.0)
     };
-    // Most of a status is its metrics, whose size has a cheap bound: counting the
-    // rest and bounding them settles the usual case without writing them out.
-    let metrics = status.last_sync_state.take();
-    let rest = size(status);
-    status.last_sync_state = metrics;
-    let bound = status.last_sync_state.as_ref().map_or(0, sync_state_bound);
-    if rest + bound <= STATUS_MAX_BYTES {
-        return;
-    }
     let before = size(status);
     if before <= STATUS_MAX_BYTES {
         return;
@@ -127,15 +115,6 @@ fn fit(status: &mut ConsumerStatus, generation: Option<i64>, now: Timestamp) {
     status.conditions = Some(conditions);
 }
 
-/// At least the JSON size of `"lastSyncState":{...},` for these metrics: each
-/// entry's key (escaped: at most 6 bytes a character) and its three numbers at
-/// their longest (`-9223372036854775808`), with every name and punctuation mark.
-fn sync_state_bound(state: &BTreeMap<String, PartitionState>) -> usize {
-    const ENTRY: usize =
-        r#""":{"productionRate":,"consumptionRate":,"messageBehind":},"#.len() + 3 * 20;
-    r#""lastSyncState":{},"#.len() + state.keys().map(|k| ENTRY + 6 * k.len()).sum::<usize>()
-}
-
 /// Counts what is written to it: a status' JSON size without the buffer.
 struct ByteCounter(usize);
 
@@ -151,11 +130,8 @@ impl std::io::Write for ByteCounter {
 }
 
 /// Parses a status' `lastSyncState` (keys are partition numbers).
-pub fn parse_sync_state(state: &BTreeMap<String, PartitionState>) -> BTreeMap<u32, PartitionState> {
-    state
-        .iter()
-        .filter_map(|(k, v)| k.parse::<u32>().ok().map(|p| (p, v.clone())))
-        .collect()
+pub fn parse_sync_state(state: &SyncState) -> BTreeMap<u32, PartitionState> {
+    state.partitions().map(|(p, v)| (p, v.clone())).collect()
 }
 
 pub fn reconcile(input: ConsumerInput<'_>) -> ConsumerOutput {
@@ -165,7 +141,7 @@ pub fn reconcile(input: ConsumerInput<'_>) -> ConsumerOutput {
     let empty = ConsumerStatus::default();
     let previous = consumer.status.as_ref().unwrap_or(&empty);
     let mut conditions: Vec<Condition> = previous.conditions.clone().unwrap_or_default();
-    let mut sync: Option<(Option<BTreeMap<String, PartitionState>>, Time)> = None;
+    let mut sync: Option<(Option<SyncState>, Time)> = None;
     let mut instances = None;
     let mut lagging = Vec::new();
     let mut transitions = Vec::new();
@@ -706,41 +682,35 @@ mod tests {
         c.spec.num_partitions_per_instance = Some(10);
         let t0: Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
         let s = run(&c, Some(lagging(1000)), t0).status.unwrap();
-        assert_eq!(s.last_sync_state.as_ref().map(BTreeMap::len), Some(1000));
+        assert_eq!(s.last_sync_state.as_ref().map(SyncState::len), Some(1000));
     }
 
     #[test]
-    fn the_bound_on_the_metrics_size_is_never_below_their_json() {
-        let extremes = [i64::MIN, -1, 0, 7, i64::MAX];
-        let state: BTreeMap<String, PartitionState> = (0..200u32)
-            .map(|p| {
-                let key = match p % 4 {
-                    0 => p.to_string(),
-                    1 => format!("\"\\{p}\u{1}"),
-                    2 => format!("é{p}"),
-                    _ => u32::MAX.to_string(),
-                };
-                let v = |i: u32| extremes[((p + i) % 5) as usize];
-                let entry = PartitionState {
-                    production_rate: v(0),
-                    consumption_rate: v(1),
-                    messages_behind: v(2),
-                };
-                (key, entry)
-            })
-            .collect();
-        for n in [0, 1, 7, 200] {
-            let part: BTreeMap<_, _> = state.clone().into_iter().take(n).collect();
-            let with = ConsumerStatus {
-                last_sync_state: Some(part.clone()),
-                ..ConsumerStatus::default()
-            };
-            let exact = serde_json::to_vec(&with).unwrap().len()
-                - serde_json::to_vec(&ConsumerStatus::default())
-                    .unwrap()
-                    .len();
-            assert!(sync_state_bound(&part) >= exact, "{n}: {exact}");
-        }
+    fn a_status_over_the_bound_but_within_the_limit_keeps_everything() {
+        // Plain text counts six times in the bound (as if every byte were
+        // escaped): the bound is over the limit, the status is not.
+        let t0: Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
+        let mut conditions = Vec::new();
+        status::set_condition(
+            &mut conditions,
+            METRICS_AVAILABLE,
+            true,
+            "MetricsRead",
+            "x".repeat(STATUS_MAX_BYTES / 2),
+            Some(1),
+            t0,
+        );
+        let mut status = ConsumerStatus {
+            last_sync_state: Some(SyncState::from_partitions(
+                &(0..10).map(|p| (p, PartitionState::default())).collect(),
+            )),
+            conditions: Some(conditions),
+            ..ConsumerStatus::default()
+        };
+        assert!(status.json_len_bound() > STATUS_MAX_BYTES);
+        let before = status.clone();
+        fit(&mut status, Some(1), t0);
+        assert_eq!(status, before);
     }
 
     #[test]

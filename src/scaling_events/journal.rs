@@ -161,16 +161,16 @@ fn sum_metrics(partitions: &[u32], next: &ConsumerStatus) -> (i64, i64, i64) {
     let Some(state) = next.last_sync_state.as_ref() else {
         return (0, 0, 0);
     };
-    partitions
-        .iter()
-        .filter_map(|p| state.get(&p.to_string()))
-        .fold((0, 0, 0), |(b, p, c), s: &PartitionState| {
+    partitions.iter().filter_map(|p| state.get(*p)).fold(
+        (0, 0, 0),
+        |(b, p, c), s: &PartitionState| {
             (
                 b + s.messages_behind,
                 p + s.production_rate,
                 c + s.consumption_rate,
             )
-        })
+        },
+    )
 }
 
 fn instance_of(status: &ConsumerStatus, id: u32) -> Option<&InstanceStatus> {

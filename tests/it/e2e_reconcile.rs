@@ -165,7 +165,12 @@ async fn prometheus_lag_scales_an_instance_up_and_new_pods_get_it() {
     .await;
     assert_eq!(condition(&st, "MetricsAvailable").unwrap().status, "True");
     assert_eq!(
-        st.last_sync_state.as_ref().unwrap()["3"].production_rate,
+        st.last_sync_state
+            .as_ref()
+            .unwrap()
+            .get(3)
+            .unwrap()
+            .production_rate,
         500
     );
     assert!(st.last_sync_time.is_some());
