@@ -242,11 +242,13 @@ pub struct LocalDeployments {
     /// unchanged tree is then not listed again (40,000 `stat`s a pass at
     /// 10,000 Consumers) but at least every [`RELIST_AT_LEAST_EVERY`].
     watch: Option<Watch>,
-    /// The last listing, with the change count it was made at and when.
-    last: Arc<Mutex<Option<(u64, std::time::Instant, Vec<Arc<Listed>>)>>>,
+    last: Arc<Mutex<Option<LastListing>>>,
     /// How many times the tree was listed.
     listings: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// The last listing, with the change count it was made at and when.
+type LastListing = (u64, std::time::Instant, Vec<Arc<Listed>>);
 
 /// Even with change notification the manifests are listed again this often:
 /// a safety net for a change the watcher missed.
