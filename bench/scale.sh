@@ -17,7 +17,8 @@
 # per level, and the managed Deployment manifests written (4 per copy: the
 # example has a deploymentTemplate, and --manage-deployments is on by default).
 # ARGS are more `konsumer serve` flags. Markdown on stdout, progress on stderr.
-# Needs curl and jq. BUILD=0 uses the release binary as it is.
+# Needs curl and jq. BUILD=0 uses the release binary as it is; KONSUMER_BIN=path
+# runs that binary instead (an earlier build kept for a same-session comparison).
 
 set -euo pipefail
 
@@ -47,7 +48,7 @@ if [ "${BUILD:-1}" = 1 ]; then
     # what the other built.
     (cd "$ROOT" && cargo build --release --locked --example baseline --bin konsumer) >&2
 fi
-KONSUMER=$TARGET_DIR/release/konsumer
+KONSUMER=${KONSUMER_BIN:-$TARGET_DIR/release/konsumer}
 
 cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }

@@ -5,12 +5,13 @@ use clap::Parser;
 
 // jemalloc, returning freed memory within a second, two arenas: measured (see
 // BENCHMARKS.md) to hold less memory than glibc's malloc at 1,000 and 10,000
-// Consumers, whose arenas kept tens of MB of freed chunks.
-#[cfg(not(target_env = "msvc"))]
+// Consumers, whose arenas kept tens of MB of freed chunks. The feature
+// `system-allocator` leaves it out, so that heaptrack sees every allocation.
+#[cfg(not(any(target_env = "msvc", feature = "system-allocator")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[cfg(not(target_env = "msvc"))]
+#[cfg(not(any(target_env = "msvc", feature = "system-allocator")))]
 #[allow(non_upper_case_globals)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static malloc_conf: &[u8; 70] =

@@ -397,7 +397,7 @@ impl Reconciler {
             },
         };
         let consumers = self.index.all();
-        let keys: HashSet<String> = consumers.iter().map(|c| c.consumer.key()).collect();
+        let keys: HashSet<String> = consumers.iter().map(|c| c.key().to_owned()).collect();
         {
             let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
             let gone: Vec<&String> = known.difference(&keys).collect();
@@ -427,7 +427,7 @@ impl Reconciler {
         let deployments = deployments.as_ref();
         futures::stream::iter(consumers)
             .for_each_concurrent(self.config.concurrency.max(1), |cached| async move {
-                let key = cached.consumer.key();
+                let key = cached.key().to_owned();
                 let objects = workloads.map(|w| {
                     let ns = cached.consumer.metadata.namespace.clone().unwrap_or_default();
                     let name = cached.consumer.metadata.name.clone().unwrap_or_default();

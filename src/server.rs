@@ -319,9 +319,9 @@ pub async fn start(
         let prom = PromClient::new(rc.query_timeout, metrics.clone())?;
         let (workloads, sink, deployments): Parts = match &backend {
             Backend::Local(store) => (
-                Arc::new(LocalWorkloads::new(store.dir().to_path_buf())),
+                Arc::new(LocalWorkloads::watched(store.clone())),
                 None,
-                Arc::new(LocalDeployments::new(
+                Arc::new(LocalDeployments::watched(
                     store.dir().join(STATE_DIR).join("deployments"),
                 )),
             ),

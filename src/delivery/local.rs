@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use base64::Engine;
@@ -32,7 +32,19 @@ struct FileDocs {
 #[derive(Default)]
 struct Cache {
     files: HashMap<PathBuf, FileDocs>,
+    /// The files that hold any of the kinds read here, in listing order, as
+    /// of the last listing (most files of a fleet's directory hold Consumers
+    /// only: 10,000 of them at scale).
+    found: Arc<[FileDocs]>,
+    /// The watcher's change count at the last listing, and when it was made.
+    listed: Option<(Option<u64>, Instant)>,
+    /// How many times the directory was listed.
+    listings: u64,
 }
+
+/// Even with change notification the directory is listed again this often:
+/// a safety net for a change the watcher missed (as the Consumer side's poll).
+const LIST_AT_LEAST_EVERY: Duration = Duration::from_secs(30);
 
 pub struct LocalSubscriptions {
     dir: PathBuf,
@@ -48,6 +60,12 @@ pub struct LocalSubscriptions {
 struct ApiObjects {
     subscriptions: BTreeMap<String, ScalingSubscription>,
     secrets: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl FileDocs {
+    fn holds_any(&self) -> bool {
+        !(self.subscriptions.is_empty() && self.secrets.is_empty() && self.namespaces.is_empty())
+    }
 }
 
 fn stamp(path: &Path) -> Stamp {
@@ -157,16 +175,30 @@ impl LocalSubscriptions {
         }
     }
 
-    /// Re-reads the files that changed; returns every file's documents.
-    fn scan(&self) -> Vec<FileDocs> {
+    /// The documents of every file that holds any, re-reading the files that
+    /// changed. The directory is listed (and each manifest `stat`ed) only when
+    /// the directory watcher saw a change since the last listing, when no
+    /// watcher runs, or every [`LIST_AT_LEAST_EVERY`]: the delivery side asks
+    /// every tick, and an unchanged directory of 10,000 Consumer files was
+    /// most of an idle process's CPU.
+    fn scan(&self) -> Arc<[FileDocs]> {
+        // Before the listing: a change made while it runs moves the count.
+        let changes = self.store.notified_changes();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if changes.is_some()
+            && let Some((seen, at)) = cache.listed
+            && seen == changes
+            && at.elapsed() < LIST_AT_LEAST_EVERY
+        {
+            return cache.found.clone();
+        }
         let paths = std::fs::read_dir(&self.dir)
             .map(manifest_paths)
             .unwrap_or_default();
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         // A lookup per cached file in the sorted listing, not a scan of it
         // (quadratic: the largest share of an idle tick at 10,000 files).
         cache.files.retain(|p, _| find_path(&paths, p).is_some());
-        let mut out = Vec::with_capacity(paths.len());
+        let mut found = Vec::new();
         for path in paths {
             let now = stamp(&path);
             let fresh = cache
@@ -176,11 +208,14 @@ impl LocalSubscriptions {
             if !fresh {
                 cache.files.insert(path.clone(), parse_file(&path));
             }
-            if let Some(f) = cache.files.get(&path) {
-                out.push(f.clone());
+            if let Some(f) = cache.files.get(&path).filter(|f| f.holds_any()) {
+                found.push(f.clone());
             }
         }
-        out
+        cache.found = found.into();
+        cache.listed = Some((changes, Instant::now()));
+        cache.listings += 1;
+        cache.found.clone()
     }
 
     async fn statuses(&self) -> Result<HashMap<String, SubscriptionStatus>, SourceError> {
@@ -331,14 +366,14 @@ impl SubscriptionSource for LocalSubscriptions {
         let statuses = self.statuses().await?;
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
-        for f in files {
-            for s in f.subscriptions {
+        for f in files.iter() {
+            for s in &f.subscriptions {
                 let key = s.key();
                 if !seen.insert(key.clone()) {
                     tracing::warn!(subscription = %key, "ScalingSubscription defined twice; the first one wins");
                     continue;
                 }
-                let mut s = s;
+                let mut s = s.clone();
                 s.status = statuses.get(&key).cloned();
                 out.push(Arc::new(s));
             }
@@ -363,8 +398,8 @@ impl SubscriptionSource for LocalSubscriptions {
         key: &str,
     ) -> Result<SecretValue, SourceError> {
         let files = self.scan();
-        for f in files {
-            for ((ns, n), values) in f.secrets {
+        for f in files.iter() {
+            for ((ns, n), values) in &f.secrets {
                 if ns == namespace && n == name {
                     return Ok(match values.get(key) {
                         Some(v) => SecretValue::Found(v.clone()),
@@ -392,10 +427,10 @@ impl SubscriptionSource for LocalSubscriptions {
     async fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
         let files = self.scan();
         let declared = files
-            .into_iter()
-            .flat_map(|f| f.namespaces)
+            .iter()
+            .flat_map(|f| &f.namespaces)
             .find(|(n, _)| n == namespace)
-            .map(|(_, l)| l);
+            .map(|(_, l)| l.clone());
         // A namespace without a manifest exists all the same, with no labels.
         Some(declared.unwrap_or_default())
     }
@@ -420,5 +455,116 @@ impl SubscriptionSource for LocalSubscriptions {
             .get_or_insert_with(HashMap::new)
             .insert(key, status.clone());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ConsumerIndex;
+    use tokio_util::sync::CancellationToken;
+
+    fn subscription(url: &str) -> String {
+        format!(
+            "apiVersion: konsumer.dev/v1alpha1\nkind: ScalingSubscription\n\
+             metadata: {{name: feed, namespace: streams}}\nspec: {{url: \"{url}\"}}\n"
+        )
+    }
+
+    async fn urls(subs: &LocalSubscriptions) -> Vec<String> {
+        let all = subs.subscriptions().await.expect("subscriptions");
+        all.iter().filter_map(|s| s.spec.url.clone()).collect()
+    }
+
+    /// Waits (up to 10 s: a loaded machine) until the subscriptions' URLs are `want`.
+    async fn eventually(subs: &LocalSubscriptions, want: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = urls(subs).await;
+            if got == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "still {got:?}, want {want:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn listings(subs: &LocalSubscriptions) -> u64 {
+        subs.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .listings
+    }
+
+    async fn watched(dir: &Path) -> (Arc<LocalStore>, CancellationToken) {
+        let store = Arc::new(
+            LocalStore::open(dir, Arc::new(ConsumerIndex::default())).expect("open store"),
+        );
+        let shutdown = CancellationToken::new();
+        let _watcher = store.clone().spawn_watcher(shutdown.clone());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.notified_changes().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the directory watcher did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (store, shutdown)
+    }
+
+    #[tokio::test]
+    async fn with_a_watcher_an_unchanged_directory_is_not_listed_again_on_every_tick() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..50 {
+            std::fs::write(dir.path().join(format!("c{i}.yaml")), "kind: Consumer\n").unwrap();
+        }
+        std::fs::write(
+            dir.path().join("feed.yaml"),
+            subscription("http://a.example"),
+        )
+        .unwrap();
+        let (store, shutdown) = watched(dir.path()).await;
+        let subs = LocalSubscriptions::new(store);
+        eventually(&subs, &["http://a.example"]).await;
+        let before = listings(&subs);
+        for _ in 0..20 {
+            assert_eq!(urls(&subs).await, ["http://a.example"]);
+        }
+        assert_eq!(listings(&subs), before, "listed again with nothing changed");
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn with_a_watcher_an_added_edited_or_removed_file_is_still_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, shutdown) = watched(dir.path()).await;
+        let subs = LocalSubscriptions::new(store);
+        assert!(urls(&subs).await.is_empty());
+        let file = dir.path().join("feed.yaml");
+        std::fs::write(&file, subscription("http://a.example")).unwrap();
+        eventually(&subs, &["http://a.example"]).await;
+        std::fs::write(&file, subscription("http://b.example/longer")).unwrap();
+        eventually(&subs, &["http://b.example/longer"]).await;
+        std::fs::remove_file(&file).unwrap();
+        eventually(&subs, &[]).await;
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn without_a_watcher_every_call_lists_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            LocalStore::open(dir.path(), Arc::new(ConsumerIndex::default())).expect("open store"),
+        );
+        assert_eq!(store.notified_changes(), None);
+        let subs = LocalSubscriptions::new(store);
+        let file = dir.path().join("feed.yaml");
+        std::fs::write(&file, subscription("http://a.example")).unwrap();
+        assert_eq!(urls(&subs).await, ["http://a.example"]);
+        std::fs::write(&file, subscription("http://b.example/longer")).unwrap();
+        assert_eq!(urls(&subs).await, ["http://b.example/longer"]);
+        std::fs::remove_file(&file).unwrap();
+        assert!(urls(&subs).await.is_empty());
     }
 }

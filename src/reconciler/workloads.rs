@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -15,6 +15,7 @@ use serde_json::Value;
 use super::WorkloadMap;
 use crate::api::keys;
 use crate::store::StoreError;
+use crate::store::local::LocalStore;
 
 #[async_trait]
 pub trait WorkloadSource: Send + Sync {
@@ -99,7 +100,16 @@ impl WorkloadSource for KubeWorkloads {
 pub struct LocalWorkloads {
     pub dir: PathBuf,
     files: Arc<Mutex<HashMap<PathBuf, ParsedFile>>>,
+    /// The Consumer store, whose watcher of the same directory tells when it
+    /// changed: an unchanged directory is not listed again (10,000 `stat`s a
+    /// pass at 10,000 Consumers) but at least every [`RELIST_AT_LEAST_EVERY`].
+    store: Option<Arc<LocalStore>>,
+    /// The last listing, with the change count it was made at and when.
+    last: Arc<Mutex<Option<(u64, Instant, WorkloadMap)>>>,
 }
+
+/// Even with change notification the directory is listed again this often.
+const RELIST_AT_LEAST_EVERY: Duration = Duration::from_secs(30);
 
 /// The workloads of one file, as of its modification time and size.
 struct ParsedFile {
@@ -108,10 +118,22 @@ struct ParsedFile {
 }
 
 impl LocalWorkloads {
+    /// Lists the directory on every pass.
     pub fn new(dir: PathBuf) -> Self {
         LocalWorkloads {
             dir,
             files: Arc::default(),
+            store: None,
+            last: Arc::default(),
+        }
+    }
+
+    /// The directory of `store`, listed again only when its watcher saw a
+    /// change (on every pass while it has no watcher).
+    pub fn watched(store: Arc<LocalStore>) -> Self {
+        LocalWorkloads {
+            store: Some(store.clone()),
+            ..Self::new(store.dir().to_path_buf())
         }
     }
 }
@@ -173,11 +195,26 @@ fn read_local(
 #[async_trait]
 impl WorkloadSource for LocalWorkloads {
     async fn workloads(&self) -> Result<WorkloadMap, StoreError> {
+        // Read before the listing: a change made while it runs moves it.
+        let changes = self.store.as_ref().and_then(|s| s.notified_changes());
+        if let Some(changes) = changes
+            && let Some((seen, at, map)) = &*self.last.lock().unwrap_or_else(|e| e.into_inner())
+            && *seen == changes
+            && at.elapsed() < RELIST_AT_LEAST_EVERY
+        {
+            return Ok(map.clone());
+        }
         let dir = self.dir.clone();
         let files = self.files.clone();
+        let last = self.last.clone();
         tokio::task::spawn_blocking(move || {
             let mut files = files.lock().unwrap_or_else(|e| e.into_inner());
-            read_local(&dir, &mut files)
+            let map = read_local(&dir, &mut files)?;
+            if let Some(changes) = changes {
+                *last.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((changes, Instant::now(), map.clone()));
+            }
+            Ok(map)
         })
         .await
         .map_err(|e| StoreError::Database {

@@ -16,15 +16,23 @@ pub struct CachedConsumer {
     pub consumer: Arc<Consumer>,
     /// The resolved settings, or why this Consumer cannot be served.
     pub settings: Result<ConsumerSettings, SettingsError>,
+    /// `namespace/name`, made once: every pass asks it of every Consumer.
+    key: Box<str>,
 }
 
 impl CachedConsumer {
     pub fn new(consumer: Consumer) -> Self {
         let settings = ConsumerSettings::from_consumer(&consumer);
         CachedConsumer {
+            key: consumer.key().into(),
             consumer: Arc::new(consumer),
             settings,
         }
+    }
+
+    /// The Consumer's `namespace/name` ([`Consumer::key`]).
+    pub fn key(&self) -> &str {
+        &self.key
     }
 }
 

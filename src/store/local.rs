@@ -426,6 +426,16 @@ pub struct LocalStore {
     scan: Mutex<ScanState>,
     rescans: std::sync::atomic::AtomicU64,
     last_miss_scan: Mutex<Option<std::time::Instant>>,
+    notified: Arc<Notified>,
+}
+
+/// What the directory watcher was told: whether it runs, and how many manifest
+/// changes it saw. Other readers of the directory (the delivery side) re-list it
+/// only when the count moved, instead of on every tick.
+#[derive(Default)]
+struct Notified {
+    watching: std::sync::atomic::AtomicBool,
+    changes: std::sync::atomic::AtomicU64,
 }
 
 /// How often a cache miss may re-read the directory.
@@ -461,11 +471,24 @@ impl LocalStore {
             scan: Mutex::new(ScanState::default()),
             rescans: std::sync::atomic::AtomicU64::new(0),
             last_miss_scan: Mutex::new(None),
+            notified: Arc::default(),
         })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// How many manifest changes the directory watcher has seen; `None` while no
+    /// watcher runs (not started, stopped, or a filesystem without change
+    /// notification): then only a fresh listing tells what changed. Read it
+    /// before listing the directory: a change made during the listing moves it.
+    pub fn notified_changes(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        self.notified
+            .watching
+            .load(Ordering::Acquire)
+            .then(|| self.notified.changes.load(Ordering::Acquire))
     }
 
     /// How many times the directory was read.
@@ -605,9 +628,18 @@ impl LocalStore {
             let (tx, mut rx) = mpsc::channel::<()>(1);
             let watcher = {
                 use notify::Watcher;
+                use std::sync::atomic::Ordering;
                 let tx = tx.clone();
+                let notified = self.notified.clone();
                 notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                    if event.is_ok_and(|e| changes_manifests(&e)) {
+                    // A lost event (queue overflow, an error) may hide a change:
+                    // counted as one, so that every reader lists again.
+                    let changed = match &event {
+                        Ok(e) => changes_manifests(e) || e.need_rescan(),
+                        Err(_) => true,
+                    };
+                    if changed {
+                        notified.changes.fetch_add(1, Ordering::AcqRel);
                         let _ = tx.try_send(());
                     }
                 })
@@ -623,6 +655,7 @@ impl LocalStore {
                     None
                 }
             };
+            let _watching = _watcher.as_ref().map(|_| Watching::start(&self.notified));
             let mut poll = tokio::time::interval(Duration::from_secs(30));
             poll.tick().await;
             loop {
@@ -641,6 +674,26 @@ impl LocalStore {
                 }
             }
         })
+    }
+}
+
+/// Marks the watcher running until dropped (however its task ends).
+struct Watching(Arc<Notified>);
+
+impl Watching {
+    fn start(notified: &Arc<Notified>) -> Self {
+        notified
+            .watching
+            .store(true, std::sync::atomic::Ordering::Release);
+        Watching(notified.clone())
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0
+            .watching
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 }
 
