@@ -11,8 +11,10 @@
 //! could differ (a backslash outside a string, never in JSON) is left to them.
 
 use std::arch::x86_64::{
-    __m128i, _mm_and_si128, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8,
-    _mm_or_si128, _mm_set1_epi8,
+    __m128i, __m256i, _mm_and_si128, _mm_clmulepi64_si128, _mm_cmpeq_epi8, _mm_cvtsi128_si64,
+    _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set_epi64x,
+    _mm_set1_epi8, _mm256_and_si256, _mm256_cmpeq_epi8, _mm256_loadu_si256,
+    _mm256_movemask_epi8, _mm256_set1_epi8,
 };
 
 use super::swar::{self, MAX_DEPTH};
@@ -57,10 +59,86 @@ fn block<'a>(b: &'a [u8], i: usize, pad: &'a mut [u8; BLOCK]) -> &'a [u8; BLOCK]
     pad
 }
 
-#[inline(always)]
-fn masks(chunk: &[u8; BLOCK], brackets: bool) -> Masks {
-    // SAFETY: SSE2 is part of the x86_64 baseline: every x86_64 CPU has it.
-    unsafe { masks_sse2(chunk, brackets) }
+/// How a block's masks are computed: SSE2 on every x86_64, AVX2 (with POPCNT for
+/// the bracket counts and PCLMULQDQ for the prefix XOR) where the CPU has it.
+trait Lanes: Copy {
+    fn masks(self, chunk: &[u8; BLOCK], brackets: bool) -> Masks;
+
+    fn prefix_xor(self, x: u64) -> u64 {
+        prefix_xor(x)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Sse2;
+
+impl Lanes for Sse2 {
+    #[inline(always)]
+    fn masks(self, chunk: &[u8; BLOCK], brackets: bool) -> Masks {
+        // SAFETY: SSE2 is part of the x86_64 baseline: every x86_64 CPU has it.
+        unsafe { masks_sse2(chunk, brackets) }
+    }
+}
+
+/// Proof that this CPU has AVX2, POPCNT and PCLMULQDQ: only [`Avx2::detect`]
+/// makes one.
+#[derive(Clone, Copy)]
+struct Avx2(());
+
+impl Avx2 {
+    fn detect() -> Option<Self> {
+        let has = is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("popcnt")
+            && is_x86_feature_detected!("pclmulqdq");
+        has.then_some(Avx2(()))
+    }
+}
+
+impl Lanes for Avx2 {
+    #[inline(always)]
+    fn masks(self, chunk: &[u8; BLOCK], brackets: bool) -> Masks {
+        // SAFETY: an `Avx2` exists only where the CPU has AVX2 (`Avx2::detect`).
+        unsafe { masks_avx2(chunk, brackets) }
+    }
+
+    #[inline(always)]
+    fn prefix_xor(self, x: u64) -> u64 {
+        // SAFETY: an `Avx2` exists only where the CPU has PCLMULQDQ (`Avx2::detect`).
+        unsafe { prefix_xor_clmul(x) }
+    }
+}
+
+#[target_feature(enable = "avx2")]
+fn masks_avx2(chunk: &[u8; BLOCK], brackets: bool) -> Masks {
+    let mut m = Masks {
+        quote: 0,
+        backslash: 0,
+        open: 0,
+        close: 0,
+    };
+    let splat = |byte: u8| _mm256_set1_epi8(byte as i8);
+    let bits = |matches: __m256i| u64::from(_mm256_movemask_epi8(matches) as u32);
+    for (k, part) in chunk.as_chunks::<32>().0.iter().enumerate() {
+        // SAFETY: the 32 bytes read are `part`; `_mm256_loadu_si256` has no
+        // alignment requirement.
+        let v = unsafe { _mm256_loadu_si256(part.as_ptr().cast()) };
+        let shift = 32 * k;
+        m.quote |= bits(_mm256_cmpeq_epi8(v, splat(b'"'))) << shift;
+        m.backslash |= bits(_mm256_cmpeq_epi8(v, splat(b'\\'))) << shift;
+        if brackets {
+            let folded = _mm256_and_si256(v, splat(0xDF));
+            m.open |= bits(_mm256_cmpeq_epi8(folded, splat(b'['))) << shift;
+            m.close |= bits(_mm256_cmpeq_epi8(folded, splat(b']'))) << shift;
+        }
+    }
+    m
+}
+
+/// The prefix XOR as one carry-less multiplication by all ones.
+#[target_feature(enable = "pclmulqdq")]
+fn prefix_xor_clmul(x: u64) -> u64 {
+    let product = _mm_clmulepi64_si128(_mm_set_epi64x(0, x as i64), _mm_set1_epi8(-1), 0);
+    _mm_cvtsi128_si64(product) as u64
 }
 
 #[target_feature(enable = "sse2")]
@@ -114,6 +192,7 @@ struct Strings {
 impl Strings {
     /// The bytes escaped by a backslash: in a run of backslashes, every second
     /// one from its start escapes the byte after it.
+    #[inline(always)]
     fn escaped(&mut self, backslash: u64) -> u64 {
         // An escaped backslash escapes nothing.
         let backslash = backslash & !self.escaped_in;
@@ -128,9 +207,10 @@ impl Strings {
     }
 
     /// The bytes inside strings (the opening quote in, the closing one out).
-    fn inside(&mut self, quote: u64, backslash: u64) -> u64 {
+    #[inline(always)]
+    fn inside(&mut self, lanes: impl Lanes, quote: u64, backslash: u64) -> u64 {
         let quotes = quote & !self.escaped(backslash);
-        let inside = prefix_xor(quotes) ^ self.inside_in;
+        let inside = lanes.prefix_xor(quotes) ^ self.inside_in;
         self.inside_in = ((inside as i64) >> 63) as u64;
         inside
     }
@@ -165,11 +245,25 @@ fn string_stops_sse2(chunk: &[u8; 16]) -> u64 {
 /// Where a string skipped from `from` (just after its opening quote) ends: just
 /// after its closing quote.
 pub(super) fn string_end(b: &[u8], from: usize) -> R<usize> {
+    match Avx2::detect() {
+        // SAFETY: `Avx2::detect` found the features `string_end_avx2` is built for.
+        Some(lanes) => unsafe { string_end_avx2(lanes, b, from) },
+        None => string_end_with(Sse2, b, from),
+    }
+}
+
+#[target_feature(enable = "avx2,popcnt,pclmulqdq")]
+fn string_end_avx2(lanes: Avx2, b: &[u8], from: usize) -> R<usize> {
+    string_end_with(lanes, b, from)
+}
+
+#[inline(always)]
+fn string_end_with(lanes: impl Lanes, b: &[u8], from: usize) -> R<usize> {
     let mut strings = Strings::default();
     let mut i = from;
     let mut pad = [0; BLOCK];
     while i < b.len() {
-        let m = masks(block(b, i, &mut pad), false);
+        let m = lanes.masks(block(b, i, &mut pad), false);
         let closing = m.quote & !strings.escaped(m.backslash);
         if closing != 0 {
             return Ok(i + closing.trailing_zeros() as usize + 1);
@@ -182,13 +276,27 @@ pub(super) fn string_end(b: &[u8], from: usize) -> R<usize> {
 /// Where the object or array whose opening bracket is at `at` ends: just after
 /// its closing bracket, counted by brackets outside strings.
 pub(super) fn container_end(b: &[u8], at: usize) -> R<usize> {
+    match Avx2::detect() {
+        // SAFETY: `Avx2::detect` found the features `container_end_avx2` is built for.
+        Some(lanes) => unsafe { container_end_avx2(lanes, b, at) },
+        None => container_end_with(Sse2, b, at),
+    }
+}
+
+#[target_feature(enable = "avx2,popcnt,pclmulqdq")]
+fn container_end_avx2(lanes: Avx2, b: &[u8], at: usize) -> R<usize> {
+    container_end_with(lanes, b, at)
+}
+
+#[inline(always)]
+fn container_end_with(lanes: impl Lanes, b: &[u8], at: usize) -> R<usize> {
     let mut depth = 1u32;
     let mut strings = Strings::default();
     let mut i = at + 1;
     let mut pad = [0; BLOCK];
     while i < b.len() {
-        let m = masks(block(b, i, &mut pad), true);
-        let inside = strings.inside(m.quote, m.backslash);
+        let m = lanes.masks(block(b, i, &mut pad), true);
+        let inside = strings.inside(lanes, m.quote, m.backslash);
         if m.backslash & !inside != 0 {
             return swar::container_end(b, at);
         }
@@ -229,12 +337,24 @@ mod tests {
 
     /// Both scans on `b` from `at`: container or string, as the byte there says
     /// (the reader calls them on nothing else).
+    /// The SIMD answers (SSE2, and AVX2 where this CPU has it) when they agree,
+    /// and the word scan's.
     fn skips(b: &[u8], at: usize) -> (R<usize>, R<usize>) {
-        match b.get(at) {
-            Some(b'"') => (string_end(b, at + 1), swar::string_end(b, at + 1)),
-            Some(b'{' | b'[') => (container_end(b, at), swar::container_end(b, at)),
-            _ => (Ok(at), Ok(at)),
-        }
+        let (sse2, best, slow) = match b.get(at) {
+            Some(b'"') => (
+                string_end_with(Sse2, b, at + 1),
+                string_end(b, at + 1),
+                swar::string_end(b, at + 1),
+            ),
+            Some(b'{' | b'[') => (
+                container_end_with(Sse2, b, at),
+                container_end(b, at),
+                swar::container_end(b, at),
+            ),
+            _ => return (Ok(at), Ok(at)),
+        };
+        assert_eq!(sse2, best, "SSE2 and AVX2 disagree on {:?}", String::from_utf8_lossy(b));
+        (best, slow)
     }
 
     /// Bytes that matter to a skip, and some that only look alike (`{` and `[`
@@ -371,6 +491,16 @@ mod tests {
         }
 
         #[test]
+        fn the_carry_less_prefix_xor_is_the_shifted_one(x in any::<u64>()) {
+            if let Some(avx2) = Avx2::detect() {
+                prop_assert_eq!(avx2.prefix_xor(x), prefix_xor(x));
+            }
+            let bit = |i: u32| (x >> i) & 1;
+            let want = (0..64).fold(0u64, |acc, i| acc | (((0..=i).map(bit).sum::<u64>() & 1) << i));
+            prop_assert_eq!(prefix_xor(x), want);
+        }
+
+        #[test]
         fn the_simd_string_stop_is_the_word_string_stop(
             bytes in prop::collection::vec(any::<u8>(), 0..100), from in 0usize..100,
         ) {
@@ -399,12 +529,12 @@ mod tests {
 
     #[test]
     fn the_escaped_bytes_of_a_block_are_every_second_one_after_a_backslash_run() {
-        for run in 0..64 {
-            for start in 0..64 - run {
+        for run in 0..=BLOCK {
+            for start in 0..=BLOCK - run {
                 let mut bytes = [b'a'; BLOCK];
                 bytes[start..start + run].fill(b'\\');
                 let mut strings = Strings::default();
-                let m = masks(&bytes, false);
+                let m = Sse2.masks(&bytes, false);
                 let got = strings.escaped(m.backslash);
                 let mut want = 0u64;
                 for k in (1..=run).step_by(2) {
