@@ -12,9 +12,9 @@
 
 use std::arch::x86_64::{
     __m128i, __m256i, _mm_and_si128, _mm_clmulepi64_si128, _mm_cmpeq_epi8, _mm_cvtsi128_si64,
-    _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set_epi64x,
-    _mm_set1_epi8, _mm256_and_si256, _mm256_cmpeq_epi8, _mm256_loadu_si256,
-    _mm256_movemask_epi8, _mm256_set1_epi8,
+    _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set_epi64x, _mm_set1_epi8,
+    _mm256_and_si256, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8,
+    _mm256_set1_epi8,
 };
 
 use super::swar::{self, MAX_DEPTH};
@@ -353,7 +353,12 @@ mod tests {
             ),
             _ => return (Ok(at), Ok(at)),
         };
-        assert_eq!(sse2, best, "SSE2 and AVX2 disagree on {:?}", String::from_utf8_lossy(b));
+        assert_eq!(
+            sse2,
+            best,
+            "SSE2 and AVX2 disagree on {:?}",
+            String::from_utf8_lossy(b)
+        );
         (best, slow)
     }
 
@@ -375,7 +380,11 @@ mod tests {
             "[a-z]{0,12}",
             "[\"\\\\{}\\[\\]a ]{0,80}",
             "\\PC{0,40}",
-            (0usize..70, 0usize..70).prop_map(|(a, b)| format!("{}x{}", "\\".repeat(a), "\"".repeat(b))),
+            (0usize..70, 0usize..70).prop_map(|(a, b)| format!(
+                "{}x{}",
+                "\\".repeat(a),
+                "\"".repeat(b)
+            )),
         ]
     }
 
@@ -512,14 +521,20 @@ mod tests {
     fn a_value_nested_exactly_to_the_limit_is_skipped_and_one_deeper_is_not() {
         let limit = MAX_DEPTH as usize;
         for pad in [0, 1, 63, 64] {
-            let nested = |n: usize| format!("{}{}{}", " ".repeat(pad), "[".repeat(n), "]".repeat(n));
+            let nested =
+                |n: usize| format!("{}{}{}", " ".repeat(pad), "[".repeat(n), "]".repeat(n));
             let at = nested(limit);
             assert_eq!(container_end(at.as_bytes(), pad), Ok(at.len()));
             let deeper = nested(limit + 1);
             assert_eq!(container_end(deeper.as_bytes(), pad), Err(Unsure));
             // A depth passed and left again inside one block is still passed.
             let wave = |outer: usize| {
-                let wave = format!("{}{}[[[[[[]]]]]]{}", " ".repeat(pad), "[".repeat(outer), "]".repeat(outer));
+                let wave = format!(
+                    "{}{}[[[[[[]]]]]]{}",
+                    " ".repeat(pad),
+                    "[".repeat(outer),
+                    "]".repeat(outer)
+                );
                 container_end(wave.as_bytes(), pad).map(|end| end == wave.len())
             };
             assert_eq!(wave(limit - 6), Ok(true));
@@ -543,7 +558,10 @@ mod tests {
                     }
                 }
                 assert_eq!(got, want, "run of {run} at {start}");
-                assert_eq!(strings.escaped_in, u64::from(start + run == BLOCK && run % 2 == 1));
+                assert_eq!(
+                    strings.escaped_in,
+                    u64::from(start + run == BLOCK && run % 2 == 1)
+                );
             }
         }
     }

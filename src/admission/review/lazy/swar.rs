@@ -58,7 +58,9 @@ pub(super) const MAX_DEPTH: u32 = 64;
 
 /// The first quote, backslash or control character at or after `from`.
 pub(super) fn string_stop_at(b: &[u8], from: usize) -> Option<usize> {
-    find(b, from, string_stop, |c| c == b'"' || c == b'\\' || c < 0x20)
+    find(b, from, string_stop, |c| {
+        c == b'"' || c == b'\\' || c < 0x20
+    })
 }
 
 /// Where a string skipped from `from` (just after its opening quote) ends: just
