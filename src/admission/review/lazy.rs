@@ -64,53 +64,16 @@ pub fn read_workload_review(body: &[u8]) -> R<Review<'_, Workload<'_>, IgnoredAn
     })
 }
 
-/// Eight bytes at a time: each function below sets the high bit of every byte of
-/// the word that matches. Only the lowest set bit is exact (a borrow can mark a
-/// byte above a match), and only the lowest is used: the first match.
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
+mod swar;
 
-fn eq(word: u64, byte: u8) -> u64 {
-    let x = word ^ (ONES * u64::from(byte));
-    x.wrapping_sub(ONES) & !x & HIGHS
-}
+#[cfg(target_arch = "x86_64")]
+mod simd;
 
-fn below(word: u64, n: u8) -> u64 {
-    word.wrapping_sub(ONES * u64::from(n)) & !word & HIGHS
-}
-
-/// Ends a string being read: a quote, a backslash or a control character.
-fn string_stop(word: u64) -> u64 {
-    eq(word, b'"') | eq(word, b'\\') | below(word, 0x20)
-}
-
-/// Ends a string being skipped: a quote or a backslash.
-fn skip_stop(word: u64) -> u64 {
-    eq(word, b'"') | eq(word, b'\\')
-}
-
-/// A quote or a bracket: clearing bit 5 turns `{` into `[` and `}` into `]`.
-fn structure(word: u64) -> u64 {
-    let folded = word & 0xDFDF_DFDF_DFDF_DFDF;
-    eq(word, b'"') | eq(folded, b'[') | eq(folded, b']')
-}
-
-/// The first index at or after `from` where `mask` (or, for the last bytes,
-/// `one`) matches.
-#[inline(always)]
-fn find(b: &[u8], from: usize, mask: fn(u64) -> u64, one: fn(u8) -> bool) -> Option<usize> {
-    let mut i = from;
-    while let Some(chunk) = b.get(i..i + 8) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let m = mask(u64::from_le_bytes(word));
-        if m != 0 {
-            return Some(i + (m.trailing_zeros() / 8) as usize);
-        }
-        i += 8;
-    }
-    b.get(i..)?.iter().position(|c| one(*c)).map(|p| i + p)
-}
+/// The scans: SIMD where the target has it, eight bytes at a time elsewhere.
+#[cfg(target_arch = "x86_64")]
+use simd as scan;
+#[cfg(not(target_arch = "x86_64"))]
+use swar as scan;
 
 /// serde refuses a field given twice.
 fn once(seen: &mut bool) -> R<()> {
@@ -181,10 +144,7 @@ impl<'a> Cursor<'a> {
     fn str(&mut self) -> R<&'a str> {
         self.eat(b'"')?;
         let start = self.pos;
-        let end = find(self.b, start, string_stop, |c| {
-            c == b'"' || c == b'\\' || c < 0x20
-        })
-        .ok_or(Unsure)?;
+        let end = scan::string_stop_at(self.b, start).ok_or(Unsure)?;
         if self.b[end] != b'"' {
             return Err(Unsure);
         }
@@ -289,45 +249,13 @@ impl<'a> Cursor<'a> {
     }
 
     fn skip_string(&mut self) -> R<()> {
-        self.pos += 1;
-        loop {
-            let at =
-                find(self.b, self.pos, skip_stop, |c| c == b'"' || c == b'\\').ok_or(Unsure)?;
-            if self.b[at] == b'"' {
-                self.pos = at + 1;
-                return Ok(());
-            }
-            self.pos = at + 2;
-        }
+        self.pos = scan::string_end(self.b, self.pos + 1)?;
+        Ok(())
     }
 
     fn skip_container(&mut self) -> R<()> {
-        let mut depth = 0usize;
-        loop {
-            self.pos = find(self.b, self.pos, structure, |c| {
-                matches!(c, b'"' | b'{' | b'[' | b'}' | b']')
-            })
-            .ok_or(Unsure)?;
-            match self.b[self.pos] {
-                b'"' => self.skip_string()?,
-                b'{' | b'[' => {
-                    depth += 1;
-                    // serde_json refuses more than 128 levels; well below that, let
-                    // it decide.
-                    if depth > 64 {
-                        return Err(Unsure);
-                    }
-                    self.pos += 1;
-                }
-                _ => {
-                    depth -= 1;
-                    self.pos += 1;
-                    if depth == 0 {
-                        return Ok(());
-                    }
-                }
-            }
-        }
+        self.pos = scan::container_end(self.b, self.pos)?;
+        Ok(())
     }
 
     fn request(&mut self) -> R<Request<'a, Workload<'a>, IgnoredAny>> {
@@ -726,40 +654,6 @@ mod tests {
         // Where konsumer reads, it is as strict as serde.
         let read = r#"{"request":{"uid":"u","dryRun":tru}}"#;
         assert!(read_workload_review(read.as_bytes()).is_err());
-    }
-
-    #[test]
-    fn the_word_scans_find_the_first_match_at_every_offset() {
-        let stops: &[u8] = b"\"\\\n{}[]";
-        for &stop in stops {
-            for len in 0..40 {
-                for at in 0..len {
-                    let mut b = vec![b'a'; len];
-                    b[at] = stop;
-                    // A second match later must not hide the first.
-                    if at + 3 < len {
-                        b[at + 3] = b'"';
-                    }
-                    let want = |f: fn(u8) -> bool| b.iter().position(|c| f(*c));
-                    assert_eq!(
-                        find(&b, 0, string_stop, |c| c == b'"' || c == b'\\' || c < 0x20),
-                        want(|c| c == b'"' || c == b'\\' || c < 0x20)
-                    );
-                    assert_eq!(
-                        find(&b, 0, skip_stop, |c| c == b'"' || c == b'\\'),
-                        want(|c| c == b'"' || c == b'\\')
-                    );
-                    let brackets = |c: u8| matches!(c, b'"' | b'{' | b'[' | b'}' | b']');
-                    assert_eq!(find(&b, 0, structure, brackets), want(brackets));
-                }
-            }
-        }
-        // Bytes that only look alike once folded are no brackets.
-        assert_eq!(find(b"{;}=", 1, structure, |c| c == b'}'), Some(2));
-        assert_eq!(
-            find(&[0x7C, 0x5C, 0xFB, 0xDB], 0, structure, |_| false),
-            None
-        );
     }
 
     #[test]
