@@ -440,7 +440,9 @@ enum Field<'s> {
     Schema(&'s Compiled),
     /// Kept as it is (`x-kubernetes-preserve-unknown-fields`): anything, and not
     /// null when required.
-    Preserved { required: bool },
+    Preserved {
+        required: bool,
+    },
     /// Neither a property nor allowed: `check` warns and drops it.
     Unknown,
 }
