@@ -223,7 +223,8 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Check<'_, V> {
             Mode::Schema(schema) if schema.is_object() => self.visitor.visit_map(Entries {
                 schema,
                 map,
-                seen: Vec::new(),
+                // One allocation per object: every key it may hold has room.
+                seen: Vec::with_capacity(schema.properties.as_ref().map_or(4, |p| p.len())),
                 next: Next::Unknown,
             }),
             // No type: anything but null, and nothing is looked into.
