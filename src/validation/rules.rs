@@ -522,10 +522,14 @@ fn grouping_lists<'q>(query: &'q str, keyword: &'static str) -> impl Iterator<It
     std::iter::from_fn(move || {
         loop {
             // A match of ASCII letters starts and ends on character boundaries.
-            let found = bytes
-                .get(from..)?
-                .windows(keyword.len())
-                .position(|w| w.eq_ignore_ascii_case(keyword.as_bytes()))?;
+            // Candidates by their first letter (rare in a query), then the rest.
+            let first = keyword.as_bytes()[0];
+            let found = bytes.get(from..)?.iter().enumerate().position(|(i, b)| {
+                b.to_ascii_lowercase() == first
+                    && bytes
+                        .get(from + i..from + i + keyword.len())
+                        .is_some_and(|w| w.eq_ignore_ascii_case(keyword.as_bytes()))
+            })?;
             let start = from + found;
             let end = start + keyword.len();
             from = end;
