@@ -114,11 +114,7 @@ pub fn validate_parts(
 
 /// The typed Consumer of [`Parts`] whose spec the type checks pass unchanged.
 fn typed_parts(parts: &Parts<'_>) -> Option<(Option<Consumer>, Report)> {
-    let spec = parts.spec?;
-    if !structural::spec_conforms_json(spec) {
-        return None;
-    }
-    let spec: ConsumerSpec = serde_json::from_str(spec).ok()?;
+    let spec = structural::read_conforming_spec(parts.spec?)?;
     let consumer = Consumer {
         metadata: typed_meta(parts.name, parts.namespace),
         spec,

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 /// The name serde_json gives its raw-value requests: from its own deserializers
 /// (text and `Value`) the template is then handed over as JSON text, with no
 /// tree built. Other deserializers (YAML) go through a `Value`.
-const RAW_TOKEN: &str = "$serde_json::private::RawValue";
+pub(crate) const RAW_TOKEN: &str = "$serde_json::private::RawValue";
 
 /// Any JSON value (as before, the type accepts what the schema check refuses:
 /// the validating webhook words that), kept as compact JSON text.

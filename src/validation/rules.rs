@@ -483,44 +483,67 @@ fn query_spec(report: &mut Report, p: &Path<'_>, q: &QuerySpec) {
     }
 }
 
-/// Whether the query's `by (...)` / `without (...)` clauses drop `label`.
+/// Whether the query's `by (...)` / `without (...)` clauses drop `label`
+/// (keywords and labels compared ignoring ASCII case). Runs for every query of
+/// every Consumer validated, so nothing is allocated unless it has something
+/// to say.
 fn grouping_drops_label(query: &str, label: &str) -> Option<String> {
-    let lower = query.to_ascii_lowercase();
-    let bytes = lower.as_bytes();
-    let mut by_lists = Vec::new();
-    let mut without_lists = Vec::new();
-    for (keyword, lists) in [("by", &mut by_lists), ("without", &mut without_lists)] {
-        let mut from = 0;
-        while let Some(found) = lower[from..].find(keyword) {
+    let has = |list: &str| {
+        list.split(',')
+            .any(|l| l.trim().eq_ignore_ascii_case(label))
+    };
+    let lower = |list: &str| {
+        list.split(',')
+            .map(|l| l.trim().to_ascii_lowercase())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let label = || label.to_ascii_lowercase();
+    if let Some(list) = grouping_lists(query, "without").find(|l| has(l)) {
+        return Some(format!("without ({}) removes {}", lower(list), label()));
+    }
+    let mut by = grouping_lists(query, "by");
+    let first = by.next()?;
+    if has(first) || by.any(has) {
+        return None;
+    }
+    Some(format!(
+        "the grouping by ({}) has no {}",
+        lower(first),
+        label()
+    ))
+}
+
+/// The label lists of the query's `keyword (...)` clauses (`keyword` lowercase,
+/// matched ignoring ASCII case, not inside a longer name), as written.
+fn grouping_lists<'q>(query: &'q str, keyword: &'static str) -> impl Iterator<Item = &'q str> {
+    let bytes = query.as_bytes();
+    let mut from = 0;
+    std::iter::from_fn(move || {
+        loop {
+            // A match of ASCII letters starts and ends on character boundaries.
+            // Candidates by their first letter (rare in a query), then the rest.
+            let first = keyword.as_bytes()[0];
+            let found = bytes.get(from..)?.iter().enumerate().position(|(i, b)| {
+                b.to_ascii_lowercase() == first
+                    && bytes
+                        .get(from + i..from + i + keyword.len())
+                        .is_some_and(|w| w.eq_ignore_ascii_case(keyword.as_bytes()))
+            })?;
             let start = from + found;
             let end = start + keyword.len();
             from = end;
             let boundary_before = start == 0
                 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
-            let rest = lower[end..].trim_start();
+            let rest = query.get(end..)?.trim_start();
             if !boundary_before || !rest.starts_with('(') {
                 continue;
             }
             if let Some(close) = rest.find(')') {
-                let labels: Vec<String> = rest[1..close]
-                    .split(',')
-                    .map(|l| l.trim().to_string())
-                    .collect();
-                lists.push(labels);
+                return Some(&rest[1..close]);
             }
         }
-    }
-    let label = label.to_ascii_lowercase();
-    if let Some(list) = without_lists.iter().find(|l| l.contains(&label)) {
-        return Some(format!("without ({}) removes {label}", list.join(", ")));
-    }
-    if !by_lists.is_empty() && !by_lists.iter().any(|l| l.contains(&label)) {
-        return Some(format!(
-            "the grouping by ({}) has no {label}",
-            by_lists[0].join(", ")
-        ));
-    }
-    None
+    })
 }
 
 /// Container names of `deploymentTemplate.template.spec.containers`, if any.
@@ -809,7 +832,70 @@ fn dns_subdomain(report: &mut Report, p: Path<'_>, value: &str) {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// The first version of [`grouping_drops_label`] (a lowercase copy of the query,
+    /// lists of owned labels): what the allocation-free scan must keep saying.
+    fn grouping_drops_label_by_copy(query: &str, label: &str) -> Option<String> {
+        let lower = query.to_ascii_lowercase();
+        let bytes = lower.as_bytes();
+        let mut by_lists = Vec::new();
+        let mut without_lists = Vec::new();
+        for (keyword, lists) in [("by", &mut by_lists), ("without", &mut without_lists)] {
+            let mut from = 0;
+            while let Some(found) = lower[from..].find(keyword) {
+                let start = from + found;
+                let end = start + keyword.len();
+                from = end;
+                let boundary_before = start == 0
+                    || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+                let rest = lower[end..].trim_start();
+                if !boundary_before || !rest.starts_with('(') {
+                    continue;
+                }
+                if let Some(close) = rest.find(')') {
+                    let labels: Vec<String> = rest[1..close]
+                        .split(',')
+                        .map(|l| l.trim().to_string())
+                        .collect();
+                    lists.push(labels);
+                }
+            }
+        }
+        let label = label.to_ascii_lowercase();
+        if let Some(list) = without_lists.iter().find(|l| l.contains(&label)) {
+            return Some(format!("without ({}) removes {label}", list.join(", ")));
+        }
+        if !by_lists.is_empty() && !by_lists.iter().any(|l| l.contains(&label)) {
+            return Some(format!(
+                "the grouping by ({}) has no {label}",
+                by_lists[0].join(", ")
+            ));
+        }
+        None
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn the_grouping_scan_says_what_the_lowercase_copy_said(
+            parts in prop::collection::vec(prop::sample::select(vec![
+                "sum", "(", ")", " ", "by", "BY", "By", "without", "WITHOUT", "x", "_by", "rate(x[5m])",
+                "partition", "PARTITION", "topic", ",", ", ", "é", "ÿ", "{", "}", "standby", "by(", "ẞ",
+            ]), 0..14),
+            label in prop::sample::select(vec!["partition", "Partition", "topic", "x"]),
+        ) {
+            let query: String = parts.concat();
+            prop_assert_eq!(
+                grouping_drops_label(&query, label),
+                grouping_drops_label_by_copy(&query, label),
+                "{:?}", query
+            );
+        }
+    }
 
     #[test]
     fn grouping_checks_find_missing_partition_labels() {

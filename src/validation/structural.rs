@@ -11,6 +11,8 @@ use serde_json::Value;
 
 use super::field::{FieldError, FieldPath, Report};
 
+mod checked;
+
 /// The `openAPIV3Schema` of the generated CRD (the storage version).
 pub static CONSUMER_SCHEMA: LazyLock<Value> = LazyLock::new(|| {
     let crd = crate::api::crd::consumer_crd();
@@ -337,8 +339,21 @@ pub fn conforms(schema: &Compiled, value: &Value) -> bool {
 /// tree: `false` also for text serde_json would not read, and for a key given
 /// twice (a `Value` keeps the last one; the caller then reads it that way).
 pub fn spec_conforms_json(text: &str) -> bool {
+    conforms_json(&SPEC_COMPILED, text)
+}
+
+/// [`conforms`] of `schema` on JSON text (see [`spec_conforms_json`]).
+fn conforms_json(schema: &Compiled, text: &str) -> bool {
     let mut de = serde_json::Deserializer::from_str(text);
-    Conform(&SPEC_COMPILED).deserialize(&mut de).is_ok() && de.end().is_ok()
+    Conform(schema).deserialize(&mut de).is_ok() && de.end().is_ok()
+}
+
+/// The typed spec of a spec's JSON text that [`check`] passes unchanged, in one
+/// pass: the schema is checked on the typed read's own parser events. What
+/// [`spec_conforms_json`] and then `serde_json::from_str` give, without reading
+/// the text twice; `None` when either would refuse it.
+pub fn read_conforming_spec(text: &str) -> Option<crate::api::ConsumerSpec> {
+    checked::read(&SPEC_COMPILED, text)
 }
 
 /// [`conforms`] as a visitor of the parser's events: a value that does not conform
@@ -353,46 +368,100 @@ enum Scalar<'v> {
     Str(&'v str),
 }
 
-impl Conform<'_> {
-    fn scalar<E: serde::de::Error>(&self, value: Scalar<'_>) -> Result<(), E> {
-        let schema = self.0;
-        let ok = if schema.int_or_string {
-            matches!(value, Scalar::Int(_) | Scalar::Str(_))
-        } else {
-            match (schema.kind.as_deref(), value) {
-                (Some("object" | "array"), _) => false,
-                (Some("string"), Scalar::Str(s)) => schema
-                    .allowed
-                    .as_ref()
-                    .is_none_or(|allowed| allowed.iter().any(|a| a.as_str() == Some(s))),
-                (Some("string"), _) => false,
-                (Some("integer"), Scalar::Int(n)) => {
-                    if schema.int32 {
-                        n.is_some_and(|n| i32::try_from(n).is_ok())
-                    } else {
-                        n.is_some()
-                    }
+impl Compiled {
+    /// Whether a scalar conforms to this node: [`conforms`]' scalar branches.
+    fn takes_scalar(&self, value: Scalar<'_>) -> bool {
+        if self.int_or_string {
+            return matches!(value, Scalar::Int(_) | Scalar::Str(_));
+        }
+        match (self.kind.as_deref(), value) {
+            (Some("object" | "array"), _) => false,
+            (Some("string"), Scalar::Str(s)) => self
+                .allowed
+                .as_ref()
+                .is_none_or(|allowed| allowed.iter().any(|a| a.as_str() == Some(s))),
+            (Some("string"), _) => false,
+            (Some("integer"), Scalar::Int(n)) => {
+                if self.int32 {
+                    n.is_some_and(|n| i32::try_from(n).is_ok())
+                } else {
+                    n.is_some()
                 }
-                (Some("integer"), _) => false,
-                (Some("number"), v) => matches!(v, Scalar::Int(_) | Scalar::Float),
-                (Some("boolean"), v) => matches!(v, Scalar::Bool),
-                _ => true,
             }
-        };
-        if ok { Ok(()) } else { Err(E::custom("")) }
+            (Some("integer"), _) => false,
+            (Some("number"), v) => matches!(v, Scalar::Int(_) | Scalar::Float),
+            (Some("boolean"), v) => matches!(v, Scalar::Bool),
+            _ => true,
+        }
     }
 
     /// Whether containers of `kind` conform at all (`int-or-string` and the
     /// scalar types take none).
-    fn container<E: serde::de::Error>(&self, kind: &str) -> Result<(), E> {
-        let schema = self.0;
-        let ok = !schema.int_or_string
-            && match schema.kind.as_deref() {
+    fn takes_container(&self, kind: &str) -> bool {
+        !self.int_or_string
+            && match self.kind.as_deref() {
                 Some(k) if k == kind => true,
                 Some("object" | "array" | "string" | "integer" | "number" | "boolean") => false,
                 _ => true,
-            };
-        if ok { Ok(()) } else { Err(E::custom("")) }
+            }
+    }
+
+    /// The schema of an array's items (`check` reads a missing `items` as the
+    /// null schema: anything but null); `None` when this node is not an array
+    /// type, whose items are then not looked into.
+    fn item_schema(&self) -> Option<&Compiled> {
+        (self.kind.as_deref() == Some("array")).then(|| self.items.as_deref().unwrap_or(&ANY))
+    }
+
+    /// Whether this node's objects are looked into (an object type); any other
+    /// node that takes objects takes them whole.
+    fn is_object(&self) -> bool {
+        self.kind.as_deref() == Some("object")
+    }
+
+    /// What the value of `key` in an object of this type is checked against.
+    fn field(&self, key: &str) -> Field<'_> {
+        if let Some(sub) = self.properties.as_ref().and_then(|p| p.get(key)) {
+            Field::Schema(sub)
+        } else if let Some(sub) = &self.additional {
+            Field::Schema(sub)
+        } else if self.preserve {
+            Field::Preserved {
+                required: self.required.iter().any(|r| r == key),
+            }
+        } else {
+            Field::Unknown
+        }
+    }
+}
+
+/// The value of an object's field, to [`conforms`].
+enum Field<'s> {
+    Schema(&'s Compiled),
+    /// Kept as it is (`x-kubernetes-preserve-unknown-fields`): anything, and not
+    /// null when required.
+    Preserved {
+        required: bool,
+    },
+    /// Neither a property nor allowed: `check` warns and drops it.
+    Unknown,
+}
+
+impl Conform<'_> {
+    fn scalar<E: serde::de::Error>(&self, value: Scalar<'_>) -> Result<(), E> {
+        if self.0.takes_scalar(value) {
+            Ok(())
+        } else {
+            Err(E::custom(""))
+        }
+    }
+
+    fn container<E: serde::de::Error>(&self, kind: &str) -> Result<(), E> {
+        if self.0.takes_container(kind) {
+            Ok(())
+        } else {
+            Err(E::custom(""))
+        }
     }
 }
 
@@ -438,13 +507,10 @@ impl<'de> serde::de::Visitor<'de> for Conform<'_> {
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         self.container("array")?;
-        let item = match self.0.kind.as_deref() {
-            Some("array") => self.0.items.as_deref().unwrap_or(&ANY),
+        let Some(item) = self.0.item_schema() else {
             // No type: anything but null, and nothing is looked into.
-            _ => {
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                return Ok(());
-            }
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            return Ok(());
         };
         while seq.next_element_seed(Conform(item))?.is_some() {}
         Ok(())
@@ -454,7 +520,7 @@ impl<'de> serde::de::Visitor<'de> for Conform<'_> {
         use serde::de::Error;
         self.container("object")?;
         let schema = self.0;
-        if schema.kind.as_deref() != Some("object") {
+        if !schema.is_object() {
             // No type: anything but null, and nothing is looked into.
             while map.next_key::<serde::de::IgnoredAny>()?.is_some() {
                 map.next_value::<serde::de::IgnoredAny>()?;
@@ -467,26 +533,31 @@ impl<'de> serde::de::Visitor<'de> for Conform<'_> {
             if seen.contains(&key) {
                 return Err(A::Error::custom(""));
             }
-            if let Some(sub) = schema.properties.as_ref().and_then(|p| p.get(key.as_ref())) {
-                map.next_value_seed(Conform(sub))?;
-            } else if let Some(sub) = &schema.additional {
-                map.next_value_seed(Conform(sub))?;
-            } else if schema.preserve {
-                let value = map.next_value::<Option<serde::de::IgnoredAny>>()?;
-                if value.is_none() && schema.required.iter().any(|r| *r == key) {
-                    return Err(A::Error::custom(""));
+            match schema.field(&key) {
+                Field::Schema(sub) => map.next_value_seed(Conform(sub))?,
+                Field::Preserved { required } => {
+                    let value = map.next_value::<Option<serde::de::IgnoredAny>>()?;
+                    if value.is_none() && required {
+                        return Err(A::Error::custom(""));
+                    }
                 }
-            } else {
-                return Err(A::Error::custom(""));
+                Field::Unknown => return Err(A::Error::custom("")),
             }
             seen.push(key);
         }
         // Every value seen is not null (or the parse stopped), so present is enough.
-        if schema.required.iter().all(|r| seen.iter().any(|k| k == r)) {
+        if schema.has_required(&seen) {
             Ok(())
         } else {
             Err(A::Error::custom(""))
         }
+    }
+}
+
+impl Compiled {
+    /// Whether every required field is among `seen`.
+    fn has_required(&self, seen: &[std::borrow::Cow<'_, str>]) -> bool {
+        self.required.iter().all(|r| seen.iter().any(|k| k == r))
     }
 }
 

@@ -750,3 +750,131 @@ fn instances_and_recommendations_stay_within_what_one_status_holds() {
         "{errs:#?}"
     );
 }
+
+/// What the one-pass spec read stands for: the schema check of the text, then
+/// the typed read of it.
+fn spec_in_two_passes(text: &str) -> Option<ConsumerSpec> {
+    if !structural::spec_conforms_json(text) {
+        return None;
+    }
+    serde_json::from_str(text).ok()
+}
+
+/// The one-pass read answers exactly when the two passes do, with the same spec.
+fn assert_one_pass_matches_two(text: &str) -> Result<bool, TestCaseError> {
+    let one = structural::read_conforming_spec(text);
+    let answered = one.is_some();
+    prop_assert_eq!(one, spec_in_two_passes(text), "{}", text);
+    Ok(answered)
+}
+
+#[test]
+fn the_one_pass_spec_read_takes_valid_specs_and_refuses_what_the_schema_check_reports() {
+    let seed: Value = serde_saphyr::from_str(include_str!(
+        "../../tests/fixtures/consumer-seed-example.yaml"
+    ))
+    .unwrap();
+    for object in [orders(), seed] {
+        assert!(assert_one_pass_matches_two(&object["spec"].to_string()).unwrap());
+    }
+    // Each is reported or pruned by the schema check, though the typed read
+    // alone would take every one of them.
+    for (pointer, value) in [
+        ("/spec/bogus", json!(1)),
+        ("/spec/autoscaler/pendingScaleUpDuration", Value::Null),
+        ("/spec/autoscaler/mode", Value::Null),
+        (
+            "/spec/resourcePolicy/containerPolicies/0/minAllowed/gpu",
+            Value::Null,
+        ),
+        ("/spec/deploymentTemplate/replicas", Value::Null),
+    ] {
+        let mut o = orders();
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        o.pointer_mut(parent)
+            .and_then(Value::as_object_mut)
+            .unwrap_or_else(|| panic!("no {parent}"))
+            .insert(key.to_string(), value);
+        let text = o["spec"].to_string();
+        let typed = serde_json::from_str::<ConsumerSpec>(&text);
+        let conforms = structural::spec_conforms_json(&text);
+        assert_eq!(
+            structural::read_conforming_spec(&text).is_some(),
+            conforms,
+            "{pointer}"
+        );
+        assert!(typed.is_ok() || !conforms, "{pointer}");
+    }
+    let mut o = orders();
+    o["spec"]["bogus"] = json!(1);
+    assert!(serde_json::from_str::<ConsumerSpec>(&o["spec"].to_string()).is_ok());
+    assert!(structural::read_conforming_spec(&o["spec"].to_string()).is_none());
+    // The template is handed over as text: it is checked as text (an object).
+    let mut o = orders();
+    o["spec"]["deploymentTemplate"] = json!([]);
+    assert!(serde_json::from_str::<ConsumerSpec>(&o["spec"].to_string()).is_ok());
+    assert!(structural::read_conforming_spec(&o["spec"].to_string()).is_none());
+    // A key given twice in a resource list, escapes in keys and values.
+    let text = orders()["spec"].to_string();
+    for edited in [
+        text.replacen("\"cpu\":", "\"cpu\":\"1\",\"cpu\":", 1),
+        text.replacen("\"numPartitions\"", "\"num\\u0050artitions\"", 1),
+        text.replacen("\"name\":\"", "\"name\":\"\\u006e", 1),
+    ] {
+        assert_ne!(edited, text);
+        assert_one_pass_matches_two(&edited).unwrap();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    #[test]
+    fn the_one_pass_spec_read_agrees_with_two_passes_on_arbitrary_specs(spec in arbitrary_json()) {
+        assert_one_pass_matches_two(&spec.to_string())?;
+    }
+
+    #[test]
+    fn the_one_pass_spec_read_agrees_with_two_passes_on_mutated_specs(
+        pointer in prop::sample::select(vec![
+            "/spec/numPartitions", "/spec/numPartitionsPerInstance", "/spec/name", "/spec/autoscaler",
+            "/spec/autoscaler/mode", "/spec/autoscaler/pendingScaleDownDuration",
+            "/spec/autoscaler/prometheus", "/spec/autoscaler/prometheus/address",
+            "/spec/autoscaler/prometheus/ramPerCore", "/spec/autoscaler/prometheus/cpuIncrement",
+            "/spec/autoscaler/prometheus/ratePerCore", "/spec/autoscaler/prometheus/criticalLag",
+            "/spec/autoscaler/prometheus/fallbackStrategy", "/spec/autoscaler/prometheus/offset",
+            "/spec/autoscaler/prometheus/offset/query", "/spec/resourcePolicy",
+            "/spec/resourcePolicy/containerPolicies", "/spec/resourcePolicy/containerPolicies/0",
+            "/spec/resourcePolicy/containerPolicies/0/minAllowed",
+            "/spec/resourcePolicy/containerPolicies/0/minAllowed/cpu",
+            "/spec/resourcePolicy/containerPolicies/0/mode", "/spec/resourcePolicy/globalPolicy",
+            "/spec/resourcePolicy/globalPolicy/maxAllowed", "/spec/deploymentTemplate",
+            "/spec/deploymentTemplate/replicas", "/spec/deploymentTemplate/template", "/spec/x",
+        ]),
+        value in arbitrary_json(),
+        number in prop::sample::select(vec![
+            "0", "-1", "2147483647", "2147483648", "9223372036854775807", "9223372036854775808",
+            "18446744073709551616", "1.0", "1e3", "-0",
+        ]),
+        as_number in any::<bool>(),
+    ) {
+        let mut o = orders();
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        let placeholder = "\"@number@\"";
+        let value = if as_number { json!("@number@") } else { value };
+        match o.pointer_mut(parent) {
+            Some(Value::Object(m)) => {
+                m.insert(key.to_string(), value);
+            }
+            Some(Value::Array(a)) => {
+                if let Some(slot) = key.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
+                    *slot = value;
+                }
+            }
+            _ => {}
+        }
+        // Numbers a `Value` cannot hold as written (beyond u64, `1.0`, `-0`).
+        let text = o["spec"].to_string().replace(placeholder, number);
+        assert_one_pass_matches_two(&text)?;
+    }
+}
