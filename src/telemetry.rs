@@ -12,6 +12,16 @@ use tracing_subscriber::EnvFilter;
 
 pub use metrics::Metrics;
 
+/// Set once a trace exporter is installed (see [`spans_exported`]).
+static SPANS_EXPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether spans leave the process (OTLP), so every span counts, not only
+/// those an event is logged in: the hot path opens its request span up front
+/// only then.
+pub fn spans_exported() -> bool {
+    SPANS_EXPORTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     #[default]
@@ -84,11 +94,15 @@ fn with_otlp(format: LogFormat, filter: EnvFilter, endpoint: &str) -> anyhow::Re
         LogFormat::Text => fmt.boxed(),
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),
     };
-    let _ = tracing_subscriber::registry()
+    if tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
         .with(exporter.layer())
-        .try_init();
+        .try_init()
+        .is_ok()
+    {
+        SPANS_EXPORTED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     Ok(Telemetry {
         otlp: Some(exporter),
     })

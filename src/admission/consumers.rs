@@ -135,8 +135,35 @@ pub(super) fn invalid_object(
 
 struct Head<'r> {
     api_version: &'static str,
+    webhook: &'static str,
     uid: &'r str,
     operation: Operation,
+    /// Whether the request's span is open around the whole answer (only when
+    /// spans are exported; see [`Head::log_span`]).
+    spanned: bool,
+}
+
+impl Head<'_> {
+    fn span(&self) -> tracing::Span {
+        tracing::info_span!(
+            "admission",
+            webhook = self.webhook,
+            uid = self.uid,
+            operation = self.operation.as_str()
+        )
+    }
+
+    /// The span an event is logged in. Nothing else is logged while a review
+    /// is answered, and under the JSON subscriber opening a span costs a good
+    /// part of a small review's answer: unless spans are exported (then it is
+    /// open already), the span is opened for the event only.
+    fn log_span(&self) -> tracing::span::EnteredSpan {
+        if self.spanned {
+            tracing::Span::none().entered()
+        } else {
+            self.span().entered()
+        }
+    }
 }
 
 fn reply(head: &Head<'_>, answer: Answer, outcome: Outcome) -> Reply {
@@ -167,7 +194,7 @@ fn triage<O>(head: &Head<'_>, request: &ConsumerRequest<'_, O>) -> Option<Reply>
     None
 }
 
-/// Opens the request's span and answers the common cases; `decide` answers a
+/// Answers the common cases (inside the request's span when spans are exported); `decide` answers a
 /// Consumer CREATE or UPDATE (or gives up with `E`).
 fn answer<O, E>(
     (api_version, request): (&'static str, ConsumerRequest<'_, O>),
@@ -176,15 +203,16 @@ fn answer<O, E>(
 ) -> Result<Reply, E> {
     let head = Head {
         api_version,
+        webhook,
         uid: request.uid.as_str(),
         operation: Operation::parse(request.operation.as_ref().map(|o| o.as_str())),
+        spanned: crate::telemetry::spans_exported(),
     };
-    let span = tracing::info_span!(
-        "admission",
-        webhook,
-        uid = head.uid,
-        operation = head.operation.as_str()
-    );
+    let span = if head.spanned {
+        head.span()
+    } else {
+        tracing::Span::none()
+    };
     let _enter = span.enter();
     if let Some(done) = triage(&head, &request) {
         return Ok(done);
@@ -255,14 +283,20 @@ fn decide_validate<O: ConsumerObject, E>(
     let report = check(object, old, user_version(request))?;
     let name = object_name(request);
     if report.is_valid() {
-        tracing::debug!(consumer = %name, warnings = report.warnings.len(), "valid");
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let _span = head.log_span();
+            tracing::debug!(consumer = %name, warnings = report.warnings.len(), "valid");
+        }
         return Ok(reply(
             head,
             Answer::allow().with_warnings(report.warnings),
             Outcome::allowed,
         ));
     }
-    tracing::info!(consumer = %name, errors = report.errors.len(), "invalid Consumer denied");
+    {
+        let _span = head.log_span();
+        tracing::info!(consumer = %name, errors = report.errors.len(), "invalid Consumer denied");
+    }
     let status = invalid_status(&name, &report);
     Ok(reply(
         head,

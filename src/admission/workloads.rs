@@ -49,21 +49,23 @@ pub(crate) async fn decide(
     let namespace = request.namespace.as_ref().map(|n| n.as_str()).unwrap_or("");
     // Every field is known here: recording fields later costs the JSON log
     // subscriber a re-serialization each time; the outcome goes on the last event.
-    let span = tracing::info_span!(
-        "admission",
-        webhook = "mutate_workloads",
-        uid,
-        kind = kind.as_str(),
-        namespace,
-        name = request.name.as_ref().map(|n| n.as_str()).unwrap_or(""),
-        operation = operation.as_str(),
-        dry_run = request.dry_run.unwrap_or(false),
-        consumer = request
-            .object
-            .as_ref()
-            .and_then(|o| inject::consumer_name(o.metadata.as_ref()))
-            .unwrap_or(""),
-    );
+    let span = || {
+        tracing::info_span!(
+            "admission",
+            webhook = "mutate_workloads",
+            uid,
+            kind = kind.as_str(),
+            namespace,
+            name = request.name.as_ref().map(|n| n.as_str()).unwrap_or(""),
+            operation = operation.as_str(),
+            dry_run = request.dry_run.unwrap_or(false),
+            consumer = request
+                .object
+                .as_ref()
+                .and_then(|o| inject::consumer_name(o.metadata.as_ref()))
+                .unwrap_or(""),
+        )
+    };
     let reply = |answer: Answer, outcome: Outcome| Reply {
         response: review_response(review::encode(api_version, uid, &answer)),
         kind,
@@ -186,26 +188,38 @@ pub(crate) async fn decide(
         }
     };
     let name = request.name.as_ref().map(|n| n.as_str()).unwrap_or("");
-    // Logged inside the span, which is entered only while the decision runs.
-    let logged = async {
-        let (mut answer, outcome) = decided.await;
-        if let Some(status) = answer.status.as_mut() {
-            sign(status, kind, name);
-        }
-        match outcome {
-            Outcome::denied => tracing::info!(
-                message = answer
-                    .status
-                    .as_ref()
-                    .map(|s| s.message.as_str())
-                    .unwrap_or(""),
-                "denied"
-            ),
-            _ => tracing::debug!(warnings = answer.warnings.len(), "answered"),
-        }
-        (answer, outcome)
+    // Nothing is logged while the decision runs, and under the JSON subscriber
+    // opening a span costs about what encoding the patch does: the span is
+    // opened for the event that ends it (a denial, or `answered` when debug
+    // logs are on), and around the whole decision only when spans are
+    // exported (OTLP), where each request's span and its duration count.
+    let exported = crate::telemetry::spans_exported();
+    let around = if exported {
+        span()
+    } else {
+        tracing::Span::none()
     };
-    let (answer, outcome) = logged.instrument(span).await;
+    let (mut answer, outcome) = decided.instrument(around.clone()).await;
+    if let Some(status) = answer.status.as_mut() {
+        sign(status, kind, name);
+    }
+    let logs = outcome == Outcome::denied || tracing::enabled!(tracing::Level::DEBUG);
+    let logged_in = match (exported, logs) {
+        (true, _) => around,
+        (false, true) => span(),
+        (false, false) => tracing::Span::none(),
+    };
+    logged_in.in_scope(|| match outcome {
+        Outcome::denied => tracing::info!(
+            message = answer
+                .status
+                .as_ref()
+                .map(|s| s.message.as_str())
+                .unwrap_or(""),
+            "denied"
+        ),
+        _ => tracing::debug!(warnings = answer.warnings.len(), "answered"),
+    });
     reply(answer, outcome)
 }
 

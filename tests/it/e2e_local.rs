@@ -145,8 +145,12 @@ pub fn copy_example(to: &Path) {
 }
 
 async fn post(client: &reqwest::Client, port: u16, fixture_name: &str) -> Value {
+    post_to(client, port, "/mutate/workloads", fixture_name).await
+}
+
+async fn post_to(client: &reqwest::Client, port: u16, path: &str, fixture_name: &str) -> Value {
     client
-        .post(format!("https://localhost:{port}/mutate/workloads"))
+        .post(format!("https://localhost:{port}{path}"))
         .header("content-type", "application/json")
         .body(fixture_bytes(fixture_name))
         .send()
@@ -222,6 +226,57 @@ async fn local_mode_binary_answers_and_follows_edits_of_the_consumer_file() {
         lost.is_empty(),
         "stopping is not losing the lease: {lost:#?}"
     );
+}
+
+/// The request span is opened for the event that ends a request (unless spans
+/// are exported): a denial's JSON log line still carries the webhook and the
+/// request it answered.
+#[tokio::test]
+async fn a_denial_is_logged_in_its_requests_span() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_example(dir.path());
+    let konsumer = Binary::serve_local(dir.path(), &[]);
+    let ca = std::fs::read(dir.path().join(".konsumer/tls/ca.crt")).unwrap();
+    let client = client_trusting(&ca);
+    let port = konsumer.webhook.port();
+    let cases = [
+        (
+            "/mutate/workloads",
+            "deployment-create-instance-out-of-range",
+            "mutate_workloads",
+        ),
+        (
+            "/validate/consumers",
+            "consumer-invalid-policy.validate",
+            "validate_consumers",
+        ),
+    ];
+    for (path, name, webhook) in cases {
+        let review = post_to(&client, port, path, name).await;
+        assert_eq!(review["response"]["allowed"], false, "{name}: {review:#}");
+        let uid = fixture(name)["request"]["uid"].clone();
+        let mut line = None;
+        for _ in 0..100 {
+            line = konsumer
+                .logs()
+                .into_iter()
+                .find(|l| l["level"] == "INFO" && l["span"]["uid"] == uid);
+            if line.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let line =
+            line.unwrap_or_else(|| panic!("no denial logged for {uid}: {:#?}", konsumer.logs()));
+        assert_eq!(line["span"]["webhook"], webhook, "{line:#}");
+        assert!(
+            line["target"]
+                .as_str()
+                .unwrap()
+                .starts_with("konsumer::admission"),
+            "{line:#}"
+        );
+    }
 }
 
 #[test]
