@@ -228,7 +228,7 @@ fn main() {
             uid = "b5e7c296-d725-4d26-9db7-713c18dab84b",
             kind = "Pod",
             namespace = "streams",
-            name = "",
+            object_name = "",
             operation = "CREATE",
             dry_run = false,
             consumer = "orders",

@@ -56,7 +56,8 @@ pub(crate) async fn decide(
             uid,
             kind = kind.as_str(),
             namespace,
-            name = request.name.as_ref().map(|n| n.as_str()).unwrap_or(""),
+            // Not `name`: JSON logs write the span's own name ("admission") there.
+            object_name = request.name.as_ref().map(|n| n.as_str()).unwrap_or(""),
             operation = operation.as_str(),
             dry_run = request.dry_run.unwrap_or(false),
             consumer = request
