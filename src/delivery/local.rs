@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use base64::Engine;
@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::{SecretValue, SourceError, SubscriptionSource};
 use crate::api::subscription::SUBSCRIPTION_GROUP;
 use crate::api::{JournalEntry, ScalingSubscription, SubscriptionStatus};
-use crate::store::local::{ApiTable, LocalStore, find_path, manifest_paths};
+use crate::store::local::{ApiTable, LocalStore, RELIST_AT_LEAST_EVERY, find_path, manifest_paths};
 
 type Stamp = Option<(SystemTime, u64)>;
 
@@ -41,10 +41,6 @@ struct Cache {
     /// How many times the directory was listed.
     listings: u64,
 }
-
-/// Even with change notification the directory is listed again this often:
-/// a safety net for a change the watcher missed (as the Consumer side's poll).
-const LIST_AT_LEAST_EVERY: Duration = Duration::from_secs(30);
 
 pub struct LocalSubscriptions {
     dir: PathBuf,
@@ -178,7 +174,7 @@ impl LocalSubscriptions {
     /// The documents of every file that holds any, re-reading the files that
     /// changed. The directory is listed (and each manifest `stat`ed) only when
     /// the directory watcher saw a change since the last listing, when no
-    /// watcher runs, or every [`LIST_AT_LEAST_EVERY`]: the delivery side asks
+    /// watcher runs, or every [`RELIST_AT_LEAST_EVERY`]: the delivery side asks
     /// every tick, and an unchanged directory of 10,000 Consumer files was
     /// most of an idle process's CPU.
     fn scan(&self) -> Arc<[FileDocs]> {
@@ -188,7 +184,7 @@ impl LocalSubscriptions {
         if changes.is_some()
             && let Some((seen, at)) = cache.listed
             && seen == changes
-            && at.elapsed() < LIST_AT_LEAST_EVERY
+            && at.elapsed() < RELIST_AT_LEAST_EVERY
         {
             return cache.found.clone();
         }
@@ -462,6 +458,7 @@ impl SubscriptionSource for LocalSubscriptions {
 mod tests {
     use super::*;
     use crate::store::ConsumerIndex;
+    use std::time::Duration;
     use tokio_util::sync::CancellationToken;
 
     fn subscription(url: &str) -> String {

@@ -28,6 +28,7 @@ use crate::manage::{
 };
 use crate::notice;
 use crate::store::StoreError;
+use crate::store::local::KeptListing;
 use crate::telemetry::Metrics;
 
 /// One listed Deployment, as a pass reads it: whose it is, its name and its
@@ -240,19 +241,12 @@ pub struct LocalDeployments {
     digests: Arc<Mutex<Digests>>,
     /// Change notification for the manifests, when it could be set up: an
     /// unchanged tree is then not listed again (40,000 `stat`s a pass at
-    /// 10,000 Consumers) but at least every [`RELIST_AT_LEAST_EVERY`].
+    /// 10,000 Consumers) but at least every [`crate::store::local::RELIST_AT_LEAST_EVERY`].
     watch: Option<Watch>,
-    last: Arc<Mutex<Option<LastListing>>>,
+    last: Arc<KeptListing<Vec<Arc<Listed>>>>,
     /// How many times the tree was listed.
     listings: Arc<std::sync::atomic::AtomicU64>,
 }
-
-/// The last listing, with the change count it was made at and when.
-type LastListing = (u64, std::time::Instant, Vec<Arc<Listed>>);
-
-/// Even with change notification the manifests are listed again this often:
-/// a safety net for a change the watcher missed.
-const RELIST_AT_LEAST_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A watcher of the manifests' tree and the changes it saw (konsumer's own
 /// writes count too: they are noted in the digests anyway).
@@ -442,12 +436,8 @@ impl DeploymentApi for LocalDeployments {
     async fn list(&self) -> Result<Vec<Arc<Listed>>, StoreError> {
         // Read before the listing: a change made while it runs moves it.
         let changes = self.watch.as_ref().map(Watch::changes);
-        if let Some(changes) = changes
-            && let Some((seen, at, list)) = &*self.last.lock().unwrap_or_else(|e| e.into_inner())
-            && *seen == changes
-            && at.elapsed() < RELIST_AT_LEAST_EVERY
-        {
-            return Ok(list.clone());
+        if let Some(list) = self.last.get(changes) {
+            return Ok(list);
         }
         let root = self.root.clone();
         let digests = self.digests.clone();
@@ -457,10 +447,7 @@ impl DeploymentApi for LocalDeployments {
         tokio::task::spawn_blocking(move || {
             let mut digests = digests.lock().unwrap_or_else(|e| e.into_inner());
             let list = Self::scan(&root, &mut digests);
-            if let Some(changes) = changes {
-                *last.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some((changes, std::time::Instant::now(), list.clone()));
-            }
+            last.keep(changes, &list);
             list
         })
         .await

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::WorkloadMap;
 use crate::api::keys;
 use crate::store::StoreError;
-use crate::store::local::LocalStore;
+use crate::store::local::{KeptListing, LocalStore};
 
 #[async_trait]
 pub trait WorkloadSource: Send + Sync {
@@ -102,14 +102,10 @@ pub struct LocalWorkloads {
     files: Arc<Mutex<HashMap<PathBuf, ParsedFile>>>,
     /// The Consumer store, whose watcher of the same directory tells when it
     /// changed: an unchanged directory is not listed again (10,000 `stat`s a
-    /// pass at 10,000 Consumers) but at least every [`RELIST_AT_LEAST_EVERY`].
+    /// pass at 10,000 Consumers) but at least every [`crate::store::local::RELIST_AT_LEAST_EVERY`].
     store: Option<Arc<LocalStore>>,
-    /// The last listing, with the change count it was made at and when.
-    last: Arc<Mutex<Option<(u64, Instant, WorkloadMap)>>>,
+    last: Arc<KeptListing<WorkloadMap>>,
 }
-
-/// Even with change notification the directory is listed again this often.
-const RELIST_AT_LEAST_EVERY: Duration = Duration::from_secs(30);
 
 /// The workloads of one file, as of its modification time and size.
 struct ParsedFile {
@@ -197,12 +193,8 @@ impl WorkloadSource for LocalWorkloads {
     async fn workloads(&self) -> Result<WorkloadMap, StoreError> {
         // Read before the listing: a change made while it runs moves it.
         let changes = self.store.as_ref().and_then(|s| s.notified_changes());
-        if let Some(changes) = changes
-            && let Some((seen, at, map)) = &*self.last.lock().unwrap_or_else(|e| e.into_inner())
-            && *seen == changes
-            && at.elapsed() < RELIST_AT_LEAST_EVERY
-        {
-            return Ok(map.clone());
+        if let Some(map) = self.last.get(changes) {
+            return Ok(map);
         }
         let dir = self.dir.clone();
         let files = self.files.clone();
@@ -210,10 +202,7 @@ impl WorkloadSource for LocalWorkloads {
         tokio::task::spawn_blocking(move || {
             let mut files = files.lock().unwrap_or_else(|e| e.into_inner());
             let map = read_local(&dir, &mut files)?;
-            if let Some(changes) = changes {
-                *last.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some((changes, Instant::now(), map.clone()));
-            }
+            last.keep(changes, &map);
             Ok(map)
         })
         .await

@@ -311,6 +311,47 @@ pub fn is_consumer_document(doc: &serde_json::Value) -> bool {
 
 /// Whether a notification is a change to a manifest. Reads are not: the rescan
 /// opens every file, and inotify reports those opens (an endless rescan loop).
+/// Even with change notification a directory is listed again this often: a
+/// safety net for a change the watcher missed.
+pub const RELIST_AT_LEAST_EVERY: Duration = Duration::from_secs(30);
+
+/// The last listing of a watched directory, kept while the watcher's change
+/// count (`notified_changes`, read before listing) stays what it was, for at
+/// most [`RELIST_AT_LEAST_EVERY`]. Without a watcher (`None`) nothing is kept.
+pub struct KeptListing<T> {
+    last: std::sync::Mutex<Option<(u64, std::time::Instant, T)>>,
+}
+
+impl<T> Default for KeptListing<T> {
+    fn default() -> Self {
+        KeptListing {
+            last: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl<T: Clone> KeptListing<T> {
+    /// The kept listing, if nothing changed since it was made.
+    pub fn get(&self, changes: Option<u64>) -> Option<T> {
+        let changes = changes?;
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            Some((seen, at, list)) if *seen == changes && at.elapsed() < RELIST_AT_LEAST_EVERY => {
+                Some(list.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Keeps a listing made at change count `changes`.
+    pub fn keep(&self, changes: Option<u64>, list: &T) {
+        if let Some(changes) = changes {
+            *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((changes, std::time::Instant::now(), list.clone()));
+        }
+    }
+}
+
 fn changes_manifests(event: &notify::Event) -> bool {
     use notify::EventKind;
     let writes = matches!(
@@ -963,6 +1004,21 @@ impl Store for LocalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_listing_serves_while_the_change_count_stays_and_never_without_a_watcher() {
+        let kept = KeptListing::default();
+        kept.keep(Some(3), &vec!["a"]);
+        assert_eq!(kept.get(Some(3)), Some(vec!["a"]));
+        assert_eq!(kept.get(Some(4)), None, "a change since: list again");
+        assert_eq!(kept.get(None), None, "no watcher: list every time");
+        kept.keep(None, &vec!["b"]);
+        assert_eq!(
+            kept.get(Some(3)),
+            Some(vec!["a"]),
+            "a listing without a count is not kept"
+        );
+    }
 
     #[test]
     fn multi_document_yaml_yields_only_consumers() {
