@@ -55,6 +55,9 @@ enum Body {
     /// An object given whole (tests).
     #[cfg(test)]
     Value(Value),
+    /// Another body whose reads are counted (tests).
+    #[cfg(test)]
+    Counted(Box<Body>, Arc<std::sync::atomic::AtomicUsize>),
 }
 
 impl Listed {
@@ -65,6 +68,18 @@ impl Listed {
             Body::File(path) => Ok(LocalDeployments::read_stamped(path)?.map(|(_, d)| d)),
             #[cfg(test)]
             Body::Value(v) => Ok(Some(v.clone())),
+            #[cfg(test)]
+            Body::Counted(body, reads) => {
+                reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Listed {
+                    namespace: self.namespace.clone(),
+                    name: self.name.clone(),
+                    owner: self.owner.clone(),
+                    version: self.version.clone(),
+                    body: body.copy(),
+                }
+                .object()
+            }
         }
     }
 
@@ -92,6 +107,59 @@ impl Listed {
             version,
             body,
         }
+    }
+}
+
+#[cfg(test)]
+impl Body {
+    fn copy(&self) -> Body {
+        match self {
+            Body::Listed(d) => Body::Listed(d.clone()),
+            Body::File(p) => Body::File(p.clone()),
+            Body::Value(v) => Body::Value(v.clone()),
+            Body::Counted(b, reads) => Body::Counted(Box::new(b.copy()), reads.clone()),
+        }
+    }
+}
+
+/// The local store, counting the Deployments read whole (tests).
+#[cfg(test)]
+pub(crate) struct CountingDeployments {
+    pub inner: LocalDeployments,
+    pub reads: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[cfg(test)]
+#[async_trait]
+impl DeploymentApi for CountingDeployments {
+    async fn list(&self) -> Result<Vec<Arc<Listed>>, StoreError> {
+        Ok(self
+            .inner
+            .list()
+            .await?
+            .into_iter()
+            .map(|d| {
+                Arc::new(Listed {
+                    namespace: d.namespace.clone(),
+                    name: d.name.clone(),
+                    owner: d.owner.clone(),
+                    version: d.version.clone(),
+                    body: Body::Counted(Box::new(d.body.copy()), self.reads.clone()),
+                })
+            })
+            .collect())
+    }
+    async fn get(&self, namespace: &str, name: &str) -> Result<Option<Value>, StoreError> {
+        self.inner.get(namespace, name).await
+    }
+    async fn apply(&self, namespace: &str, name: &str, body: &Value) -> Result<Value, StoreError> {
+        self.inner.apply(namespace, name, body).await
+    }
+    async fn delete(&self, namespace: &str, name: &str) -> Result<(), StoreError> {
+        self.inner.delete(namespace, name).await
+    }
+    fn owner(&self, consumer: &Consumer) -> Option<Owner> {
+        self.inner.owner(consumer)
     }
 }
 
@@ -626,6 +694,13 @@ impl View<'_> {
             self.candidates.iter().map(|c| (c.name(), c.version())),
             in_flight,
         )
+    }
+
+    /// Whether [`Self::objects`] reads anything (a listed Deployment).
+    pub fn fetches(&self) -> bool {
+        self.candidates
+            .iter()
+            .any(|c| matches!(c, Candidate::Listed(_)))
     }
 
     /// The Deployments whole, for a Consumer that is reconciled: its own, and
