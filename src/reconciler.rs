@@ -473,31 +473,17 @@ impl Reconciler {
             },
         };
         let consumers = self.index.all();
-        let keys: HashSet<String> = consumers.iter().map(|c| c.key().to_owned()).collect();
         {
             let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-            let gone: Vec<&String> = known.difference(&keys).collect();
-            if !gone.is_empty() {
-                let mut attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
-                let mut parsed = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
-                let mut restored = self.restored.lock().unwrap_or_else(|e| e.into_inner());
-                let mut outages = self.outages.lock().unwrap_or_else(|e| e.into_inner());
-                let mut quiet = self.quiet.lock().unwrap_or_else(|e| e.into_inner());
-                for key in gone {
-                    self.metrics.set_instances(key, None);
-                    attempts.remove(key);
-                    parsed.remove(key);
-                    restored.remove(key);
-                    quiet.remove(key);
-                    if let Some(notice) = outages.recovered(key) {
-                        log_notice(&notice);
-                    }
-                    if let Some(manager) = &self.deployments {
-                        manager.forget(key);
-                    }
-                }
+            // Usually the same Consumers as last pass: then no set of 10,000 keys
+            // is made again.
+            let same =
+                known.len() == consumers.len() && consumers.iter().all(|c| known.contains(c.key()));
+            if !same {
+                let keys: HashSet<String> = consumers.iter().map(|c| c.key().to_owned()).collect();
+                self.forget(known.difference(&keys));
+                *known = keys;
             }
-            *known = keys;
         }
         let workloads = workloads.as_ref();
         let deployments = deployments.as_ref();
@@ -508,8 +494,12 @@ impl Reconciler {
             .answers();
         futures::stream::iter(consumers)
             .for_each_concurrent(self.config.concurrency.max(1), |cached| async move {
-                let key = cached.key().to_owned();
+                let key = cached.key();
                 let objects = workloads.map(|w| {
+                    if w.is_empty() {
+                        // No workload at all: no key made to find none.
+                        return &[][..];
+                    }
                     let ns = cached.consumer.metadata.namespace.clone().unwrap_or_default();
                     let name = cached.consumer.metadata.name.clone().unwrap_or_default();
                     w.get(&(ns, name)).map(Vec::as_slice).unwrap_or_default()
@@ -526,7 +516,7 @@ impl Reconciler {
                     _ => 0,
                 };
                 let seen = fingerprint(objects) ^ managed.rotate_left(1);
-                let settled = match self.seen(&key, &cached, seen, answers, now) {
+                let settled = match self.seen(key, &cached, seen, answers, now) {
                     Seen::Same => return,
                     Seen::Due(lagging) => Some(lagging),
                     Seen::Changed => None,
@@ -542,15 +532,26 @@ impl Reconciler {
                     Ok(Ok(outcome)) => {
                         let mut quiet = self.quiet.lock().unwrap_or_else(|e| e.into_inner());
                         match outcome {
-                            Some(calm) => quiet.insert(key, Quiet {
-                                consumer: Arc::downgrade(&cached),
-                                workloads: seen,
-                                refresh_due: calm.refresh_due,
-                                lagging: calm.lagging,
-                                waits: calm.waits.then_some(answers),
-                            }),
-                            None => quiet.remove(&key),
-                        };
+                            Some(calm) => {
+                                let q = Quiet {
+                                    consumer: Arc::downgrade(&cached),
+                                    workloads: seen,
+                                    refresh_due: calm.refresh_due,
+                                    lagging: calm.lagging,
+                                    waits: calm.waits.then_some(answers),
+                                };
+                                // No key made for a Consumer that was quiet before.
+                                match quiet.get_mut(key) {
+                                    Some(old) => *old = q,
+                                    None => {
+                                        quiet.insert(key.to_owned(), q);
+                                    }
+                                }
+                            }
+                            None => {
+                                quiet.remove(key);
+                            }
+                        }
                         return;
                     }
                     Ok(Err(e)) => {
@@ -567,7 +568,7 @@ impl Reconciler {
                         "panic"
                     }
                 };
-                self.quiet.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                self.quiet.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
                 self.metrics
                     .reconcile_errors
                     .get_or_create(&ReasonLabel {
@@ -586,6 +587,32 @@ impl Reconciler {
         self.metrics
             .reconcile_pass_duration
             .observe(pass_started.elapsed().as_secs_f64());
+    }
+
+    /// Forgets what was kept of Consumers that are gone.
+    fn forget<'k>(&self, gone: impl Iterator<Item = &'k String>) {
+        let mut gone = gone.peekable();
+        if gone.peek().is_none() {
+            return;
+        }
+        let mut attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut parsed = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut restored = self.restored.lock().unwrap_or_else(|e| e.into_inner());
+        let mut outages = self.outages.lock().unwrap_or_else(|e| e.into_inner());
+        let mut quiet = self.quiet.lock().unwrap_or_else(|e| e.into_inner());
+        for key in gone {
+            self.metrics.set_instances(key, None);
+            attempts.remove(key);
+            parsed.remove(key);
+            restored.remove(key);
+            quiet.remove(key);
+            if let Some(notice) = outages.recovered(key) {
+                log_notice(&notice);
+            }
+            if let Some(manager) = &self.deployments {
+                manager.forget(key);
+            }
+        }
     }
 
     /// Whether `cached` is reconciled this pass (see [`Quiet`]). `answers`:
