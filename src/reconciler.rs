@@ -511,7 +511,6 @@ impl Reconciler {
                         &cached.consumer,
                         cached.settings.as_ref().ok(),
                         index,
-                        objects,
                     ),
                     _ => 0,
                 };

@@ -7,7 +7,9 @@
 //! whoever set them). What it did is logged, counted and recorded as Kubernetes
 //! Events; each rollout is an [`Applied`] record.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -161,6 +163,9 @@ impl DeploymentApi for CountingDeployments {
     fn owner(&self, consumer: &Consumer) -> Option<Owner> {
         self.inner.owner(consumer)
     }
+    fn owner_uid<'c>(&self, consumer: &'c Consumer) -> Option<Cow<'c, str>> {
+        self.inner.owner_uid(consumer)
+    }
 }
 
 /// Where managed Deployments live.
@@ -178,6 +183,10 @@ pub trait DeploymentApi: Send + Sync {
     async fn delete(&self, namespace: &str, name: &str) -> Result<(), StoreError>;
     /// The owner of a Consumer's Deployments (`None`: it cannot own any).
     fn owner(&self, consumer: &Consumer) -> Option<Owner>;
+    /// [`Self::owner`]'s uid alone (asked for every Consumer on every pass).
+    fn owner_uid<'c>(&self, consumer: &'c Consumer) -> Option<Cow<'c, str>> {
+        self.owner(consumer).map(|o| Cow::Owned(o.uid))
+    }
 }
 
 /// Kube and guest mode: the Kubernetes API.
@@ -274,6 +283,11 @@ impl DeploymentApi for KubeDeployments {
                 uid,
             },
         })
+    }
+
+    fn owner_uid<'c>(&self, consumer: &'c Consumer) -> Option<Cow<'c, str>> {
+        consumer.metadata.name.as_ref()?;
+        consumer.metadata.uid.as_deref().map(Cow::Borrowed)
     }
 }
 
@@ -582,6 +596,17 @@ impl DeploymentApi for LocalDeployments {
             name,
         })
     }
+
+    fn owner_uid<'c>(&self, consumer: &'c Consumer) -> Option<Cow<'c, str>> {
+        let name = consumer.metadata.name.as_deref()?;
+        Some(match consumer.metadata.uid.as_deref() {
+            Some(uid) => Cow::Borrowed(uid),
+            None => {
+                let namespace = consumer.metadata.namespace.as_deref().unwrap_or_default();
+                Cow::Owned(format!("local-{namespace}-{name}"))
+            }
+        })
+    }
 }
 
 /// What the API server would store after konsumer's apply, for local mode:
@@ -862,24 +887,39 @@ impl DeploymentManager {
     /// A fingerprint of what the manager would decide from for `consumer` (its
     /// Deployments and the rollout under way): while it stays the same, and the
     /// Consumer does, a pass may skip it.
+    /// What [`Self::view`] would list is hashed as it is found: no view is
+    /// made (this runs for every Consumer on every pass). Its labelled
+    /// Deployments are not hashed here: the pass hashes the labelled workloads
+    /// whole.
     pub fn fingerprint(
         &self,
         consumer: &Consumer,
         settings: Option<&ConsumerSettings>,
         index: &DeploymentIndex,
-        labelled: Option<&[Value]>,
     ) -> u64 {
-        let Some(view) = self.view(consumer, settings, index, labelled) else {
+        let (Some(uid), Some(settings)) = (self.api.owner_uid(consumer), settings) else {
             return 0;
         };
-        let in_flight = {
-            let all = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            // Most passes have no rollout in flight: no key made to find none.
-            (!all.is_empty())
-                .then(|| all.get(&consumer.key()).cloned())
-                .flatten()
-        };
-        view.fingerprint(in_flight.as_ref())
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for d in index.by_owner.get(uid.as_ref()).into_iter().flatten() {
+            (&*d.name, &*d.version).hash(&mut h);
+        }
+        let mut name = String::new();
+        for id in 0..settings.instances() {
+            name.clear();
+            manage::desired::push_deployment_name(&mut name, &settings.base_name, id);
+            if let Some(d) = index.get(&settings.namespace, &name) {
+                (&*d.name, &*d.version).hash(&mut h);
+            }
+        }
+        let all = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        // Most passes have no rollout in flight: no key made to find none.
+        (!all.is_empty())
+            .then(|| all.get(&consumer.key()))
+            .flatten()
+            .map(|f| (&f.deployment, f.generation))
+            .hash(&mut h);
+        h.finish()
     }
 
     /// The Consumer's Deployments and whether konsumer manages them.
