@@ -130,6 +130,82 @@ struct Quiet {
     workloads: u64,
     /// The next Prometheus read is due then (`None`: never, not autoscaled).
     refresh_due: Option<Timestamp>,
+    /// [`Calm::lagging`] of that reconcile.
+    lagging: u64,
+    /// It waits on the probe of its down Prometheus addresses: the count of
+    /// down addresses that answered again ([`Outages::answers`]) when it began
+    /// to wait. Once that moves it is due at once.
+    waits: Option<u64>,
+}
+
+/// What a reconcile that changed nothing leaves for the next one.
+struct Calm {
+    refresh_due: Option<Timestamp>,
+    /// A fingerprint of the lagging instances it counted: the one input of the
+    /// counters that is not in the Consumer, its workloads or its Deployments.
+    lagging: u64,
+    waits: bool,
+}
+
+/// Whether a Consumer is reconciled this pass.
+enum Seen {
+    /// Nothing changed and nothing is due: skipped.
+    Same,
+    /// Only its Prometheus read is due; its last reconcile's [`Calm::lagging`].
+    Due(u64),
+    Changed,
+}
+
+/// One reconcile's outcome, before anything is written.
+struct Plan {
+    out: consumer_step::ConsumerOutput,
+    next: Option<ConsumerStatus>,
+    decision: Result<Option<Decision>, Unfetched>,
+    unkept: Option<Arc<BTreeMap<u32, PartitionState>>>,
+}
+
+/// The Deployment manager would decide afresh: that needs the Deployments whole.
+#[derive(Debug)]
+struct Unfetched;
+
+impl Plan {
+    /// Writes nothing, makes no transition, leaves nothing pending and has
+    /// nothing for the Deployment manager to do.
+    fn calm(&self, manager: Option<&DeploymentManager>, key: &str) -> bool {
+        self.next.is_none()
+            && self.out.transitions.is_empty()
+            && !pending(self.out.states.as_ref())
+            && matches!(&self.decision, Ok(d) if settles(manager, d.as_ref(), key))
+    }
+}
+
+/// Nothing to write, no rollout to start or under way.
+fn settles(manager: Option<&DeploymentManager>, decision: Option<&Decision>, key: &str) -> bool {
+    decision.is_none_or(|d| {
+        d.writes.is_empty()
+            && d.rollouts.is_empty()
+            && d.removals.is_empty()
+            && d.waiting_for.is_none()
+    }) && manager.is_none_or(|m| m.in_flight(key).is_none())
+}
+
+/// Some instance waits to scale.
+fn pending(states: Option<&[(ScalingState, i64); 4]>) -> bool {
+    states.is_some_and(|states| {
+        states.iter().any(|(s, n)| {
+            *n > 0
+                && matches!(
+                    s,
+                    ScalingState::PendingScaleUp | ScalingState::PendingScaleDown
+                )
+        })
+    })
+}
+
+fn lagging_print(lagging: &[bool]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    lagging.hash(&mut h);
+    h.finish()
 }
 
 /// A fingerprint of a Consumer's workloads as listed this pass.
@@ -397,38 +473,33 @@ impl Reconciler {
             },
         };
         let consumers = self.index.all();
-        let keys: HashSet<String> = consumers.iter().map(|c| c.key().to_owned()).collect();
         {
             let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-            let gone: Vec<&String> = known.difference(&keys).collect();
-            if !gone.is_empty() {
-                let mut attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
-                let mut parsed = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
-                let mut restored = self.restored.lock().unwrap_or_else(|e| e.into_inner());
-                let mut outages = self.outages.lock().unwrap_or_else(|e| e.into_inner());
-                let mut quiet = self.quiet.lock().unwrap_or_else(|e| e.into_inner());
-                for key in gone {
-                    self.metrics.set_instances(key, None);
-                    attempts.remove(key);
-                    parsed.remove(key);
-                    restored.remove(key);
-                    quiet.remove(key);
-                    if let Some(notice) = outages.recovered(key) {
-                        log_notice(&notice);
-                    }
-                    if let Some(manager) = &self.deployments {
-                        manager.forget(key);
-                    }
-                }
+            // Usually the same Consumers as last pass: then no set of 10,000 keys
+            // is made again.
+            let same =
+                known.len() == consumers.len() && consumers.iter().all(|c| known.contains(c.key()));
+            if !same {
+                let keys: HashSet<String> = consumers.iter().map(|c| c.key().to_owned()).collect();
+                self.forget(known.difference(&keys));
+                *known = keys;
             }
-            *known = keys;
         }
         let workloads = workloads.as_ref();
         let deployments = deployments.as_ref();
+        let answers = self
+            .outages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .answers();
         futures::stream::iter(consumers)
             .for_each_concurrent(self.config.concurrency.max(1), |cached| async move {
-                let key = cached.key().to_owned();
+                let key = cached.key();
                 let objects = workloads.map(|w| {
+                    if w.is_empty() {
+                        // No workload at all: no key made to find none.
+                        return &[][..];
+                    }
                     let ns = cached.consumer.metadata.namespace.clone().unwrap_or_default();
                     let name = cached.consumer.metadata.name.clone().unwrap_or_default();
                     w.get(&(ns, name)).map(Vec::as_slice).unwrap_or_default()
@@ -440,18 +511,19 @@ impl Reconciler {
                         &cached.consumer,
                         cached.settings.as_ref().ok(),
                         index,
-                        objects,
                     ),
                     _ => 0,
                 };
                 let seen = fingerprint(objects) ^ managed.rotate_left(1);
-                if self.unchanged(&key, &cached, seen, now) {
-                    return;
-                }
+                let settled = match self.seen(key, &cached, seen, answers, now) {
+                    Seen::Same => return,
+                    Seen::Due(lagging) => Some(lagging),
+                    Seen::Changed => None,
+                };
                 let started = Instant::now();
                 // A bug hit by one Consumer must not stop the others (nor every
                 // later pass): the panic is contained, counted and retried.
-                let result = AssertUnwindSafe(self.reconcile_with(&cached, objects, deployments, now))
+                let result = AssertUnwindSafe(self.reconcile_with(&cached, objects, deployments, settled, now))
                     .catch_unwind()
                     .await;
                 self.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
@@ -459,13 +531,26 @@ impl Reconciler {
                     Ok(Ok(outcome)) => {
                         let mut quiet = self.quiet.lock().unwrap_or_else(|e| e.into_inner());
                         match outcome {
-                            Some(refresh_due) => quiet.insert(key, Quiet {
-                                consumer: Arc::downgrade(&cached),
-                                workloads: seen,
-                                refresh_due,
-                            }),
-                            None => quiet.remove(&key),
-                        };
+                            Some(calm) => {
+                                let q = Quiet {
+                                    consumer: Arc::downgrade(&cached),
+                                    workloads: seen,
+                                    refresh_due: calm.refresh_due,
+                                    lagging: calm.lagging,
+                                    waits: calm.waits.then_some(answers),
+                                };
+                                // No key made for a Consumer that was quiet before.
+                                match quiet.get_mut(key) {
+                                    Some(old) => *old = q,
+                                    None => {
+                                        quiet.insert(key.to_owned(), q);
+                                    }
+                                }
+                            }
+                            None => {
+                                quiet.remove(key);
+                            }
+                        }
                         return;
                     }
                     Ok(Err(e)) => {
@@ -482,7 +567,7 @@ impl Reconciler {
                         "panic"
                     }
                 };
-                self.quiet.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                self.quiet.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
                 self.metrics
                     .reconcile_errors
                     .get_or_create(&ReasonLabel {
@@ -503,20 +588,55 @@ impl Reconciler {
             .observe(pass_started.elapsed().as_secs_f64());
     }
 
-    /// Whether `cached` can be skipped this pass (see [`Quiet`]).
-    fn unchanged(
+    /// Forgets what was kept of Consumers that are gone.
+    fn forget<'k>(&self, gone: impl Iterator<Item = &'k String>) {
+        let mut gone = gone.peekable();
+        if gone.peek().is_none() {
+            return;
+        }
+        let mut attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut parsed = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut restored = self.restored.lock().unwrap_or_else(|e| e.into_inner());
+        let mut outages = self.outages.lock().unwrap_or_else(|e| e.into_inner());
+        let mut quiet = self.quiet.lock().unwrap_or_else(|e| e.into_inner());
+        for key in gone {
+            self.metrics.set_instances(key, None);
+            attempts.remove(key);
+            parsed.remove(key);
+            restored.remove(key);
+            quiet.remove(key);
+            if let Some(notice) = outages.recovered(key) {
+                log_notice(&notice);
+            }
+            if let Some(manager) = &self.deployments {
+                manager.forget(key);
+            }
+        }
+    }
+
+    /// Whether `cached` is reconciled this pass (see [`Quiet`]). `answers`:
+    /// [`Outages::answers`] as the pass began.
+    fn seen(
         &self,
         key: &str,
         cached: &Arc<CachedConsumer>,
         workloads: u64,
+        answers: u64,
         now: Timestamp,
-    ) -> bool {
+    ) -> Seen {
         let quiet = self.quiet.lock().unwrap_or_else(|e| e.into_inner());
-        quiet.get(key).is_some_and(|q| {
-            std::ptr::eq(q.consumer.as_ptr(), Arc::as_ptr(cached))
-                && q.workloads == workloads
-                && q.refresh_due.is_none_or(|due| now < due)
-        })
+        let Some(q) = quiet.get(key) else {
+            return Seen::Changed;
+        };
+        if !std::ptr::eq(q.consumer.as_ptr(), Arc::as_ptr(cached)) || q.workloads != workloads {
+            return Seen::Changed;
+        }
+        let waited = q.waits.is_some_and(|w| w != answers);
+        if !waited && q.refresh_due.is_none_or(|due| now < due) {
+            Seen::Same
+        } else {
+            Seen::Due(q.lagging)
+        }
     }
 
     /// Reconciles one Consumer; `objects` are its labelled workloads (`None`: unknown).
@@ -528,20 +648,29 @@ impl Reconciler {
         objects: Option<&[Value]>,
         now: Timestamp,
     ) -> Result<Option<Option<Timestamp>>, ReconcileError> {
-        self.reconcile_with(cached, objects, None, now).await
+        let calm = self
+            .reconcile_with(cached, objects, None, None, now)
+            .await?;
+        Ok(calm.map(|c| c.refresh_due))
     }
 
     /// [`Reconciler::reconcile`], with the Deployments listed this pass
-    /// (`None`: no Deployment is written).
+    /// (`None`: no Deployment is written). `settled`: this Consumer's cache
+    /// entry, workloads and Deployments are what its last reconcile saw, which
+    /// changed nothing, and that reconcile's [`Calm::lagging`]. Then the
+    /// Deployments are read whole only if this reconcile may change something:
+    /// a Prometheus read that failed again, with the same lagging instances,
+    /// counts what was counted and decides what was decided.
     async fn reconcile_with(
         &self,
         cached: &CachedConsumer,
         objects: Option<&[Value]>,
         deployments: Option<&DeploymentIndex>,
+        settled: Option<u64>,
         now: Timestamp,
-    ) -> Result<Option<Option<Timestamp>>, ReconcileError> {
+    ) -> Result<Option<Calm>, ReconcileError> {
         let consumer = &cached.consumer;
-        let key = consumer.key();
+        let key = cached.key();
         let spec = ScalingSpec::from_consumer(consumer);
         let settings = cached.settings.as_ref().ok();
         // What the Deployment manager sees, before anything is decided.
@@ -552,110 +681,77 @@ impl Reconciler {
         let managed = view
             .as_ref()
             .is_some_and(|v| v.management == Management::Managed);
+        // Seeding reads the Deployments whole; it has nothing to do once every
+        // instance has its recommendation.
+        let seeds = managed
+            && matches!(&spec, Ok(Some(spec)) if manage::seed::wanted(
+                spec,
+                consumer.status.as_ref().and_then(|s| s.instances.as_deref()).unwrap_or_default(),
+            ));
+        let lazy = settled.is_some() && !seeds && view.as_ref().is_some_and(View::fetches);
         // The Deployments whole, fetched now that this Consumer is reconciled.
-        let objects_of = match &view {
-            Some(view) => Some(view.objects().await?),
-            None => None,
-        };
-        // Adopted Deployments seed the recommendation with what they run with.
-        let seeded: Option<Consumer> = match (&spec, &objects_of) {
-            (Ok(Some(spec)), Some(of)) if managed => {
-                let previous = consumer
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.instances.as_deref())
-                    .unwrap_or_default();
-                let ours: Vec<&Value> = of.ours().iter().collect();
-                manage::seed::seed(spec, previous, &ours, now).map(|instances| {
-                    let mut c = (**consumer).clone();
-                    c.status.get_or_insert_with(Default::default).instances = Some(instances);
-                    c
-                })
-            }
+        let mut objects_of = None;
+        if !lazy && let Some(view) = &view {
+            objects_of = Some(view.objects().await?);
+        }
+        let refresh = match &spec {
+            Ok(Some(spec)) => self.refresh(consumer, key, spec, now).await,
             _ => None,
         };
-        let stepped = seeded.as_ref().unwrap_or(consumer);
-        // The counters see the managed Deployments too (adopted ones may lack
-        // the consumer label).
-        let counted: Option<Vec<Value>> = match (&objects_of, objects) {
-            (Some(of), Some(objects)) if !of.ours().is_empty() => {
-                let mut all = objects.to_vec();
-                for d in of.ours() {
-                    if !all.iter().any(|o| {
-                        o.get("kind").and_then(Value::as_str) == Some("Deployment")
-                            && manage::live::name(o) == manage::live::name(d)
-                    }) {
-                        all.push(d.clone());
+        let read = matches!(refresh, Some(Refresh::Read { .. }));
+        // Without the Deployments whole first; kept only if it changes nothing,
+        // and what it did not count is what the last reconcile counted.
+        let calm = (lazy && !read)
+            .then(|| {
+                let retry = refresh.clone();
+                self.plan(cached, &spec, objects, view.as_ref(), None, retry, now)
+            })
+            .filter(|p| p.calm(manager, key) && Some(lagging_print(&p.out.lagging)) == settled);
+        let plan = match calm {
+            Some(plan) => plan,
+            None => {
+                if lazy && let Some(view) = &view {
+                    match view.objects().await {
+                        Ok(of) => objects_of = Some(of),
+                        Err(e) => {
+                            if read {
+                                // The metrics just read are not lost: read again next pass.
+                                self.attempts
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .remove(key);
+                            }
+                            return Err(e.into());
+                        }
                     }
                 }
-                Some(all)
+                self.plan(
+                    cached,
+                    &spec,
+                    objects,
+                    view.as_ref(),
+                    objects_of.as_ref(),
+                    refresh,
+                    now,
+                )
             }
-            _ => None,
         };
-        let refresh = match &spec {
-            Ok(Some(spec)) => self.refresh(consumer, spec, now).await,
-            _ => None,
-        };
-        let cached_metrics = self.cached_metrics(&key, stepped.status.as_ref());
-        let restored = match &spec {
-            Ok(Some(spec)) => self.restored(&key, spec, stepped.status.as_ref()),
-            _ => None,
-        };
-        // Metrics of more partitions than lastSyncState keeps live here only.
-        let unkept = match &refresh {
-            Some(Refresh::Read { partitions, .. })
-                if partitions.len() > consumer_step::SYNC_STATE_MAX_PARTITIONS =>
-            {
-                Some(Arc::new(partitions.clone()))
-            }
-            _ => None,
-        };
-        let mut out = consumer_step::reconcile(ConsumerInput {
-            consumer: stepped,
-            spec: &spec,
-            settings,
-            cached_metrics: cached_metrics.as_deref(),
-            restored: restored.as_deref(),
-            refresh,
-            workloads: counted.as_deref().or(objects),
-            gomemlimit_ratio: self.config.gomemlimit_ratio,
-            now,
-        });
+        let Plan {
+            out,
+            mut next,
+            decision,
+            unkept,
+        } = plan;
+        let decision = decision.unwrap_or_default();
         if let Some(states) = out.states {
             self.metrics
-                .set_instances(&key, Some(states.map(|(s, n)| (s.as_str(), n))));
-        }
-        let empty = ConsumerStatus::default();
-        let previous = consumer.status.as_ref().unwrap_or(&empty);
-        // Moved out, not cloned: the rest of the pass reads the transitions and
-        // the states only.
-        let mut next = out
-            .status
-            .take()
-            .or_else(|| seeded.as_ref().and_then(|c| c.status.clone()));
-        // The Deployments decided from the recommendation just made.
-        let mut decision = None;
-        if let (Some(view), Some(of)) = (&view, &objects_of) {
-            if managed {
-                decision = self.decide_deployments(cached, next.as_ref(), settings, view, of, &key);
-            }
-            let counted_outdated =
-                objects.map(|_| next.as_ref().unwrap_or(previous).outdated.unwrap_or(0));
-            next = manage::status::fold(
-                previous,
-                next,
-                &view.management,
-                decision.as_ref(),
-                counted_outdated,
-                consumer.metadata.generation,
-                now,
-            );
+                .set_instances(key, Some(states.map(|(s, n)| (s.as_str(), n))));
         }
         // The rollout the Deployment manager starts this pass, decided now so that
         // its event is written ahead of the Deployment write.
         let rollout = manager
             .zip(decision.as_ref())
-            .and_then(|(m, d)| m.start_rollout(&key, d, now));
+            .and_then(|(m, d)| m.start_rollout(key, d, now));
         let applied = rollout.and_then(|w| {
             let journal = next
                 .as_ref()
@@ -687,7 +783,7 @@ impl Reconciler {
                 self.parsed
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(key.clone(), (stamp, partitions));
+                    .insert(key.to_owned(), (stamp, partitions));
             }
         }
         if let Some(n) = notice::metrics_change(consumer.status.as_ref(), next.as_ref())
@@ -711,31 +807,151 @@ impl Reconciler {
         }
         // Nothing to do for the Deployments either (nothing to write, no rollout
         // under way): the Consumer may be skipped until something changes.
-        let deployments_settled = decision.as_ref().is_none_or(|d| {
-            d.writes.is_empty()
-                && d.rollouts.is_empty()
-                && d.removals.is_empty()
-                && d.waiting_for.is_none()
-        }) && manager.is_none_or(|m| m.in_flight(&key).is_none());
+        let deployments_settled = settles(manager, decision.as_ref(), key);
         if let (Some(manager), Some(decision)) = (manager, &decision) {
             manager
                 .execute(consumer, decision, rollout, self.sink.as_deref(), now)
                 .await;
         }
-        let pending = out.states.is_some_and(|states| {
-            states.iter().any(|(s, n)| {
-                *n > 0
-                    && matches!(
-                        s,
-                        ScalingState::PendingScaleUp | ScalingState::PendingScaleDown
-                    )
-            })
-        });
-        let quiet = next.is_none() && out.transitions.is_empty() && !pending && deployments_settled;
-        Ok(quiet.then(|| match &spec {
-            Ok(Some(spec)) => Some(self.refresh_due(&key, consumer, spec)),
-            _ => None,
+        let quiet = next.is_none()
+            && out.transitions.is_empty()
+            && !pending(out.states.as_ref())
+            && deployments_settled;
+        Ok(quiet.then(|| {
+            let (refresh_due, waits) = match &spec {
+                Ok(Some(spec)) => {
+                    let (due, waits) = self.refresh_due(key, consumer, spec);
+                    (Some(due), waits)
+                }
+                _ => (None, false),
+            };
+            Calm {
+                refresh_due,
+                lagging: lagging_print(&out.lagging),
+                waits,
+            }
         }))
+    }
+
+    /// What one reconcile of `cached` would write and decide, from its
+    /// Deployments whole (`objects_of`), or without them (`None`: then only a
+    /// decision the manager remembered can be made, and nothing is counted of
+    /// the Deployments).
+    #[allow(clippy::too_many_arguments)]
+    fn plan(
+        &self,
+        cached: &CachedConsumer,
+        spec: &Result<Option<ScalingSpec>, String>,
+        objects: Option<&[Value]>,
+        view: Option<&View<'_>>,
+        objects_of: Option<&Objects>,
+        refresh: Option<Refresh>,
+        now: Timestamp,
+    ) -> Plan {
+        let consumer = &cached.consumer;
+        let key = cached.key();
+        let settings = cached.settings.as_ref().ok();
+        let managed = view.is_some_and(|v| v.management == Management::Managed);
+        // Adopted Deployments seed the recommendation with what they run with.
+        let seeded: Option<Consumer> = match (spec, objects_of) {
+            (Ok(Some(spec)), Some(of)) if managed => {
+                let previous = consumer
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.instances.as_deref())
+                    .unwrap_or_default();
+                let ours: Vec<&Value> = of.ours().iter().collect();
+                manage::seed::seed(spec, previous, &ours, now).map(|instances| {
+                    let mut c = (**consumer).clone();
+                    c.status.get_or_insert_with(Default::default).instances = Some(instances);
+                    c
+                })
+            }
+            _ => None,
+        };
+        let stepped = seeded.as_ref().unwrap_or(consumer);
+        // The counters see the managed Deployments too (adopted ones may lack
+        // the consumer label).
+        let counted: Option<Vec<Value>> = match (objects_of, objects) {
+            (Some(of), Some(objects)) if !of.ours().is_empty() => {
+                let mut all = objects.to_vec();
+                for d in of.ours() {
+                    if !all.iter().any(|o| {
+                        o.get("kind").and_then(Value::as_str) == Some("Deployment")
+                            && manage::live::name(o) == manage::live::name(d)
+                    }) {
+                        all.push(d.clone());
+                    }
+                }
+                Some(all)
+            }
+            _ => None,
+        };
+        // Without its Deployments whole, a Consumer that owns some counts nothing.
+        let workloads = match (objects_of, view) {
+            (None, Some(v)) if !v.ours.is_empty() => None,
+            _ => counted.as_deref().or(objects),
+        };
+        let cached_metrics = self.cached_metrics(key, stepped.status.as_ref());
+        let restored = match spec {
+            Ok(Some(spec)) => self.restored(key, spec, stepped.status.as_ref()),
+            _ => None,
+        };
+        // Metrics of more partitions than lastSyncState keeps live here only.
+        let unkept = match &refresh {
+            Some(Refresh::Read { partitions, .. })
+                if partitions.len() > consumer_step::SYNC_STATE_MAX_PARTITIONS =>
+            {
+                Some(Arc::new(partitions.clone()))
+            }
+            _ => None,
+        };
+        let mut out = consumer_step::reconcile(ConsumerInput {
+            consumer: stepped,
+            spec,
+            settings,
+            cached_metrics: cached_metrics.as_deref(),
+            restored: restored.as_deref(),
+            refresh,
+            workloads,
+            gomemlimit_ratio: self.config.gomemlimit_ratio,
+            now,
+        });
+        let empty = ConsumerStatus::default();
+        let previous = consumer.status.as_ref().unwrap_or(&empty);
+        // Moved out, not cloned: the rest of the pass reads the transitions and
+        // the states only.
+        let mut next = out
+            .status
+            .take()
+            .or_else(|| seeded.as_ref().and_then(|c| c.status.clone()));
+        // The Deployments decided from the recommendation just made.
+        let mut decision = Ok(None);
+        if let Some(view) = view {
+            if managed {
+                decision =
+                    self.decide_deployments(cached, next.as_ref(), settings, view, objects_of, key);
+            }
+            if let Ok(decision) = &decision {
+                let counted_outdated =
+                    objects.map(|_| next.as_ref().unwrap_or(previous).outdated.unwrap_or(0));
+                next = manage::status::fold(
+                    previous,
+                    next,
+                    &view.management,
+                    decision.as_ref(),
+                    counted_outdated,
+                    consumer.metadata.generation,
+                    now,
+                );
+            }
+        }
+        Plan {
+            out,
+            next,
+            decision,
+            unkept,
+        }
     }
 
     /// The Deployment manager's decision for a managed Consumer, from the
@@ -746,10 +962,12 @@ impl Reconciler {
         next: Option<&ConsumerStatus>,
         settings: Option<&ConsumerSettings>,
         view: &View<'_>,
-        objects: &Objects,
+        objects: Option<&Objects>,
         key: &str,
-    ) -> Option<Decision> {
-        let manager = self.deployments.as_ref()?;
+    ) -> Result<Option<Decision>, Unfetched> {
+        let Some(manager) = self.deployments.as_ref() else {
+            return Ok(None);
+        };
         let consumer = &cached.consumer;
         let in_flight = manager.in_flight(key);
         let fingerprint = view.fingerprint(in_flight.as_ref());
@@ -759,18 +977,30 @@ impl Reconciler {
             n.instances.as_ref() == consumer.status.as_ref().and_then(|s| s.instances.as_ref())
         });
         if same_recommendations && let Some(d) = manager.reuse(key, consumer, fingerprint) {
-            return Some(d);
+            return Ok(Some(d));
         }
-        let template = consumer.spec.deployment_template.as_ref()?.to_value();
+        let objects = objects.ok_or(Unfetched)?;
+        let Some(template) = consumer.spec.deployment_template.as_ref() else {
+            return Ok(None);
+        };
+        let template = template.to_value();
         let fresh;
         let settings = match next {
             Some(status) => {
                 let mut c = (**consumer).clone();
                 c.status = Some(status.clone());
-                fresh = ConsumerSettings::from_consumer(&c).ok()?;
-                &fresh
+                match ConsumerSettings::from_consumer(&c) {
+                    Ok(s) => {
+                        fresh = s;
+                        &fresh
+                    }
+                    Err(_) => return Ok(None),
+                }
             }
-            None => settings?,
+            None => match settings {
+                Some(s) => s,
+                None => return Ok(None),
+            },
         };
         let recipe = DeploymentManager::recipe(
             settings,
@@ -783,11 +1013,11 @@ impl Reconciler {
                 if same_recommendations {
                     manager.remember(key, consumer, fingerprint, &d);
                 }
-                Some(d)
+                Ok(Some(d))
             }
             Err(e) => {
                 tracing::warn!(consumer = %key, error = %e, "cannot decide the managed Deployments");
-                None
+                Ok(None)
             }
         }
     }
@@ -841,28 +1071,41 @@ impl Reconciler {
         Some(restored)
     }
 
-    /// Reads Prometheus when due: at most once per `minSyncPeriod`, failures included.
+    /// Reads Prometheus when due: at most once per `minSyncPeriod`, failures
+    /// included; while its addresses are down, once it failed, when their probe
+    /// is due (see [`Outages::claim`]).
     async fn refresh(
         &self,
         consumer: &Consumer,
+        key: &str,
         spec: &ScalingSpec,
         now: Timestamp,
     ) -> Option<Refresh> {
-        let key = consumer.key();
-        if now < self.refresh_due(&key, consumer, spec) {
+        if now < self.refresh_due(key, consumer, spec).0 {
+            return None;
+        }
+        let addresses = addresses(consumer);
+        let period = SignedDuration::try_from(spec.min_sync).unwrap_or(SignedDuration::ZERO);
+        let claimed = self
+            .outages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .claim(key, addresses, period, now);
+        if !claimed {
+            // Another Consumer behind the same addresses probed them this period.
             return None;
         }
         self.attempts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone(), now);
+            .insert(key.to_owned(), now);
         match read_metrics(&self.prom, consumer, spec.layout.partitions(), now).await {
             Ok(snapshot) => {
-                let notice = self
-                    .outages
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .recovered(&key);
+                let notice = {
+                    let mut outages = self.outages.lock().unwrap_or_else(|e| e.into_inner());
+                    outages.answered(addresses, false, now);
+                    outages.recovered(key)
+                };
                 if let Some(notice) = notice {
                     log_notice(&notice);
                 }
@@ -873,11 +1116,11 @@ impl Reconciler {
             }
             Err(e) => {
                 let error = e.to_string();
-                let notices = self
-                    .outages
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .failed(&key, &error, now);
+                let notices = {
+                    let mut outages = self.outages.lock().unwrap_or_else(|e| e.into_inner());
+                    outages.answered(addresses, e.unreachable(), now);
+                    outages.failed(key, &error, now)
+                };
                 tracing::debug!(consumer = %key, error = %error, "Prometheus unavailable");
                 for notice in &notices {
                     log_notice(notice);
@@ -894,9 +1137,11 @@ impl Reconciler {
     }
 
     /// When the next Prometheus read of `consumer` is due: `minSyncPeriod` after
-    /// the last attempt or sync. A sync whose metrics this replica does not hold
-    /// (a new leader, metrics too many for lastSyncState) does not delay it.
-    fn refresh_due(&self, key: &str, consumer: &Consumer, spec: &ScalingSpec) -> Timestamp {
+    /// the last attempt or sync, or, while it waits on the probe of its down
+    /// addresses (`true`), after that probe. A sync whose metrics this replica
+    /// does not hold (a new leader, metrics too many for lastSyncState) does not
+    /// delay it.
+    fn refresh_due(&self, key: &str, consumer: &Consumer, spec: &ScalingSpec) -> (Timestamp, bool) {
         let period = SignedDuration::try_from(spec.min_sync).unwrap_or(SignedDuration::ZERO);
         let last_sync = consumer
             .status
@@ -910,12 +1155,21 @@ impl Reconciler {
             .unwrap_or_else(|e| e.into_inner())
             .get(key)
             .copied();
-        match (last_attempt, last_sync) {
+        let own = match (last_attempt, last_sync) {
             (Some(a), Some(s)) => a.max(s),
             (a, s) => a.or(s).unwrap_or(Timestamp::UNIX_EPOCH),
         }
         .checked_add(period)
-        .unwrap_or(Timestamp::MAX)
+        .unwrap_or(Timestamp::MAX);
+        let probe = self
+            .outages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waits(key, addresses(consumer), period);
+        match probe {
+            Some(probe) if probe > own => (probe, true),
+            _ => (own, false),
+        }
     }
 
     async fn report(&self, consumer: &Consumer, t: &Transition) {
@@ -940,5 +1194,154 @@ impl Reconciler {
     }
 }
 
+/// The Prometheus addresses of a Consumer, as configured.
+fn addresses(consumer: &Consumer) -> &[String] {
+    consumer
+        .spec
+        .autoscaler
+        .as_ref()
+        .and_then(|a| a.prometheus.as_ref())
+        .and_then(|p| p.address.as_deref())
+        .unwrap_or_default()
+}
+
 /// Lists the labelled workloads grouped by (namespace, Consumer name).
 pub type WorkloadMap = HashMap<(String, String), Vec<Value>>;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::reconciler::deployments::{CountingDeployments, LocalDeployments};
+
+    /// Writes statuses into the index, as both real stores do, and counts them.
+    struct IndexStore {
+        index: Arc<ConsumerIndex>,
+        writes: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for IndexStore {
+        async fn get(&self, _: &str, _: &str) -> Result<Option<Arc<CachedConsumer>>, StoreError> {
+            Ok(None)
+        }
+        async fn write_status(
+            &self,
+            namespace: &str,
+            name: &str,
+            status: &ConsumerStatus,
+        ) -> Result<(), StoreError> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            self.index.set_status(namespace, name, status.clone());
+            Ok(())
+        }
+        fn kind(&self) -> &'static str {
+            "index"
+        }
+    }
+
+    struct NoWorkloads;
+
+    #[async_trait::async_trait]
+    impl WorkloadSource for NoWorkloads {
+        async fn workloads(&self) -> Result<WorkloadMap, StoreError> {
+            Ok(WorkloadMap::new())
+        }
+    }
+
+    fn counter(metrics: &Metrics, prefix: &str) -> u64 {
+        metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
+    #[tokio::test]
+    async fn a_consumer_whose_prometheus_stays_down_is_retried_without_reading_its_deployments_whole_or_writing_its_status()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let index = ConsumerIndex::new();
+        let mut consumer = crate::api::test_orders();
+        // Refuses connections.
+        if let Some(p) = consumer
+            .spec
+            .autoscaler
+            .as_mut()
+            .and_then(|a| a.prometheus.as_mut())
+        {
+            p.address = Some(vec!["http://127.0.0.1:1".into()]);
+        }
+        index.upsert(consumer);
+        let store = Arc::new(IndexStore {
+            index: index.clone(),
+            writes: AtomicUsize::new(0),
+        });
+        let reads = Arc::new(AtomicUsize::new(0));
+        let metrics = Arc::new(Metrics::default());
+        let start: Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
+        let now = Arc::new(Mutex::new(start));
+        let clock = now.clone();
+        let reconciler = Reconciler::new(
+            index,
+            store.clone(),
+            Arc::new(NoWorkloads),
+            PromClient::new(Duration::from_millis(500), metrics.clone()).unwrap(),
+            None,
+            metrics.clone(),
+            ReconcilerConfig::default(),
+            Arc::new(move || *clock.lock().unwrap()),
+        )
+        .with_deployments(Arc::new(CountingDeployments {
+            inner: LocalDeployments::new(dir.path().to_path_buf()),
+            reads: reads.clone(),
+        }));
+        let at = |secs: i64| *now.lock().unwrap() = start + SignedDuration::from_secs(secs);
+        let failures = || {
+            counter(
+                &metrics,
+                "konsumer_reconcile_errors_total{reason=\"prometheus\"}",
+            )
+        };
+
+        // The first passes create its Deployments, seed its recommendations from
+        // them and say in its status that Prometheus is down; then it settles.
+        for secs in (0..60).step_by(10) {
+            at(secs);
+            reconciler.pass().await;
+        }
+        assert_eq!(failures(), 1);
+        let deployments = std::fs::read_dir(dir.path().join("streams"))
+            .unwrap()
+            .count();
+        assert_eq!(deployments, 4, "one Deployment per instance");
+        assert!(
+            reads.load(Ordering::Relaxed) > 0,
+            "read whole while it settled"
+        );
+        let (read, written) = (
+            reads.load(Ordering::Relaxed),
+            store.writes.load(Ordering::Relaxed),
+        );
+
+        // Every minSyncPeriod (1m) it is retried, fails the same way: nothing is
+        // read whole, nothing written.
+        for secs in (60..250).step_by(10) {
+            at(secs);
+            reconciler.pass().await;
+        }
+        assert_eq!(failures(), 5, "retried at 60 s, 120 s, 180 s and 240 s");
+        assert_eq!(
+            reads.load(Ordering::Relaxed),
+            read,
+            "Deployments read whole"
+        );
+        assert_eq!(
+            store.writes.load(Ordering::Relaxed),
+            written,
+            "status written"
+        );
+    }
+}

@@ -53,7 +53,17 @@ pub struct Recipe<'a> {
 
 /// `<spec.name>-<n>`, Konsumerator's naming.
 pub fn deployment_name(base: &str, instance: u32) -> String {
-    format!("{base}-{instance}")
+    let mut name = String::with_capacity(base.len() + 4);
+    push_deployment_name(&mut name, base, instance);
+    name
+}
+
+/// [`deployment_name`], written into `out` (a buffer reused over instances).
+pub fn push_deployment_name(out: &mut String, base: &str, instance: u32) {
+    use std::fmt::Write;
+    out.push_str(base);
+    // Writing into a String cannot fail.
+    let _ = write!(out, "-{instance}");
 }
 
 /// Konsumerator's `ConsecutiveIntsToRange`: up to two partitions joined with

@@ -24,6 +24,28 @@ fn names(spec: &ScalingSpec) -> Vec<&str> {
     }
 }
 
+/// Whether `previous` recommends this instance for these partitions.
+fn fits(previous: &[InstanceStatus], id: usize, partitions: &[u32]) -> bool {
+    previous.iter().any(|s| {
+        s.id == id as i32
+            && s.partitions.len() == partitions.len()
+            && s.partitions
+                .iter()
+                .zip(partitions)
+                .all(|(a, b)| *a as i64 == *b as i64)
+            && !s.resources.is_empty()
+    })
+}
+
+/// Whether [`seed`] would look for a Deployment: some instance has no
+/// recommendation yet (then the Deployments are read whole).
+pub fn wanted(spec: &ScalingSpec, previous: &[InstanceStatus]) -> bool {
+    spec.layout
+        .buckets()
+        .enumerate()
+        .any(|(id, bucket)| !fits(previous, id, &bucket.collect::<Vec<u32>>()))
+}
+
 /// `previous` with a recommendation for every instance that lacks one and has a
 /// Deployment of its partitions among `ours`; `None` when there is none to add.
 pub fn seed(
@@ -37,15 +59,7 @@ pub fn seed(
     let mut added = false;
     for (id, bucket) in spec.layout.buckets().enumerate() {
         let partitions: Vec<u32> = bucket.collect();
-        let fits = |s: &InstanceStatus| {
-            s.partitions.len() == partitions.len()
-                && s.partitions
-                    .iter()
-                    .zip(&partitions)
-                    .all(|(a, b)| *a as i64 == *b as i64)
-                && !s.resources.is_empty()
-        };
-        if previous.iter().any(|s| s.id == id as i32 && fits(s)) {
+        if fits(previous, id, &partitions) {
             continue;
         }
         let Some(deployment) = ours.iter().find(|d| {
@@ -135,7 +149,12 @@ mod tests {
     fn instances_with_a_recommendation_are_not_seeded_again() {
         let now: Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
         let d0 = konsumerator_made(0, "0,1,2", "1300m");
+        assert!(wanted(&spec(), &[]));
         let first = seed(&spec(), &[], &[&d0], now).unwrap();
         assert_eq!(seed(&spec(), &first, &[&d0], now), None);
+        assert!(
+            wanted(&spec(), &first),
+            "instance 1 has no recommendation yet"
+        );
     }
 }

@@ -7,7 +7,9 @@
 //! whoever set them). What it did is logged, counted and recorded as Kubernetes
 //! Events; each rollout is an [`Applied`] record.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -55,6 +57,9 @@ enum Body {
     /// An object given whole (tests).
     #[cfg(test)]
     Value(Value),
+    /// Another body whose reads are counted (tests).
+    #[cfg(test)]
+    Counted(Box<Body>, Arc<std::sync::atomic::AtomicUsize>),
 }
 
 impl Listed {
@@ -65,6 +70,18 @@ impl Listed {
             Body::File(path) => Ok(LocalDeployments::read_stamped(path)?.map(|(_, d)| d)),
             #[cfg(test)]
             Body::Value(v) => Ok(Some(v.clone())),
+            #[cfg(test)]
+            Body::Counted(body, reads) => {
+                reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Listed {
+                    namespace: self.namespace.clone(),
+                    name: self.name.clone(),
+                    owner: self.owner.clone(),
+                    version: self.version.clone(),
+                    body: body.copy(),
+                }
+                .object()
+            }
         }
     }
 
@@ -95,6 +112,62 @@ impl Listed {
     }
 }
 
+#[cfg(test)]
+impl Body {
+    fn copy(&self) -> Body {
+        match self {
+            Body::Listed(d) => Body::Listed(d.clone()),
+            Body::File(p) => Body::File(p.clone()),
+            Body::Value(v) => Body::Value(v.clone()),
+            Body::Counted(b, reads) => Body::Counted(Box::new(b.copy()), reads.clone()),
+        }
+    }
+}
+
+/// The local store, counting the Deployments read whole (tests).
+#[cfg(test)]
+pub(crate) struct CountingDeployments {
+    pub inner: LocalDeployments,
+    pub reads: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[cfg(test)]
+#[async_trait]
+impl DeploymentApi for CountingDeployments {
+    async fn list(&self) -> Result<Vec<Arc<Listed>>, StoreError> {
+        Ok(self
+            .inner
+            .list()
+            .await?
+            .into_iter()
+            .map(|d| {
+                Arc::new(Listed {
+                    namespace: d.namespace.clone(),
+                    name: d.name.clone(),
+                    owner: d.owner.clone(),
+                    version: d.version.clone(),
+                    body: Body::Counted(Box::new(d.body.copy()), self.reads.clone()),
+                })
+            })
+            .collect())
+    }
+    async fn get(&self, namespace: &str, name: &str) -> Result<Option<Value>, StoreError> {
+        self.inner.get(namespace, name).await
+    }
+    async fn apply(&self, namespace: &str, name: &str, body: &Value) -> Result<Value, StoreError> {
+        self.inner.apply(namespace, name, body).await
+    }
+    async fn delete(&self, namespace: &str, name: &str) -> Result<(), StoreError> {
+        self.inner.delete(namespace, name).await
+    }
+    fn owner(&self, consumer: &Consumer) -> Option<Owner> {
+        self.inner.owner(consumer)
+    }
+    fn owner_uid<'c>(&self, consumer: &'c Consumer) -> Option<Cow<'c, str>> {
+        self.inner.owner_uid(consumer)
+    }
+}
+
 /// Where managed Deployments live.
 #[async_trait]
 pub trait DeploymentApi: Send + Sync {
@@ -110,6 +183,10 @@ pub trait DeploymentApi: Send + Sync {
     async fn delete(&self, namespace: &str, name: &str) -> Result<(), StoreError>;
     /// The owner of a Consumer's Deployments (`None`: it cannot own any).
     fn owner(&self, consumer: &Consumer) -> Option<Owner>;
+    /// [`Self::owner`]'s uid alone (asked for every Consumer on every pass).
+    fn owner_uid<'c>(&self, consumer: &'c Consumer) -> Option<Cow<'c, str>> {
+        self.owner(consumer).map(|o| Cow::Owned(o.uid))
+    }
 }
 
 /// Kube and guest mode: the Kubernetes API.
@@ -206,6 +283,11 @@ impl DeploymentApi for KubeDeployments {
                 uid,
             },
         })
+    }
+
+    fn owner_uid<'c>(&self, consumer: &'c Consumer) -> Option<Cow<'c, str>> {
+        consumer.metadata.name.as_ref()?;
+        consumer.metadata.uid.as_deref().map(Cow::Borrowed)
     }
 }
 
@@ -514,6 +596,17 @@ impl DeploymentApi for LocalDeployments {
             name,
         })
     }
+
+    fn owner_uid<'c>(&self, consumer: &'c Consumer) -> Option<Cow<'c, str>> {
+        let name = consumer.metadata.name.as_deref()?;
+        Some(match consumer.metadata.uid.as_deref() {
+            Some(uid) => Cow::Borrowed(uid),
+            None => {
+                let namespace = consumer.metadata.namespace.as_deref().unwrap_or_default();
+                Cow::Owned(format!("local-{namespace}-{name}"))
+            }
+        })
+    }
 }
 
 /// What the API server would store after konsumer's apply, for local mode:
@@ -626,6 +719,13 @@ impl View<'_> {
             self.candidates.iter().map(|c| (c.name(), c.version())),
             in_flight,
         )
+    }
+
+    /// Whether [`Self::objects`] reads anything (a listed Deployment).
+    pub fn fetches(&self) -> bool {
+        self.candidates
+            .iter()
+            .any(|c| matches!(c, Candidate::Listed(_)))
     }
 
     /// The Deployments whole, for a Consumer that is reconciled: its own, and
@@ -787,24 +887,39 @@ impl DeploymentManager {
     /// A fingerprint of what the manager would decide from for `consumer` (its
     /// Deployments and the rollout under way): while it stays the same, and the
     /// Consumer does, a pass may skip it.
+    /// What [`Self::view`] would list is hashed as it is found: no view is
+    /// made (this runs for every Consumer on every pass). Its labelled
+    /// Deployments are not hashed here: the pass hashes the labelled workloads
+    /// whole.
     pub fn fingerprint(
         &self,
         consumer: &Consumer,
         settings: Option<&ConsumerSettings>,
         index: &DeploymentIndex,
-        labelled: Option<&[Value]>,
     ) -> u64 {
-        let Some(view) = self.view(consumer, settings, index, labelled) else {
+        let (Some(uid), Some(settings)) = (self.api.owner_uid(consumer), settings) else {
             return 0;
         };
-        let in_flight = {
-            let all = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            // Most passes have no rollout in flight: no key made to find none.
-            (!all.is_empty())
-                .then(|| all.get(&consumer.key()).cloned())
-                .flatten()
-        };
-        view.fingerprint(in_flight.as_ref())
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for d in index.by_owner.get(uid.as_ref()).into_iter().flatten() {
+            (&*d.name, &*d.version).hash(&mut h);
+        }
+        let mut name = String::new();
+        for id in 0..settings.instances() {
+            name.clear();
+            manage::desired::push_deployment_name(&mut name, &settings.base_name, id);
+            if let Some(d) = index.get(&settings.namespace, &name) {
+                (&*d.name, &*d.version).hash(&mut h);
+            }
+        }
+        let all = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        // Most passes have no rollout in flight: no key made to find none.
+        (!all.is_empty())
+            .then(|| all.get(&consumer.key()))
+            .flatten()
+            .map(|f| (&f.deployment, f.generation))
+            .hash(&mut h);
+        h.finish()
     }
 
     /// The Consumer's Deployments and whether konsumer manages them.

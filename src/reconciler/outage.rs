@@ -3,6 +3,12 @@
 //! when it starts, one when it ends and a periodic summary while it lasts; not a
 //! line per Consumer per attempt (10,000 Consumers behind one Prometheus that is
 //! down made 10,000 identical warnings a minute).
+//!
+//! It also knows which Prometheus addresses are down (the last read of them
+//! failed at the transport level): while one is, a Consumer behind it that already
+//! failed is not read again until one probe per `minSyncPeriod`, made by any
+//! Consumer behind it, gets an answer (10,000 Consumers behind one address that is
+//! down made 10,000 reads a minute, each reconciling its Consumer in full).
 
 use std::collections::HashMap;
 
@@ -43,6 +49,12 @@ pub struct Outages {
     open: HashMap<String, Outage>,
     by_consumer: HashMap<String, String>,
     last_summary: Option<Timestamp>,
+    /// Addresses (a Consumer's list, as configured) whose last read failed at
+    /// the transport level, with the time of that read (the last probe).
+    down: HashMap<Vec<String>, Timestamp>,
+    /// Down addresses that answered again, counted: whoever waited on a probe
+    /// waits no more once this moved.
+    answered: u64,
 }
 
 impl Outages {
@@ -128,6 +140,65 @@ impl Outages {
     pub fn failing(&self) -> usize {
         self.by_consumer.len()
     }
+
+    /// Until when `consumer`, behind `addresses`, leaves its reads to the probe
+    /// of those addresses: while they are down and its own last read failed
+    /// (one that has not failed yet reads for itself, and its status says so).
+    pub fn waits(
+        &self,
+        consumer: &str,
+        addresses: &[String],
+        period: SignedDuration,
+    ) -> Option<Timestamp> {
+        let probed = self.down.get(addresses)?;
+        if !self.by_consumer.contains_key(consumer) {
+            return None;
+        }
+        Some(probed.checked_add(period).unwrap_or(Timestamp::MAX))
+    }
+
+    /// Whether `consumer` may read `addresses` now: always, unless they are
+    /// down and it waits on their probe; when they are down, this read is the
+    /// probe, and the others wait a `period` from now.
+    pub fn claim(
+        &mut self,
+        consumer: &str,
+        addresses: &[String],
+        period: SignedDuration,
+        now: Timestamp,
+    ) -> bool {
+        if self
+            .waits(consumer, addresses, period)
+            .is_some_and(|until| now < until)
+        {
+            return false;
+        }
+        if let Some(probed) = self.down.get_mut(addresses) {
+            *probed = now;
+        }
+        true
+    }
+
+    /// What a read of `addresses` at `now` found: `unreachable` (no answer at
+    /// the transport level) marks them down; any answer, even an error of one
+    /// Consumer's query, ends that.
+    pub fn answered(&mut self, addresses: &[String], unreachable: bool, now: Timestamp) {
+        if unreachable {
+            match self.down.get_mut(addresses) {
+                Some(probed) => *probed = now,
+                None => {
+                    self.down.insert(addresses.to_vec(), now);
+                }
+            }
+        } else if self.down.remove(addresses).is_some() {
+            self.answered += 1;
+        }
+    }
+
+    /// How many times a down address answered again (see [`Self::answered`]).
+    pub fn answers(&self) -> u64 {
+        self.answered
+    }
 }
 
 #[cfg(test)]
@@ -203,5 +274,35 @@ mod tests {
         o.recovered("ns/a");
         o.recovered("ns/b");
         assert!(o.summary(at(15)).is_empty());
+    }
+
+    #[test]
+    fn behind_a_down_address_one_probe_a_period_stands_for_the_consumers_that_failed() {
+        let mut o = Outages::default();
+        let a = vec!["http://prom:9090".to_string()];
+        let period = SignedDuration::from_mins(1);
+        for c in ["ns/a", "ns/b"] {
+            assert!(o.claim(c, &a, period, at(0)));
+            o.answered(&a, true, at(0));
+            o.failed(c, "refused", at(0));
+        }
+        // One that has not failed yet reads for itself.
+        assert_eq!(o.waits("ns/new", &a, period), None);
+        assert!(o.claim("ns/new", &a, period, at(0)));
+        assert_eq!(o.waits("ns/b", &a, period), Some(at(1)));
+        assert!(!o.claim("ns/b", &a, period, at(0)));
+        // A period later the first to come probes; the other waits a period more.
+        assert!(o.claim("ns/b", &a, period, at(1)));
+        assert!(!o.claim("ns/a", &a, period, at(1)));
+        assert_eq!(o.waits("ns/a", &a, period), Some(at(2)));
+        o.answered(&a, true, at(1));
+        // Other addresses are not concerned.
+        assert_eq!(o.waits("ns/a", &["http://other:9090".into()], period), None);
+        // Any answer ends it: nobody waits any more, and that is counted.
+        let answers = o.answers();
+        o.answered(&a, false, at(2));
+        assert_eq!(o.answers(), answers + 1);
+        assert_eq!(o.waits("ns/a", &a, period), None);
+        assert!(o.claim("ns/a", &a, period, at(2)));
     }
 }

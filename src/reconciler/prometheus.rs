@@ -41,6 +41,17 @@ pub enum PromError {
 }
 
 impl PromError {
+    /// Whether the address gave no answer at all (down, unreachable, overloaded)
+    /// rather than an answer to this query: then every query to it fails alike.
+    pub fn unreachable(&self) -> bool {
+        match self {
+            PromError::Transport { .. } | PromError::Timeout { .. } => true,
+            PromError::Api { status, .. } => *status >= 500,
+            PromError::All(errors) => !errors.is_empty() && errors.iter().all(Self::unreachable),
+            PromError::Decode { .. } | PromError::NoAddress => false,
+        }
+    }
+
     fn reason(&self) -> &'static str {
         match self {
             PromError::Transport { .. } => "transport",

@@ -50,6 +50,8 @@ pub struct ConsumerOutput {
     pub transitions: Vec<Transition>,
     /// Instances per state (prometheus mode).
     pub states: Option<[(ScalingState, i64); 4]>,
+    /// Per instance, whether it lags (what the `lagging` counter counts).
+    pub lagging: Vec<bool>,
 }
 
 fn short(text: String) -> String {
@@ -416,6 +418,7 @@ pub fn reconcile(input: ConsumerInput<'_>) -> ConsumerOutput {
         status,
         transitions,
         states,
+        lagging,
     }
 }
 

@@ -302,3 +302,168 @@ async fn one_prometheus_outage_is_logged_once_and_unchanged_consumers_are_skippe
     assert_eq!(lines.count("WARN", "Prometheus unavailable"), 1);
     assert_eq!(lines.count("WARN", "Prometheus still unavailable"), 1);
 }
+
+/// A Prometheus behind a proxy: 503 while `up` is false, one series per
+/// partition when it is true; counts the queries it got.
+async fn flaky_prometheus(
+    up: Arc<std::sync::atomic::AtomicBool>,
+    queries: Arc<Mutex<usize>>,
+) -> String {
+    use std::sync::atomic::Ordering;
+    let answer = move || {
+        let up = up.clone();
+        let queries = queries.clone();
+        async move {
+            *queries.lock().unwrap() += 1;
+            if !up.load(Ordering::Relaxed) {
+                return (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream Prometheus unavailable".to_string(),
+                );
+            }
+            let result: Vec<String> = (0..10)
+                .map(|p| format!(r#"{{"metric":{{"partition":"{p}"}},"value":[1,"100"]}}"#))
+                .collect();
+            (
+                axum::http::StatusCode::OK,
+                format!(
+                    r#"{{"status":"success","data":{{"resultType":"vector","result":[{}]}}}}"#,
+                    result.join(",")
+                ),
+            )
+        }
+    };
+    let app = axum::Router::new().route(
+        "/api/v1/query",
+        axum::routing::post(answer.clone()).get(answer),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_hundred_consumers_behind_one_down_prometheus_cost_one_probe_a_period_and_all_read_again_when_it_answers()
+ {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let up = Arc::new(AtomicBool::new(false));
+    let queries = Arc::new(Mutex::new(0));
+    let address = flaky_prometheus(up.clone(), queries.clone()).await;
+    let index = ConsumerIndex::new();
+    for i in 0..100 {
+        let mut c = consumer(&format!("orders-{i:03}"));
+        if let Some(p) = c
+            .spec
+            .autoscaler
+            .as_mut()
+            .and_then(|a| a.prometheus.as_mut())
+        {
+            p.address = Some(vec![address.clone()]);
+        }
+        index.upsert(c);
+    }
+    let store = Arc::new(IndexStore {
+        index: index.clone(),
+        writes: Mutex::new(0),
+    });
+    let metrics = Arc::new(Metrics::default());
+    let start: jiff::Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
+    let now = Arc::new(Mutex::new(start));
+    let clock = now.clone();
+    let reconciler = Reconciler::new(
+        index.clone(),
+        store.clone(),
+        Arc::new(NoWorkloads),
+        PromClient::new(Duration::from_secs(5), metrics.clone()).unwrap(),
+        None,
+        metrics.clone(),
+        ReconcilerConfig::default(),
+        Arc::new(move || *clock.lock().unwrap()),
+    );
+    let at = |secs: i64| {
+        *now.lock().unwrap() = start + jiff::SignedDuration::from_secs(secs);
+    };
+    let queried = || *queries.lock().unwrap();
+    let condition = |name: &str| {
+        let c = index.get("streams", name).unwrap();
+        let status = c.consumer.status.clone().unwrap_or_default();
+        let c = status
+            .conditions
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "MetricsAvailable")
+            .unwrap();
+        (c.status, c.reason)
+    };
+
+    // Each Consumer reads once for itself (three queries each) and says so.
+    at(0);
+    reconciler.pass().await;
+    assert_eq!(queried(), 300);
+    assert_eq!(*store.writes.lock().unwrap(), 100);
+    assert!(
+        metrics
+            .encode()
+            .contains("konsumer_prometheus_failing_consumers 100")
+    );
+    for secs in (10..60).step_by(10) {
+        at(secs);
+        reconciler.pass().await;
+    }
+    assert_eq!(queried(), 300, "nothing due before minSyncPeriod");
+    let written = *store.writes.lock().unwrap();
+
+    // Down for two more periods: one probe (three queries) per period stands
+    // for all; nothing written, every Consumer still says it has no metrics.
+    for secs in (60..180).step_by(10) {
+        at(secs);
+        reconciler.pass().await;
+    }
+    assert_eq!(queried(), 300 + 2 * 3, "one probe at 60 s, one at 120 s");
+    assert_eq!(*store.writes.lock().unwrap(), written);
+    assert!(
+        metrics
+            .encode()
+            .contains("konsumer_prometheus_failing_consumers 100")
+    );
+    for i in [0, 57, 99] {
+        assert_eq!(
+            condition(&format!("orders-{i:03}")),
+            ("False".into(), "PrometheusUnavailable".into())
+        );
+    }
+    assert_eq!(lines.count("WARN", "Prometheus unavailable"), 1);
+
+    // It answers: the next probe (180 s) succeeds, and every Consumer reads by
+    // the pass after it.
+    up.store(true, Ordering::Relaxed);
+    at(180);
+    reconciler.pass().await;
+    at(190);
+    reconciler.pass().await;
+    assert_eq!(queried(), 306 + 300);
+    assert!(
+        metrics
+            .encode()
+            .contains("konsumer_prometheus_failing_consumers 0")
+    );
+    for i in 0..100 {
+        assert_eq!(
+            condition(&format!("orders-{i:03}")),
+            ("True".into(), "MetricsRead".into())
+        );
+    }
+    assert_eq!(lines.count("INFO", "Prometheus failure over"), 1);
+}
