@@ -8,6 +8,7 @@ pub mod guest;
 pub mod quantity;
 pub mod resource_list;
 mod schema;
+pub(crate) mod shared;
 pub mod status;
 pub mod subscription;
 pub mod sync_state;

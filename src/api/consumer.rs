@@ -209,6 +209,32 @@ impl ConsumerSpec {
 }
 
 impl Consumer {
+    /// Makes every resource list this Consumer holds (its policy's bounds, its
+    /// status' recommendations) the shared copy of its entries
+    /// ([`super::shared`]): for the Consumers that are kept.
+    pub fn share_lists(&mut self) {
+        if let Some(policy) = &mut self.spec.resource_policy {
+            let global = policy.global_policy.iter_mut().map(|g| &mut g.max_allowed);
+            let containers = policy
+                .container_policies
+                .iter_mut()
+                .flatten()
+                .flat_map(|c| [&mut c.min_allowed, &mut c.max_allowed]);
+            global.chain(containers).flatten().for_each(ResourceList::share);
+        }
+        let instances = self
+            .status
+            .iter_mut()
+            .flat_map(|s| s.instances.iter_mut().flatten());
+        for instance in instances {
+            let pending = instance.pending.iter_mut().flatten();
+            for c in instance.resources.iter_mut().chain(pending) {
+                c.requests.share();
+                c.limits.share();
+            }
+        }
+    }
+
     /// `namespace/name`, for messages and logs.
     pub fn key(&self) -> String {
         format!(

@@ -21,7 +21,8 @@ pub struct CachedConsumer {
 }
 
 impl CachedConsumer {
-    pub fn new(consumer: Consumer) -> Self {
+    pub fn new(mut consumer: Consumer) -> Self {
+        consumer.share_lists();
         let settings = ConsumerSettings::from_consumer(&consumer);
         CachedConsumer {
             key: consumer.key().into(),
@@ -225,5 +226,63 @@ mod tests {
         assert!(index.get("a", "gone").is_none());
         assert!(index.get("a", "y").is_some());
         assert!(rx.has_changed().unwrap());
+    }
+
+    /// The orders fixture named `name`, its status recommending the fallback
+    /// to every instance (as a status after an unreachable Prometheus does).
+    fn orders_with_status(name: &str) -> Consumer {
+        use crate::api::InstanceStatus;
+        let mut c = crate::api::test_orders();
+        c.metadata.name = Some(name.into());
+        let settings = ConsumerSettings::from_consumer(&c).unwrap();
+        let instances = (0..settings.instances())
+            .map(|id| {
+                let plan = settings.instance(id).unwrap();
+                InstanceStatus {
+                    id: id as i32,
+                    partitions: plan.partitions.map(|p| p as i32).collect(),
+                    resources: plan.targets.iter().map(|t| t.to_status()).collect(),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        c.status = Some(ConsumerStatus {
+            instances: Some(instances),
+            ..Default::default()
+        });
+        c
+    }
+
+    #[test]
+    fn cached_consumers_hold_one_copy_of_equal_resource_lists_and_targets() {
+        let index = ConsumerIndex::new();
+        let a = index.upsert(orders_with_status("a"));
+        let b = index.upsert(orders_with_status("b"));
+        let lists = |c: &CachedConsumer| {
+            let policy = c.consumer.spec.container_policies()[0].clone();
+            let status = c.consumer.status.clone().unwrap().instances.unwrap();
+            let first = status[0].resources[0].clone();
+            let last = status.last().unwrap().resources[0].clone();
+            (policy.min_allowed.unwrap(), first.requests, last.limits)
+        };
+        let (a_policy, a_first, a_last) = lists(&a);
+        let (b_policy, b_first, b_last) = lists(&b);
+        assert!(a_policy.shares_with(&b_policy));
+        assert!(a_first.shares_with(&b_first));
+        assert!(a_last.shares_with(&b_last));
+        // Requests and limits of the fallback are equal: one copy for both.
+        assert!(a_first.shares_with(&a_last));
+        let targets = |c: &CachedConsumer, id| {
+            let settings = c.settings.as_ref().unwrap();
+            settings.instance(id).unwrap().targets as *const _
+        };
+        assert!(std::ptr::eq(targets(&a, 0), targets(&b, 0)));
+        assert!(std::ptr::eq(targets(&a, 0), targets(&a, 3)));
+
+        // A status write keeps sharing.
+        let status = orders_with_status("b").status.unwrap();
+        assert!(index.set_status("streams", "b", status));
+        let (_, again, _) = lists(&index.get("streams", "b").unwrap());
+        assert!(a_first.shares_with(&again));
     }
 }
