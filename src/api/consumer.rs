@@ -210,9 +210,12 @@ impl ConsumerSpec {
 
 impl Consumer {
     /// Makes every resource list this Consumer holds (its policy's bounds, its
-    /// status' recommendations) the shared copy of its entries
-    /// ([`super::shared`]): for the Consumers that are kept.
-    pub fn share_lists(&mut self) {
+    /// status' recommendations) and its Deployment template the shared copy of
+    /// their content ([`super::shared`]): for the Consumers that are kept.
+    pub fn share_parts(&mut self) {
+        if let Some(template) = &mut self.spec.deployment_template {
+            template.share();
+        }
         if let Some(policy) = &mut self.spec.resource_policy {
             let global = policy.global_policy.iter_mut().map(|g| &mut g.max_allowed);
             let containers = policy

@@ -21,8 +21,12 @@ pub struct CachedConsumer {
 }
 
 impl CachedConsumer {
-    pub fn new(mut consumer: Consumer) -> Self {
-        consumer.share_lists();
+    pub fn new(consumer: Consumer) -> Self {
+        Self::of_kept(kept(consumer))
+    }
+
+    /// From what [`kept`] made of a Consumer.
+    fn of_kept(consumer: Consumer) -> Self {
         let settings = ConsumerSettings::from_consumer(&consumer);
         CachedConsumer {
             key: consumer.key().into(),
@@ -35,6 +39,22 @@ impl CachedConsumer {
     pub fn key(&self) -> &str {
         &self.key
     }
+}
+
+/// kubectl's copy of the object it last applied, as text.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// What the cache keeps of a Consumer: its parts shared with the other cached
+/// Consumers ([`Consumer::share_parts`]), and without what the API server
+/// keeps for others and nothing in konsumer reads: `managedFields` and kubectl's
+/// last-applied annotation (each about the size of the object again).
+fn kept(mut consumer: Consumer) -> Consumer {
+    consumer.metadata.managed_fields = None;
+    if let Some(annotations) = &mut consumer.metadata.annotations {
+        annotations.remove(LAST_APPLIED);
+    }
+    consumer.share_parts();
+    consumer
 }
 
 type Namespaces = HashMap<String, HashMap<String, Arc<CachedConsumer>>>;
@@ -97,7 +117,8 @@ impl ConsumerIndex {
             };
             let mut consumer = (*slot.consumer).clone();
             consumer.status = Some(status);
-            *slot = Arc::new(CachedConsumer::new(consumer));
+            consumer.share_parts();
+            *slot = Arc::new(CachedConsumer::of_kept(consumer));
             true
         };
         self.bump();
@@ -125,10 +146,11 @@ impl ConsumerIndex {
         {
             let current = self.entries.read().unwrap_or_else(|e| e.into_inner());
             for consumer in consumers {
+                let consumer = kept(consumer);
                 let (ns, name) = names(&consumer);
                 let entry = match current.get(&ns).and_then(|m| m.get(&name)) {
                     Some(old) if *old.consumer == consumer => old.clone(),
-                    _ => Arc::new(CachedConsumer::new(consumer)),
+                    _ => Arc::new(CachedConsumer::of_kept(consumer)),
                 };
                 fresh.entry(ns).or_default().insert(name, entry);
             }
@@ -279,10 +301,41 @@ mod tests {
         assert!(std::ptr::eq(targets(&a, 0), targets(&b, 0)));
         assert!(std::ptr::eq(targets(&a, 0), targets(&a, 3)));
 
+        let template = |c: &CachedConsumer| c.consumer.spec.deployment_template.clone().unwrap();
+        assert!(template(&a).shares_with(&template(&b)));
+
         // A status write keeps sharing.
         let status = orders_with_status("b").status.unwrap();
         assert!(index.set_status("streams", "b", status));
         let (_, again, _) = lists(&index.get("streams", "b").unwrap());
         assert!(a_first.shares_with(&again));
+    }
+
+    #[test]
+    fn the_cache_drops_managed_fields_and_the_last_applied_copy_and_keeps_other_annotations() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let index = ConsumerIndex::new();
+        let mut c = consumer("a", "x", 3);
+        c.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some("kubectl".into()),
+            ..Default::default()
+        }]);
+        c.metadata.annotations = Some(
+            [
+                (LAST_APPLIED.to_string(), "{\"kind\":\"Consumer\"}".to_string()),
+                (crate::api::keys::DISABLE_AUTOSCALER.to_string(), "true".into()),
+            ]
+            .into(),
+        );
+        let cached = index.upsert(c.clone());
+        assert_eq!(cached.consumer.metadata.managed_fields, None);
+        let annotations = cached.consumer.metadata.annotations.clone().unwrap();
+        assert_eq!(
+            annotations.keys().collect::<Vec<_>>(),
+            [crate::api::keys::DISABLE_AUTOSCALER]
+        );
+        // The same object listed again is the same cached entry.
+        index.replace_all(vec![c]);
+        assert!(Arc::ptr_eq(&cached, &index.get("a", "x").unwrap()));
     }
 }
