@@ -354,6 +354,7 @@ mod tests {
             .spec
             .autoscaler
             .as_mut()
+            .map(std::sync::Arc::make_mut)
             .unwrap()
             .prometheus
             .as_mut()

@@ -303,6 +303,8 @@ mod tests {
 
         let template = |c: &CachedConsumer| c.consumer.spec.deployment_template.clone().unwrap();
         assert!(template(&a).shares_with(&template(&b)));
+        let autoscaler = |c: &CachedConsumer| c.consumer.spec.autoscaler.clone().unwrap();
+        assert!(Arc::ptr_eq(&autoscaler(&a), &autoscaler(&b)));
 
         // A status write keeps sharing.
         let status = orders_with_status("b").status.unwrap();
