@@ -6,7 +6,7 @@
 //! with it, and the webhook must still serve Consumers that predate konsumer.
 
 use std::hash::Hasher;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::CustomResource;
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::resource_list::ResourceList;
 use super::schema;
-use super::shared::{Content, Pool};
+use super::shared::{Content, Pool, Shared};
 use super::status::ConsumerStatus;
 use super::template::DeploymentTemplate;
 
@@ -63,14 +63,9 @@ pub struct ConsumerSpec {
     // Shared: the largest part of a spec (its queries), copied by no clone of
     // the spec (each status write made one) and kept once for the cached
     // Consumers that have the same one ([`Consumer::share_parts`]).
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "serialize_autoscaler",
-        deserialize_with = "deserialize_autoscaler"
-    )]
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(required)]
-    pub autoscaler: Option<Arc<AutoscalerSpec>>,
+    pub autoscaler: Option<Shared<AutoscalerSpec>>,
     /// Name of the env var that receives the partitions (default `KONSUMERATOR_PARTITION`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition_env_key: Option<String>,
@@ -210,21 +205,6 @@ impl ContainerResourcePolicy {
     }
 }
 
-/// `autoscaler` as an `Arc` (serde's `rc` feature is off: it would rebuild
-/// every crate that uses serde).
-fn deserialize_autoscaler<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Arc<AutoscalerSpec>>, D::Error> {
-    Ok(Option::<AutoscalerSpec>::deserialize(deserializer)?.map(Arc::new))
-}
-
-fn serialize_autoscaler<S: serde::Serializer>(
-    autoscaler: &Option<Arc<AutoscalerSpec>>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    autoscaler.as_deref().serialize(serializer)
-}
-
 /// Hashes the parts that tell specs apart (equal specs hash alike).
 impl Content for AutoscalerSpec {
     fn hash_content(&self, h: &mut impl Hasher) {
@@ -268,7 +248,7 @@ impl Consumer {
             template.share();
         }
         if let Some(autoscaler) = &mut self.spec.autoscaler {
-            AUTOSCALERS.share(autoscaler);
+            autoscaler.share(&AUTOSCALERS);
         }
         if let Some(policy) = &mut self.spec.resource_policy {
             let global = policy.global_policy.iter_mut().map(|g| &mut g.max_allowed);
@@ -277,7 +257,10 @@ impl Consumer {
                 .iter_mut()
                 .flatten()
                 .flat_map(|c| [&mut c.min_allowed, &mut c.max_allowed]);
-            global.chain(containers).flatten().for_each(ResourceList::share);
+            global
+                .chain(containers)
+                .flatten()
+                .for_each(ResourceList::share);
         }
         let instances = self
             .status

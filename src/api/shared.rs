@@ -12,13 +12,88 @@
 //! the ones nobody else holds when it has doubled since it last looked, so it
 //! never holds more than about twice what is in use.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher, RandomState};
+use std::ops::Deref;
 use std::sync::{Arc, Mutex};
+
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A part of a resource held once (`Arc`), read and written as the part itself
+/// (the same JSON, the same schema): a clone copies nothing, and [`Pool`]s can
+/// hand out one copy to every holder of an equal part. Changed through
+/// [`Shared::make_mut`] (copied first when shared).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Shared<T>(Arc<T>);
+
+impl<T> Shared<T> {
+    pub fn new(value: T) -> Self {
+        Shared(Arc::new(value))
+    }
+
+    /// Whether both hold the same copy.
+    pub fn ptr_eq(a: &Self, b: &Self) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
+    }
+}
+
+impl<T: Clone> Shared<T> {
+    pub fn make_mut(this: &mut Self) -> &mut T {
+        Arc::make_mut(&mut this.0)
+    }
+}
+
+impl<T: Content> Shared<T> {
+    /// The pool's copy of an equal part ([`Pool::share`]).
+    pub fn share(&mut self, pool: &Pool<T>) {
+        pool.share(&mut self.0);
+    }
+}
+
+impl<T> Deref for Shared<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: Serialize> Serialize for Shared<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Shared<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(deserializer).map(Shared::new)
+    }
+}
+
+/// `T`'s schema, as schemars gives an `Arc<T>`.
+impl<T: JsonSchema> JsonSchema for Shared<T> {
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        T::schema_name()
+    }
+
+    fn schema_id() -> Cow<'static, str> {
+        T::schema_id()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        T::json_schema(generator)
+    }
+}
 
 /// What a pool needs of a value: a hash of its content and content equality
 /// (the types pooled, `Quantity` among them, do not all implement `Hash`).
-pub(crate) trait Content {
+pub trait Content {
     fn hash_content(&self, h: &mut impl Hasher);
     fn same_content(&self, other: &Self) -> bool;
 }
@@ -42,7 +117,7 @@ struct Table<T: ?Sized> {
     prune_at: usize,
 }
 
-pub(crate) struct Pool<T: ?Sized> {
+pub struct Pool<T: ?Sized> {
     // Keyed: the values come from statuses and specs anyone with write access
     // to a Consumer writes.
     hasher: RandomState,
@@ -65,7 +140,7 @@ impl<T: ?Sized + Content> Default for Pool<T> {
 impl<T: ?Sized + Content> Pool<T> {
     /// Replaces `value` with the pool's copy of an equal value, or keeps it as
     /// the pool's copy when there is none.
-    pub(crate) fn share(&self, value: &mut Arc<T>) {
+    pub fn share(&self, value: &mut Arc<T>) {
         let mut h = self.hasher.build_hasher();
         value.hash_content(&mut h);
         let hash = h.finish();

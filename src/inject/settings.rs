@@ -354,7 +354,7 @@ mod tests {
             .spec
             .autoscaler
             .as_mut()
-            .map(std::sync::Arc::make_mut)
+            .map(crate::api::Shared::make_mut)
             .unwrap()
             .prometheus
             .as_mut()

@@ -579,7 +579,7 @@ mod tests {
         c.spec
             .autoscaler
             .as_mut()
-            .map(std::sync::Arc::make_mut)
+            .map(crate::api::Shared::make_mut)
             .unwrap()
             .prometheus
             .as_mut()
@@ -596,7 +596,8 @@ mod tests {
         let mut c = orders();
         c.status = run(&c, Some(quiet()), now).status;
         assert!(c.status.as_ref().unwrap().instances.is_some());
-        std::sync::Arc::make_mut(c.spec.autoscaler.as_mut().unwrap()).mode = Some(String::new());
+        crate::api::Shared::make_mut(c.spec.autoscaler.as_mut().unwrap()).mode =
+            Some(String::new());
         let s = run(&c, None, now).status.unwrap();
         assert_eq!(condition(&s, METRICS_AVAILABLE).reason, "NotAutoscaled");
         assert!(

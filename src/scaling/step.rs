@@ -318,7 +318,10 @@ pub fn step<'a>(input: StepInput<'a>) -> StepOutput<'a> {
                 };
                 (stored, instance)
             }
-            None => (None, Cow::Owned(Instance::new(spec.fallback.as_slice().into(), now))),
+            None => (
+                None,
+                Cow::Owned(Instance::new(spec.fallback.as_slice().into(), now)),
+            ),
         })
         .collect();
     let keep = |id: usize,
@@ -366,10 +369,8 @@ pub fn step<'a>(input: StepInput<'a>) -> StepOutput<'a> {
         .iter()
         .map(|o| o.as_ref().map(|o| predict::predict(spec, o)))
         .collect();
-    let recommended: Vec<&[ContainerTarget]> = current
-        .iter()
-        .map(|(_, i)| &*i.recommendation)
-        .collect();
+    let recommended: Vec<&[ContainerTarget]> =
+        current.iter().map(|(_, i)| &*i.recommendation).collect();
     predict::apply_global_cap(spec, &recommended, &mut predictions);
 
     let timing = Timing {

@@ -304,7 +304,7 @@ mod tests {
         let template = |c: &CachedConsumer| c.consumer.spec.deployment_template.clone().unwrap();
         assert!(template(&a).shares_with(&template(&b)));
         let autoscaler = |c: &CachedConsumer| c.consumer.spec.autoscaler.clone().unwrap();
-        assert!(Arc::ptr_eq(&autoscaler(&a), &autoscaler(&b)));
+        assert!(crate::api::Shared::ptr_eq(&autoscaler(&a), &autoscaler(&b)));
 
         // A status write keeps sharing.
         let status = orders_with_status("b").status.unwrap();
@@ -324,8 +324,14 @@ mod tests {
         }]);
         c.metadata.annotations = Some(
             [
-                (LAST_APPLIED.to_string(), "{\"kind\":\"Consumer\"}".to_string()),
-                (crate::api::keys::DISABLE_AUTOSCALER.to_string(), "true".into()),
+                (
+                    LAST_APPLIED.to_string(),
+                    "{\"kind\":\"Consumer\"}".to_string(),
+                ),
+                (
+                    crate::api::keys::DISABLE_AUTOSCALER.to_string(),
+                    "true".into(),
+                ),
             ]
             .into(),
         );
