@@ -8,6 +8,7 @@ pub mod guest;
 pub mod quantity;
 pub mod resource_list;
 mod schema;
+pub mod shared;
 pub mod status;
 pub mod subscription;
 pub mod sync_state;
@@ -25,6 +26,7 @@ pub use consumer::{
     PrometheusAutoscalerSpec, QuerySpec, ResourcePolicy,
 };
 pub use resource_list::ResourceList;
+pub use shared::Shared;
 pub use status::{
     ConsumerStatus, ContainerResources, EventData, InstanceStatus, JournalEntry, PartitionState,
     ScalingState,

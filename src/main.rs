@@ -17,10 +17,20 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub static malloc_conf: &[u8; 70] =
     b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:2\0";
 
+/// Threads for blocking tasks (tokio's default is 512).
+const BLOCKING_THREADS: usize = 32;
+
 fn main() -> ExitCode {
     let cli = konsumer::cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Blocking tasks are short (a manifest read, a status write, a DNS
+        // lookup) and the async side bounds how many it starts at once, but a
+        // burst of them (10,000 Consumers retrying an unreachable Prometheus
+        // in the same minute) grew tokio's default pool of up to 512 threads to
+        // hundreds, each holding ~100 KB (its allocator cache, its stack):
+        // measured, BENCHMARKS.md. Beyond the cap, tasks wait their turn.
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
     {
         Ok(rt) => rt,

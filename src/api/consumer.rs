@@ -5,6 +5,9 @@
 //! validator must be able to read a broken object and say everything that is wrong
 //! with it, and the webhook must still serve Consumers that predate konsumer.
 
+use std::hash::Hasher;
+use std::sync::LazyLock;
+
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -12,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::resource_list::ResourceList;
 use super::schema;
+use super::shared::{Content, Pool, Shared};
 use super::status::ConsumerStatus;
 use super::template::DeploymentTemplate;
 
@@ -56,9 +60,12 @@ pub struct ConsumerSpec {
     #[schemars(required)]
     pub namespace: Option<String>,
     /// Autoscaler configuration.
+    // Shared: the largest part of a spec (its queries), copied by no clone of
+    // the spec (each status write made one) and kept once for the cached
+    // Consumers that have the same one ([`Consumer::share_parts`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(required)]
-    pub autoscaler: Option<AutoscalerSpec>,
+    pub autoscaler: Option<Shared<AutoscalerSpec>>,
     /// Name of the env var that receives the partitions (default `KONSUMERATOR_PARTITION`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition_env_key: Option<String>,
@@ -198,6 +205,29 @@ impl ContainerResourcePolicy {
     }
 }
 
+/// Hashes the parts that tell specs apart (equal specs hash alike).
+impl Content for AutoscalerSpec {
+    fn hash_content(&self, h: &mut impl Hasher) {
+        let mut text = |s: Option<&str>| {
+            h.write(s.unwrap_or_default().as_bytes());
+            h.write_u8(0xff);
+        };
+        text(self.mode.as_deref());
+        if let Some(p) = &self.prometheus {
+            for q in [&p.offset, &p.production, &p.consumption] {
+                text(q.as_ref().and_then(|q| q.query.as_deref()));
+            }
+            for a in p.address.iter().flatten() {
+                text(Some(a));
+            }
+        }
+    }
+
+    fn same_content(&self, other: &Self) -> bool {
+        self == other
+    }
+}
+
 impl ConsumerSpec {
     /// `resourcePolicy.containerPolicies`, empty when unset.
     pub fn container_policies(&self) -> &[ContainerResourcePolicy] {
@@ -209,6 +239,42 @@ impl ConsumerSpec {
 }
 
 impl Consumer {
+    /// Makes every resource list this Consumer holds (its policy's bounds, its
+    /// status' recommendations) and its Deployment template the shared copy of
+    /// their content ([`super::shared`]): for the Consumers that are kept.
+    pub fn share_parts(&mut self) {
+        static AUTOSCALERS: LazyLock<Pool<AutoscalerSpec>> = LazyLock::new(Pool::default);
+        if let Some(template) = &mut self.spec.deployment_template {
+            template.share();
+        }
+        if let Some(autoscaler) = &mut self.spec.autoscaler {
+            autoscaler.share(&AUTOSCALERS);
+        }
+        if let Some(policy) = &mut self.spec.resource_policy {
+            let global = policy.global_policy.iter_mut().map(|g| &mut g.max_allowed);
+            let containers = policy
+                .container_policies
+                .iter_mut()
+                .flatten()
+                .flat_map(|c| [&mut c.min_allowed, &mut c.max_allowed]);
+            global
+                .chain(containers)
+                .flatten()
+                .for_each(ResourceList::share);
+        }
+        let instances = self
+            .status
+            .iter_mut()
+            .flat_map(|s| s.instances.iter_mut().flatten());
+        for instance in instances {
+            let pending = instance.pending.iter_mut().flatten();
+            for c in instance.resources.iter_mut().chain(pending) {
+                c.requests.share();
+                c.limits.share();
+            }
+        }
+    }
+
     /// `namespace/name`, for messages and logs.
     pub fn key(&self) -> String {
         format!(

@@ -7,13 +7,16 @@
 //! Reads and writes the same JSON as a map, keys in order.
 
 use std::fmt;
-use std::sync::Arc;
+use std::hash::Hasher;
+use std::sync::{Arc, LazyLock};
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::shared::{Content, Pool};
 
 /// Entries sorted by name, each name once.
 #[derive(Clone, Default, PartialEq)]
@@ -97,6 +100,34 @@ impl ResourceList {
 
     pub fn keys(&self) -> impl ExactSizeIterator<Item = &String> {
         self.0.iter().map(|(k, _)| k)
+    }
+
+    /// Makes this list the one copy of its entries that every list kept with
+    /// [`ResourceList::share`] holds ([`super::shared`]).
+    pub fn share(&mut self) {
+        static POOL: LazyLock<Pool<[(String, Quantity)]>> = LazyLock::new(Pool::default);
+        POOL.share(&mut self.0);
+    }
+
+    /// Whether both hold the same copy of their entries.
+    pub fn shares_with(&self, other: &ResourceList) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Content for [(String, Quantity)] {
+    fn hash_content(&self, h: &mut impl Hasher) {
+        h.write_usize(self.len());
+        for (k, v) in self {
+            h.write(k.as_bytes());
+            h.write_u8(0xff);
+            h.write(v.0.as_bytes());
+            h.write_u8(0xff);
+        }
+    }
+
+    fn same_content(&self, other: &Self) -> bool {
+        self == other
     }
 }
 

@@ -8,10 +8,13 @@
 //! same CRD schema (an opaque object, `schema::opaque_object`).
 
 use std::fmt;
+use std::sync::{Arc, LazyLock};
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
+
+use super::shared::Pool;
 
 /// The name serde_json gives its raw-value requests: from its own deserializers
 /// (text and `Value`) the template is then handed over as JSON text, with no
@@ -20,14 +23,27 @@ pub(crate) const RAW_TOKEN: &str = "$serde_json::private::RawValue";
 
 /// Any JSON value (as before, the type accepts what the schema check refuses:
 /// the validating webhook words that), kept as compact JSON text.
+/// Shared: a clone of the spec (each status write made one) copies no text.
 #[derive(Clone)]
-pub struct DeploymentTemplate(Box<str>);
+pub struct DeploymentTemplate(Arc<str>);
 
 impl DeploymentTemplate {
     /// The template as a JSON tree (parsed on each call).
     pub fn to_value(&self) -> Value {
         // The text was written by serde_json or checked by it on the way in.
         serde_json::from_str(&self.0).unwrap_or(Value::Null)
+    }
+
+    /// Makes this template the one copy of its text that every template kept
+    /// with `share` holds ([`super::shared`]).
+    pub fn share(&mut self) {
+        static POOL: LazyLock<Pool<str>> = LazyLock::new(Pool::default);
+        POOL.share(&mut self.0);
+    }
+
+    /// Whether both hold the same copy of their text.
+    pub fn shares_with(&self, other: &DeploymentTemplate) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 
     /// The compact JSON text.
@@ -83,7 +99,7 @@ impl DeploymentTemplate {
 
 impl From<&Value> for DeploymentTemplate {
     fn from(value: &Value) -> Self {
-        DeploymentTemplate(value.to_string().into_boxed_str())
+        DeploymentTemplate(value.to_string().into())
     }
 }
 

@@ -782,6 +782,7 @@ mod tests {
             .spec
             .autoscaler
             .as_mut()
+            .map(crate::api::Shared::make_mut)
             .and_then(|a| a.prometheus.as_mut())
         {
             p.address = Some(vec!["http://127.0.0.1:9".into()]);

@@ -3,18 +3,20 @@
 //! (the recommendation from the status, else the policy's fallback). Nothing on the
 //! admission path parses a quantity of the Consumer again.
 
+use std::hash::{Hash, Hasher};
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::api::quantity::Milli;
+use crate::api::shared::{Content, Pool};
 use crate::api::{Consumer, ContainerResources, ResourceList, env};
 
 use super::partition::{Layout, layout_of};
 
 /// CPU and memory of one side (requests or limits) of a container.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Resources {
     pub cpu: Option<Milli>,
     pub memory: Option<Milli>,
@@ -45,7 +47,7 @@ impl Resources {
 pub const ALL_CONTAINERS: &str = "*";
 
 /// Resources konsumer sets on one container.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ContainerTarget {
     pub name: String,
     pub requests: Resources,
@@ -180,7 +182,7 @@ impl ConsumerSettings {
             base_name,
             layout,
             partition_env_key,
-            fallback: fallback.into(),
+            fallback: shared(fallback.into()),
             recommendations,
         })
     }
@@ -264,6 +266,24 @@ pub fn fallback_targets(consumer: &Consumer) -> Result<Vec<ContainerTarget>, Str
     Ok(out)
 }
 
+impl Content for [ContainerTarget] {
+    fn hash_content(&self, h: &mut impl Hasher) {
+        self.hash(h);
+    }
+
+    fn same_content(&self, other: &Self) -> bool {
+        self == other
+    }
+}
+
+/// The one copy of these targets that every cached Consumer's settings hold
+/// ([`crate::api::shared`]): a fleet's instances get the same few.
+pub(crate) fn shared(mut targets: Arc<[ContainerTarget]>) -> Arc<[ContainerTarget]> {
+    static POOL: LazyLock<Pool<[ContainerTarget]>> = LazyLock::new(Pool::default);
+    POOL.share(&mut targets);
+    targets
+}
+
 /// Status recommendations that still match the layout; anything stale or
 /// unreadable falls back to the policy for that instance only.
 fn recommendations(consumer: &Consumer, layout: &Layout) -> Vec<Option<Arc<[ContainerTarget]>>> {
@@ -295,7 +315,7 @@ fn recommendations(consumer: &Consumer, layout: &Layout) -> Vec<Option<Arc<[Cont
             .map(ContainerTarget::from_status)
             .collect();
         if let Ok(targets) = targets {
-            out[id as usize] = Some(targets.into());
+            out[id as usize] = Some(shared(targets.into()));
         }
     }
     out
@@ -334,6 +354,7 @@ mod tests {
             .spec
             .autoscaler
             .as_mut()
+            .map(crate::api::Shared::make_mut)
             .unwrap()
             .prometheus
             .as_mut()

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use async_trait::async_trait;
 use jiff::Timestamp;
@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use super::TransitionSink;
 use super::events::Regarding;
+use crate::api::shared::Pool;
 use crate::api::{Consumer, GROUP, VERSION_V1, keys};
 use crate::inject::ConsumerSettings;
 use crate::manage::decide::FIELD_MANAGER;
@@ -102,10 +103,18 @@ impl Listed {
     }
 
     fn digest(d: &Value, version: Arc<str>, body: Body) -> Self {
+        // A Consumer's Deployments share its namespace and uid, and a fleet
+        // its few namespaces: kept once, not per manifest.
+        static NAMES: LazyLock<Pool<str>> = LazyLock::new(Pool::default);
+        let shared = |s: &str| {
+            let mut s: Arc<str> = s.into();
+            NAMES.share(&mut s);
+            s
+        };
         Listed {
-            namespace: live::namespace(d).into(),
+            namespace: shared(live::namespace(d)),
             name: live::name(d).into(),
-            owner: live::controller(d).map(|(_, _, uid)| uid.into()),
+            owner: live::controller(d).map(|(_, _, uid)| shared(uid)),
             version,
             body,
         }

@@ -582,6 +582,7 @@ mod tests {
         c.spec
             .autoscaler
             .as_mut()
+            .map(crate::api::Shared::make_mut)
             .unwrap()
             .prometheus
             .as_mut()
@@ -598,7 +599,8 @@ mod tests {
         let mut c = orders();
         c.status = run(&c, Some(quiet()), now).status;
         assert!(c.status.as_ref().unwrap().instances.is_some());
-        c.spec.autoscaler.as_mut().unwrap().mode = Some(String::new());
+        crate::api::Shared::make_mut(c.spec.autoscaler.as_mut().unwrap()).mode =
+            Some(String::new());
         let s = run(&c, None, now).status.unwrap();
         assert_eq!(condition(&s, METRICS_AVAILABLE).reason, "NotAutoscaled");
         assert!(

@@ -15,6 +15,7 @@
 //!   is not "no lag".
 
 use std::cmp::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -63,16 +64,18 @@ impl Event {
 pub struct Instance {
     pub state: ScalingState,
     pub since: Timestamp,
-    /// What new Pods of this instance get.
-    pub recommendation: Vec<ContainerTarget>,
+    /// What new Pods of this instance get. Shared: a Consumer's kept
+    /// instances (the reconciler's `Restored`) hold the copy of equal targets
+    /// the cached Consumers' settings hold ([`crate::inject::settings::shared`]).
+    pub recommendation: Arc<[ContainerTarget]>,
     /// The prediction waiting out its pending period.
-    pub pending: Option<Vec<ContainerTarget>>,
+    pub pending: Option<Arc<[ContainerTarget]>>,
     pub saturation: Milli,
 }
 
 impl Instance {
     /// A new instance: the fallback, RUNNING since now.
-    pub fn new(fallback: Vec<ContainerTarget>, now: Timestamp) -> Self {
+    pub fn new(fallback: Arc<[ContainerTarget]>, now: Timestamp) -> Self {
         Instance {
             state: ScalingState::Running,
             since: mark(now),
@@ -209,7 +212,7 @@ pub fn step(
         ScalingState::PendingScaleUp => {
             if cmp == Ordering::Greater && lagging {
                 if elapsed(current.since, now) >= timing.pending_up {
-                    next.recommendation = target.targets.clone();
+                    next.recommendation = target.targets.as_slice().into();
                     next.pending = None;
                     next.saturation = target.saturation;
                     next.state = steady_state(target, lagging);
@@ -227,7 +230,7 @@ pub fn step(
                         events.push((Event::Saturated, saturated_reason(target)));
                     }
                 } else {
-                    next.pending = Some(target.targets.clone());
+                    next.pending = Some(target.targets.as_slice().into());
                 }
                 return Step { next, events };
             }
@@ -248,7 +251,7 @@ pub fn step(
         ScalingState::PendingScaleDown => {
             if cmp == Ordering::Less && !lagging && signal.complete {
                 if elapsed(current.since, now) >= timing.pending_down {
-                    next.recommendation = target.targets.clone();
+                    next.recommendation = target.targets.as_slice().into();
                     next.pending = None;
                     next.saturation = target.saturation;
                     next.state = ScalingState::Running;
@@ -263,7 +266,7 @@ pub fn step(
                         ),
                     ));
                 } else {
-                    next.pending = Some(target.targets.clone());
+                    next.pending = Some(target.targets.as_slice().into());
                 }
                 return Step { next, events };
             }
@@ -295,7 +298,7 @@ pub fn step(
             next.state = ScalingState::PendingScaleUp;
             next.since = mark(now);
             next.saturation = Milli::ZERO;
-            next.pending = Some(target.targets.clone());
+            next.pending = Some(target.targets.as_slice().into());
             events.push((
                 Event::ScalePending(Direction::Up),
                 format!(
@@ -313,7 +316,7 @@ pub fn step(
             next.state = ScalingState::PendingScaleDown;
             next.since = mark(now);
             next.saturation = Milli::ZERO;
-            next.pending = Some(target.targets.clone());
+            next.pending = Some(target.targets.as_slice().into());
             events.push((
                 Event::ScalePending(Direction::Down),
                 format!(

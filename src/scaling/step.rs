@@ -15,7 +15,7 @@ use super::predict::{self, Observation, Prediction};
 use super::spec::ScalingSpec;
 use crate::api::quantity::Milli;
 use crate::api::{ContainerResources, InstanceStatus, PartitionState, ScalingState};
-use crate::inject::settings::{ContainerTarget, Resources};
+use crate::inject::settings::{self, ContainerTarget, Resources};
 
 /// A typed record of one change: what, from, to, why, and the metrics.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -226,6 +226,9 @@ fn restore(
     let pending_stored = status.pending.as_deref().and_then(from_status);
     let pending = pending_stored.as_deref().map(|p| normalize(spec, p));
     let changed = recommendation != stored || pending != pending_stored;
+    // Kept between passes (the reconciler's cache): one copy of equal targets.
+    let recommendation = settings::shared(recommendation.into());
+    let pending = pending.map(|p| settings::shared(p.into()));
     Some(Kept {
         at,
         instance: Instance {
@@ -315,7 +318,10 @@ pub fn step<'a>(input: StepInput<'a>) -> StepOutput<'a> {
                 };
                 (stored, instance)
             }
-            None => (None, Cow::Owned(Instance::new(spec.fallback.clone(), now))),
+            None => (
+                None,
+                Cow::Owned(Instance::new(spec.fallback.as_slice().into(), now)),
+            ),
         })
         .collect();
     let keep = |id: usize,
@@ -363,10 +369,8 @@ pub fn step<'a>(input: StepInput<'a>) -> StepOutput<'a> {
         .iter()
         .map(|o| o.as_ref().map(|o| predict::predict(spec, o)))
         .collect();
-    let recommended: Vec<&[ContainerTarget]> = current
-        .iter()
-        .map(|(_, i)| i.recommendation.as_slice())
-        .collect();
+    let recommended: Vec<&[ContainerTarget]> =
+        current.iter().map(|(_, i)| &*i.recommendation).collect();
     predict::apply_global_cap(spec, &recommended, &mut predictions);
 
     let timing = Timing {

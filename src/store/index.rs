@@ -22,6 +22,11 @@ pub struct CachedConsumer {
 
 impl CachedConsumer {
     pub fn new(consumer: Consumer) -> Self {
+        Self::of_kept(kept(consumer))
+    }
+
+    /// From what [`kept`] made of a Consumer.
+    fn of_kept(consumer: Consumer) -> Self {
         let settings = ConsumerSettings::from_consumer(&consumer);
         CachedConsumer {
             key: consumer.key().into(),
@@ -34,6 +39,22 @@ impl CachedConsumer {
     pub fn key(&self) -> &str {
         &self.key
     }
+}
+
+/// kubectl's copy of the object it last applied, as text.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// What the cache keeps of a Consumer: its parts shared with the other cached
+/// Consumers ([`Consumer::share_parts`]), and without what the API server
+/// keeps for others and nothing in konsumer reads: `managedFields` and kubectl's
+/// last-applied annotation (each about the size of the object again).
+fn kept(mut consumer: Consumer) -> Consumer {
+    consumer.metadata.managed_fields = None;
+    if let Some(annotations) = &mut consumer.metadata.annotations {
+        annotations.remove(LAST_APPLIED);
+    }
+    consumer.share_parts();
+    consumer
 }
 
 type Namespaces = HashMap<String, HashMap<String, Arc<CachedConsumer>>>;
@@ -96,7 +117,8 @@ impl ConsumerIndex {
             };
             let mut consumer = (*slot.consumer).clone();
             consumer.status = Some(status);
-            *slot = Arc::new(CachedConsumer::new(consumer));
+            consumer.share_parts();
+            *slot = Arc::new(CachedConsumer::of_kept(consumer));
             true
         };
         self.bump();
@@ -124,10 +146,11 @@ impl ConsumerIndex {
         {
             let current = self.entries.read().unwrap_or_else(|e| e.into_inner());
             for consumer in consumers {
+                let consumer = kept(consumer);
                 let (ns, name) = names(&consumer);
                 let entry = match current.get(&ns).and_then(|m| m.get(&name)) {
                     Some(old) if *old.consumer == consumer => old.clone(),
-                    _ => Arc::new(CachedConsumer::new(consumer)),
+                    _ => Arc::new(CachedConsumer::of_kept(consumer)),
                 };
                 fresh.entry(ns).or_default().insert(name, entry);
             }
@@ -225,5 +248,102 @@ mod tests {
         assert!(index.get("a", "gone").is_none());
         assert!(index.get("a", "y").is_some());
         assert!(rx.has_changed().unwrap());
+    }
+
+    /// The orders fixture named `name`, its status recommending the fallback
+    /// to every instance (as a status after an unreachable Prometheus does).
+    fn orders_with_status(name: &str) -> Consumer {
+        use crate::api::InstanceStatus;
+        let mut c = crate::api::test_orders();
+        c.metadata.name = Some(name.into());
+        let settings = ConsumerSettings::from_consumer(&c).unwrap();
+        let instances = (0..settings.instances())
+            .map(|id| {
+                let plan = settings.instance(id).unwrap();
+                InstanceStatus {
+                    id: id as i32,
+                    partitions: plan.partitions.map(|p| p as i32).collect(),
+                    resources: plan.targets.iter().map(|t| t.to_status()).collect(),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        c.status = Some(ConsumerStatus {
+            instances: Some(instances),
+            ..Default::default()
+        });
+        c
+    }
+
+    #[test]
+    fn cached_consumers_hold_one_copy_of_equal_resource_lists_and_targets() {
+        let index = ConsumerIndex::new();
+        let a = index.upsert(orders_with_status("a"));
+        let b = index.upsert(orders_with_status("b"));
+        let lists = |c: &CachedConsumer| {
+            let policy = c.consumer.spec.container_policies()[0].clone();
+            let status = c.consumer.status.clone().unwrap().instances.unwrap();
+            let first = status[0].resources[0].clone();
+            let last = status.last().unwrap().resources[0].clone();
+            (policy.min_allowed.unwrap(), first.requests, last.limits)
+        };
+        let (a_policy, a_first, a_last) = lists(&a);
+        let (b_policy, b_first, b_last) = lists(&b);
+        assert!(a_policy.shares_with(&b_policy));
+        assert!(a_first.shares_with(&b_first));
+        assert!(a_last.shares_with(&b_last));
+        // Requests and limits of the fallback are equal: one copy for both.
+        assert!(a_first.shares_with(&a_last));
+        let targets = |c: &CachedConsumer, id| {
+            let settings = c.settings.as_ref().unwrap();
+            settings.instance(id).unwrap().targets as *const _
+        };
+        assert!(std::ptr::eq(targets(&a, 0), targets(&b, 0)));
+        assert!(std::ptr::eq(targets(&a, 0), targets(&a, 3)));
+
+        let template = |c: &CachedConsumer| c.consumer.spec.deployment_template.clone().unwrap();
+        assert!(template(&a).shares_with(&template(&b)));
+        let autoscaler = |c: &CachedConsumer| c.consumer.spec.autoscaler.clone().unwrap();
+        assert!(crate::api::Shared::ptr_eq(&autoscaler(&a), &autoscaler(&b)));
+
+        // A status write keeps sharing.
+        let status = orders_with_status("b").status.unwrap();
+        assert!(index.set_status("streams", "b", status));
+        let (_, again, _) = lists(&index.get("streams", "b").unwrap());
+        assert!(a_first.shares_with(&again));
+    }
+
+    #[test]
+    fn the_cache_drops_managed_fields_and_the_last_applied_copy_and_keeps_other_annotations() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let index = ConsumerIndex::new();
+        let mut c = consumer("a", "x", 3);
+        c.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some("kubectl".into()),
+            ..Default::default()
+        }]);
+        c.metadata.annotations = Some(
+            [
+                (
+                    LAST_APPLIED.to_string(),
+                    "{\"kind\":\"Consumer\"}".to_string(),
+                ),
+                (
+                    crate::api::keys::DISABLE_AUTOSCALER.to_string(),
+                    "true".into(),
+                ),
+            ]
+            .into(),
+        );
+        let cached = index.upsert(c.clone());
+        assert_eq!(cached.consumer.metadata.managed_fields, None);
+        let annotations = cached.consumer.metadata.annotations.clone().unwrap();
+        assert_eq!(
+            annotations.keys().collect::<Vec<_>>(),
+            [crate::api::keys::DISABLE_AUTOSCALER]
+        );
+        // The same object listed again is the same cached entry.
+        index.replace_all(vec![c]);
+        assert!(Arc::ptr_eq(&cached, &index.get("a", "x").unwrap()));
     }
 }

@@ -292,6 +292,7 @@ async fn a_partition_without_lag_is_without_data_not_caught_up() {
         .spec
         .autoscaler
         .as_mut()
+        .map(konsumer::api::Shared::make_mut)
         .and_then(|a| a.prometheus.as_mut())
     {
         p.address = Some(vec![url]);

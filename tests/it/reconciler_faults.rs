@@ -58,6 +58,7 @@ fn consumer(name: &str) -> Consumer {
         .spec
         .autoscaler
         .as_mut()
+        .map(konsumer::api::Shared::make_mut)
         .and_then(|a| a.prometheus.as_mut())
     {
         p.address = Some(vec!["http://127.0.0.1:9".into()]);
