@@ -293,7 +293,15 @@ where
         outcome,
     };
     let limited = http_body_util::Limited::new(body, state.config.max_body_bytes);
-    match tokio::time::timeout(budget, limited.collect()).await {
+    let collect = limited.collect();
+    tokio::pin!(collect);
+    // A body that has already arrived needs no deadline: arming one costs a
+    // clock read and a timer-wheel entry on every request.
+    let read = match futures::poll!(collect.as_mut()) {
+        std::task::Poll::Ready(read) => Ok(read),
+        std::task::Poll::Pending => tokio::time::timeout(budget, collect).await,
+    };
+    match read {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) => {
             let too_large = e.is::<http_body_util::LengthLimitError>();

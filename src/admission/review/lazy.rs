@@ -30,13 +30,7 @@ type R<T> = Result<T, Unsure>;
 
 /// A workload review as serde would read it, or [`Unsure`].
 pub fn read_workload_review(body: &[u8]) -> R<Review<'_, Workload<'_>, IgnoredAny>> {
-    // Every string borrowed below is then valid UTF-8 as a whole.
-    let text = std::str::from_utf8(body).map_err(|_| Unsure)?;
-    let mut c = Cursor {
-        s: text,
-        b: body,
-        pos: 0,
-    };
+    let mut c = Cursor::new(body)?;
     let mut api_version = None;
     let mut request = None;
     let (mut seen_version, mut seen_request) = (false, false);
@@ -91,6 +85,19 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
+    /// A cursor at the start of `body`, which must be UTF-8 as a whole: every
+    /// string borrowed from it is then valid UTF-8 too. The check is SIMD
+    /// (`simdutf8`): std's `from_utf8` cost about a twelfth of the whole read of a
+    /// 24 KB Pod.
+    fn new(body: &'a [u8]) -> R<Self> {
+        let text = simdutf8::basic::from_utf8(body).map_err(|_| Unsure)?;
+        Ok(Cursor {
+            s: text,
+            b: body,
+            pos: 0,
+        })
+    }
+
     fn ws(&mut self) {
         while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.b.get(self.pos) {
             self.pos += 1;
@@ -103,7 +110,13 @@ impl<'a> Cursor<'a> {
         self.b.get(self.pos).copied().ok_or(Unsure)
     }
 
+    #[inline]
     fn eat(&mut self, byte: u8) -> R<()> {
+        // The apiserver writes compact JSON: the byte is almost always next.
+        if self.b.get(self.pos) == Some(&byte) {
+            self.pos += 1;
+            return Ok(());
+        }
         if self.peek()? == byte {
             self.pos += 1;
             Ok(())
@@ -654,6 +667,54 @@ mod tests {
         // Where konsumer reads, it is as strict as serde.
         let read = r#"{"request":{"uid":"u","dryRun":tru}}"#;
         assert!(read_workload_review(read.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn gives_up_on_a_body_that_is_not_utf8_wherever_the_bad_bytes_are() {
+        let good = r#"{"request":{"uid":"u","userInfo":{"username":"ab"},"object":{"metadata":{"name":"cd"}}}}"#;
+        assert!(read_workload_review(good.as_bytes()).is_ok());
+        // In a skipped value, in a kept string, split across the 64-byte blocks
+        // the SIMD check reads, a lone continuation byte, a truncated sequence, an
+        // overlong encoding and a surrogate.
+        for bad in [
+            &[0xFFu8][..],
+            &[0x80],
+            &[0xE2, 0x82],
+            &[0xC0, 0xAF],
+            &[0xED, 0xA0, 0x80],
+        ] {
+            for at in [good.find("ab").unwrap(), good.find("cd").unwrap()] {
+                let mut body = good.as_bytes()[..at].to_vec();
+                body.extend_from_slice(bad);
+                body.extend_from_slice(&good.as_bytes()[at..]);
+                assert_eq!(
+                    read_workload_review(&body).map(|_| ()),
+                    Err(Unsure),
+                    "{body:?}"
+                );
+                let mut padded = b" ".repeat(70 - at % 64);
+                padded.extend_from_slice(&body);
+                assert_eq!(
+                    read_workload_review(&padded).map(|_| ()),
+                    Err(Unsure),
+                    "{padded:?}"
+                );
+            }
+        }
+        // Multi-byte UTF-8 is read as it is.
+        let accented = good.replace("cd", r"caf\u00e9").replace("ab", "é😀");
+        assert!(read_workload_review(accented.as_bytes()).is_err()); // the escape: serde's job
+        let plain = good.replace("cd", "café😀");
+        let review = read_workload_review(plain.as_bytes()).unwrap();
+        let name = review
+            .request
+            .unwrap()
+            .object
+            .unwrap()
+            .metadata
+            .unwrap()
+            .name;
+        assert_eq!(name.as_ref().map(Str::as_str), Some("café😀"));
     }
 
     #[test]

@@ -19,12 +19,7 @@ pub type ConsumerReview<'a> = Review<'a, Parts<'a>, Parts<'a>>;
 
 /// A Consumer review as serde would read it (objects aside), or [`Unsure`].
 pub fn read_consumer_review(body: &[u8]) -> R<ConsumerReview<'_>> {
-    let text = std::str::from_utf8(body).map_err(|_| Unsure)?;
-    let mut c = Cursor {
-        s: text,
-        b: body,
-        pos: 0,
-    };
+    let mut c = Cursor::new(body)?;
     let mut api_version = None;
     let mut request = None;
     let (mut seen_version, mut seen_request) = (false, false);
@@ -192,6 +187,20 @@ mod tests {
         let full: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(spec, full["request"]["object"]["spec"]);
         assert!(request.old_object.is_none());
+    }
+
+    #[test]
+    fn gives_up_on_a_body_that_is_not_utf8() {
+        let body =
+            std::fs::read("tests/fixtures/admission/consumer-v1alpha1-seed-example.validate.json")
+                .unwrap();
+        assert!(read_consumer_review(&body).is_ok());
+        // Anywhere: the spec is handed on as text.
+        for at in [body.len() / 3, body.len() / 2, body.len() - 3] {
+            let mut bad = body.clone();
+            bad.insert(at, 0xFF);
+            assert_eq!(read_consumer_review(&bad).map(|_| ()), Err(Unsure));
+        }
     }
 
     #[test]
