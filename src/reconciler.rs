@@ -1270,6 +1270,7 @@ mod tests {
             .spec
             .autoscaler
             .as_mut()
+            .map(crate::api::Shared::make_mut)
             .and_then(|a| a.prometheus.as_mut())
         {
             p.address = Some(vec!["http://127.0.0.1:1".into()]);

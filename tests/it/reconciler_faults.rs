@@ -369,6 +369,7 @@ async fn a_hundred_consumers_behind_one_down_prometheus_cost_one_probe_a_period_
             .spec
             .autoscaler
             .as_mut()
+            .map(konsumer::api::Shared::make_mut)
             .and_then(|a| a.prometheus.as_mut())
         {
             p.address = Some(vec![address.clone()]);
