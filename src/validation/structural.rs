@@ -216,47 +216,115 @@ pub fn check(
 #[derive(Debug)]
 pub struct Compiled {
     int_or_string: bool,
-    kind: Option<String>,
-    properties: Option<std::collections::BTreeMap<String, Compiled>>,
+    /// `type`; `None` also for a type name the checks do not know (they take
+    /// anything then, as for no type).
+    kind: Option<Type>,
+    /// `properties`, in a list: an object's keys are found by comparing each
+    /// name (most differ in length, which is compared first), and a property's
+    /// place is the bit that marks it seen ([`KeySet`]).
+    properties: Option<Vec<(String, Compiled)>>,
     additional: Option<Box<Compiled>>,
     preserve: bool,
     required: Vec<String>,
+    /// The required properties among the first 64, as bits of their places.
+    required_bits: u64,
+    /// The other required names (further properties, or kept unknown fields).
+    required_rest: Vec<String>,
     items: Option<Box<Compiled>>,
     allowed: Option<Vec<Value>>,
     int32: bool,
 }
 
+/// The `type`s the checks tell apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Type {
+    Object,
+    Array,
+    String,
+    Integer,
+    Number,
+    Boolean,
+}
+
+impl Type {
+    fn of(name: &str) -> Option<Type> {
+        Some(match name {
+            "object" => Type::Object,
+            "array" => Type::Array,
+            "string" => Type::String,
+            "integer" => Type::Integer,
+            "number" => Type::Number,
+            "boolean" => Type::Boolean,
+            _ => return None,
+        })
+    }
+}
+
+/// Places of properties that have a bit in [`KeySet`] and `required_bits`.
+const BITS: usize = 64;
+
 impl Compiled {
     pub fn new(schema: &Value) -> Self {
+        let properties: Option<Vec<(String, Compiled)>> = schema
+            .get("properties")
+            .and_then(Value::as_object)
+            .map(|p| {
+                p.iter()
+                    .map(|(k, v)| (k.clone(), Compiled::new(v)))
+                    .collect()
+            });
+        let required: Vec<String> = schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(String::from)
+            .collect();
+        let place = |name: &str| {
+            properties
+                .as_ref()
+                .and_then(|p| p.iter().position(|(k, _)| k == name))
+                .filter(|&i| i < BITS)
+        };
+        let required_bits = required
+            .iter()
+            .filter_map(|r| place(r))
+            .fold(0, |bits, i| bits | 1 << i);
+        let required_rest = required
+            .iter()
+            .filter(|r| place(r).is_none())
+            .cloned()
+            .collect();
         Compiled {
             int_or_string: schema.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)),
-            kind: schema.get("type").and_then(Value::as_str).map(String::from),
-            properties: schema
-                .get("properties")
-                .and_then(Value::as_object)
-                .map(|p| {
-                    p.iter()
-                        .map(|(k, v)| (k.clone(), Compiled::new(v)))
-                        .collect()
-                }),
+            kind: schema
+                .get("type")
+                .and_then(Value::as_str)
+                .and_then(Type::of),
+            properties,
             additional: schema
                 .get("additionalProperties")
                 .filter(|a| a.is_object())
                 .map(|a| Box::new(Compiled::new(a))),
             preserve: schema.get("x-kubernetes-preserve-unknown-fields")
                 == Some(&Value::Bool(true)),
-            required: schema
-                .get("required")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .map(String::from)
-                .collect(),
+            required,
+            required_bits,
+            required_rest,
             items: schema.get("items").map(|i| Box::new(Compiled::new(i))),
             allowed: schema.get("enum").and_then(Value::as_array).cloned(),
             int32: schema.get("format").and_then(Value::as_str) == Some("int32"),
         }
+    }
+
+    /// The place and schema of the property `key`.
+    fn property(&self, key: &str) -> Option<(usize, &Compiled)> {
+        self.properties
+            .as_deref()?
+            .iter()
+            .enumerate()
+            .find_map(|(i, (name, sub))| (name == key).then_some((i, sub)))
     }
 }
 
@@ -268,6 +336,8 @@ static ANY: Compiled = Compiled {
     additional: None,
     preserve: false,
     required: Vec::new(),
+    required_bits: 0,
+    required_rest: Vec::new(),
     items: None,
     allowed: None,
     int32: false,
@@ -287,8 +357,8 @@ pub fn conforms(schema: &Compiled, value: &Value) -> bool {
     if schema.int_or_string {
         return matches!(type_name(value), "integer" | "string");
     }
-    match schema.kind.as_deref() {
-        Some("object") => {
+    match schema.kind {
+        Some(Type::Object) => {
             let Some(map) = value.as_object() else {
                 return false;
             };
@@ -297,7 +367,7 @@ pub fn conforms(schema: &Compiled, value: &Value) -> bool {
                 .iter()
                 .all(|name| map.get(name).is_some_and(|v| !v.is_null()))
                 && map.iter().all(|(key, child)| {
-                    if let Some(sub) = schema.properties.as_ref().and_then(|p| p.get(key)) {
+                    if let Some((_, sub)) = schema.property(key) {
                         conforms(sub, child)
                     } else if let Some(sub) = &schema.additional {
                         conforms(sub, child)
@@ -306,7 +376,7 @@ pub fn conforms(schema: &Compiled, value: &Value) -> bool {
                     }
                 })
         }
-        Some("array") => {
+        Some(Type::Array) => {
             let Some(items) = value.as_array() else {
                 return false;
             };
@@ -314,14 +384,14 @@ pub fn conforms(schema: &Compiled, value: &Value) -> bool {
             let item_schema = schema.items.as_deref().unwrap_or(&ANY);
             items.iter().all(|item| conforms(item_schema, item))
         }
-        Some("string") => {
+        Some(Type::String) => {
             value.is_string()
                 && schema
                     .allowed
                     .as_ref()
                     .is_none_or(|allowed| allowed.contains(value))
         }
-        Some("integer") => {
+        Some(Type::Integer) => {
             type_name(value) == "integer"
                 && if schema.int32 {
                     value.as_i64().is_some_and(|n| i32::try_from(n).is_ok())
@@ -329,9 +399,9 @@ pub fn conforms(schema: &Compiled, value: &Value) -> bool {
                     value.as_i64().is_some()
                 }
         }
-        Some("number") => value.is_number(),
-        Some("boolean") => value.is_boolean(),
-        _ => true,
+        Some(Type::Number) => value.is_number(),
+        Some(Type::Boolean) => value.is_boolean(),
+        None => true,
     }
 }
 
@@ -374,35 +444,34 @@ impl Compiled {
         if self.int_or_string {
             return matches!(value, Scalar::Int(_) | Scalar::Str(_));
         }
-        match (self.kind.as_deref(), value) {
-            (Some("object" | "array"), _) => false,
-            (Some("string"), Scalar::Str(s)) => self
+        match (self.kind, value) {
+            (Some(Type::Object | Type::Array), _) => false,
+            (Some(Type::String), Scalar::Str(s)) => self
                 .allowed
                 .as_ref()
                 .is_none_or(|allowed| allowed.iter().any(|a| a.as_str() == Some(s))),
-            (Some("string"), _) => false,
-            (Some("integer"), Scalar::Int(n)) => {
+            (Some(Type::String), _) => false,
+            (Some(Type::Integer), Scalar::Int(n)) => {
                 if self.int32 {
                     n.is_some_and(|n| i32::try_from(n).is_ok())
                 } else {
                     n.is_some()
                 }
             }
-            (Some("integer"), _) => false,
-            (Some("number"), v) => matches!(v, Scalar::Int(_) | Scalar::Float),
-            (Some("boolean"), v) => matches!(v, Scalar::Bool),
-            _ => true,
+            (Some(Type::Integer), _) => false,
+            (Some(Type::Number), v) => matches!(v, Scalar::Int(_) | Scalar::Float),
+            (Some(Type::Boolean), v) => matches!(v, Scalar::Bool),
+            (None, _) => true,
         }
     }
 
-    /// Whether containers of `kind` conform at all (`int-or-string` and the
-    /// scalar types take none).
-    fn takes_container(&self, kind: &str) -> bool {
+    /// Whether containers of `kind` (an object or an array) conform at all
+    /// (`int-or-string` and the scalar types take none).
+    fn takes_container(&self, kind: Type) -> bool {
         !self.int_or_string
-            && match self.kind.as_deref() {
-                Some(k) if k == kind => true,
-                Some("object" | "array" | "string" | "integer" | "number" | "boolean") => false,
-                _ => true,
+            && match self.kind {
+                Some(k) => k == kind,
+                None => true,
             }
     }
 
@@ -410,18 +479,19 @@ impl Compiled {
     /// null schema: anything but null); `None` when this node is not an array
     /// type, whose items are then not looked into.
     fn item_schema(&self) -> Option<&Compiled> {
-        (self.kind.as_deref() == Some("array")).then(|| self.items.as_deref().unwrap_or(&ANY))
+        (self.kind == Some(Type::Array)).then(|| self.items.as_deref().unwrap_or(&ANY))
     }
 
     /// Whether this node's objects are looked into (an object type); any other
     /// node that takes objects takes them whole.
     fn is_object(&self) -> bool {
-        self.kind.as_deref() == Some("object")
+        self.kind == Some(Type::Object)
     }
 
-    /// What the value of `key` in an object of this type is checked against.
-    fn field(&self, key: &str) -> Field<'_> {
-        if let Some(sub) = self.properties.as_ref().and_then(|p| p.get(key)) {
+    /// What the value of `key` in an object of this type is checked against,
+    /// given its place among the properties (`None`: not a property).
+    fn field<'s>(&'s self, key: &str, property: Option<&'s Compiled>) -> Field<'s> {
+        if let Some(sub) = property {
             Field::Schema(sub)
         } else if let Some(sub) = &self.additional {
             Field::Schema(sub)
@@ -432,6 +502,54 @@ impl Compiled {
         } else {
             Field::Unknown
         }
+    }
+}
+
+/// The keys of one object read so far, to refuse a key given twice and to find
+/// the required ones: a bit per property (most keys), a list of the others
+/// (map entries, kept unknown fields), which allocates only when one comes.
+#[derive(Default)]
+struct KeySet<'de> {
+    properties: u64,
+    others: Vec<std::borrow::Cow<'de, str>>,
+}
+
+impl<'de> KeySet<'de> {
+    /// Adds `key` of an object of `schema`: what its value is checked against,
+    /// `None` when the key was there already.
+    fn add<'s>(
+        &mut self,
+        schema: &'s Compiled,
+        key: std::borrow::Cow<'de, str>,
+    ) -> Option<Field<'s>> {
+        let property = schema.property(&key);
+        match property {
+            Some((i, sub)) if i < BITS => {
+                let bit = 1u64 << i;
+                if self.properties & bit != 0 {
+                    return None;
+                }
+                self.properties |= bit;
+                Some(Field::Schema(sub))
+            }
+            _ => {
+                if self.others.contains(&key) {
+                    return None;
+                }
+                let field = schema.field(&key, property.map(|(_, sub)| sub));
+                self.others.push(key);
+                Some(field)
+            }
+        }
+    }
+
+    /// Whether every field `schema` requires was read.
+    fn has_required(&self, schema: &Compiled) -> bool {
+        self.properties & schema.required_bits == schema.required_bits
+            && schema
+                .required_rest
+                .iter()
+                .all(|r| self.others.iter().any(|k| k == r))
     }
 }
 
@@ -456,7 +574,7 @@ impl Conform<'_> {
         }
     }
 
-    fn container<E: serde::de::Error>(&self, kind: &str) -> Result<(), E> {
+    fn container<E: serde::de::Error>(&self, kind: Type) -> Result<(), E> {
         if self.0.takes_container(kind) {
             Ok(())
         } else {
@@ -506,7 +624,7 @@ impl<'de> serde::de::Visitor<'de> for Conform<'_> {
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        self.container("array")?;
+        self.container(Type::Array)?;
         let Some(item) = self.0.item_schema() else {
             // No type: anything but null, and nothing is looked into.
             while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
@@ -518,7 +636,7 @@ impl<'de> serde::de::Visitor<'de> for Conform<'_> {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         use serde::de::Error;
-        self.container("object")?;
+        self.container(Type::Object)?;
         let schema = self.0;
         if !schema.is_object() {
             // No type: anything but null, and nothing is looked into.
@@ -527,37 +645,26 @@ impl<'de> serde::de::Visitor<'de> for Conform<'_> {
             }
             return Ok(());
         }
-        let mut seen: Vec<std::borrow::Cow<'de, str>> = Vec::new();
+        let mut seen = KeySet::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            let key = key.0;
-            if seen.contains(&key) {
-                return Err(A::Error::custom(""));
-            }
-            match schema.field(&key) {
-                Field::Schema(sub) => map.next_value_seed(Conform(sub))?,
-                Field::Preserved { required } => {
+            match seen.add(schema, key.0) {
+                Some(Field::Schema(sub)) => map.next_value_seed(Conform(sub))?,
+                Some(Field::Preserved { required }) => {
                     let value = map.next_value::<Option<serde::de::IgnoredAny>>()?;
                     if value.is_none() && required {
                         return Err(A::Error::custom(""));
                     }
                 }
-                Field::Unknown => return Err(A::Error::custom("")),
+                // Unknown, or given twice.
+                Some(Field::Unknown) | None => return Err(A::Error::custom("")),
             }
-            seen.push(key);
         }
         // Every value seen is not null (or the parse stopped), so present is enough.
-        if schema.has_required(&seen) {
+        if seen.has_required(schema) {
             Ok(())
         } else {
             Err(A::Error::custom(""))
         }
-    }
-}
-
-impl Compiled {
-    /// Whether every required field is among `seen`.
-    fn has_required(&self, seen: &[std::borrow::Cow<'_, str>]) -> bool {
-        self.required.iter().all(|r| seen.iter().any(|k| k == r))
     }
 }
 
@@ -785,5 +892,111 @@ mod tests {
                     .starts_with("spec.numPartitions: Invalid value: 3000000000: out of range")),
             "{errors:?}"
         );
+    }
+
+    /// An object schema of 70 properties (`p0`…`p69`, integers): places past the
+    /// 64 bits of [`KeySet`] go to its list. `p0`, `p3` and `p66` are required,
+    /// and so is `extra`, a kept unknown field when `preserve` is set.
+    fn wide_schema(preserve: bool) -> Compiled {
+        let properties: serde_json::Map<String, Value> = (0..70)
+            .map(|i| (format!("p{i}"), json!({"type": "integer"})))
+            .collect();
+        Compiled::new(&json!({
+            "type": "object",
+            "properties": properties,
+            "required": ["p0", "p3", "p66", "extra"],
+            "x-kubernetes-preserve-unknown-fields": preserve,
+        }))
+    }
+
+    /// What the text checks must say: the tree check, and no key twice (a tree
+    /// keeps the last of a repeated key).
+    fn reference(schema: &Compiled, entries: &[(String, i64)]) -> bool {
+        let mut keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+        keys.sort_unstable();
+        let unique = keys.windows(2).all(|w| w[0] != w[1]);
+        let tree: serde_json::Map<String, Value> =
+            entries.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        unique && conforms(schema, &Value::Object(tree))
+    }
+
+    fn text_of(entries: &[(String, i64)]) -> String {
+        let fields: Vec<String> = entries
+            .iter()
+            .map(|(k, v)| format!("{}:{v}", Value::from(k.as_str())))
+            .collect();
+        format!("{{{}}}", fields.join(","))
+    }
+
+    #[test]
+    fn keys_past_the_first_64_properties_are_checked_for_repeats_and_requirements() {
+        let schema = wide_schema(true);
+        let entries = |keys: &[&str]| -> Vec<(String, i64)> {
+            keys.iter().map(|k| (k.to_string(), 1)).collect()
+        };
+        for (keys, expected) in [
+            (&["p0", "p3", "p66", "extra"][..], true),
+            (&["p0", "p3", "p66", "extra", "p65", "p1"][..], true),
+            (&["p0", "p3", "extra"][..], false),
+            (&["p0", "p66", "extra"][..], false),
+            (&["p0", "p3", "p66"][..], false),
+            (&["p0", "p3", "p66", "extra", "p66"][..], false),
+            (&["p0", "p3", "p66", "extra", "p3"][..], false),
+            (&["p0", "p3", "p66", "extra", "extra"][..], false),
+            (&["p0", "p3", "p66", "extra", "other", "other"][..], false),
+        ] {
+            let entries = entries(keys);
+            assert_eq!(reference(&schema, &entries), expected, "{keys:?}");
+            assert_eq!(
+                conforms_json(&schema, &text_of(&entries)),
+                expected,
+                "{keys:?}"
+            );
+        }
+        let strict = wide_schema(false);
+        let entries = entries(&["p0", "p3", "p66", "extra"]);
+        assert!(
+            !conforms_json(&strict, &text_of(&entries)),
+            "extra is unknown"
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// The text check (a bit per property, a list for the rest) says what the
+        /// tree check says, on objects of known, unknown and repeated keys.
+        #[test]
+        fn the_text_check_of_a_wide_object_agrees_with_the_tree_check(
+            preserve in proptest::prelude::any::<bool>(),
+            picks in proptest::collection::vec((0usize..74, -3i64..3_000_000_000), 0..12),
+        ) {
+            let schema = wide_schema(preserve);
+            let mut entries: Vec<(String, i64)> = picks
+                .iter()
+                .map(|&(i, v)| match i {
+                    70 => ("extra".to_string(), v),
+                    71 => ("other".to_string(), v),
+                    72 | 73 => ("p\\u0036".to_string(), v),
+                    i => (format!("p{i}"), v),
+                })
+                .collect();
+            // Most objects carry what is required, so that the rest is checked.
+            for required in ["p0", "p3", "p66", "extra"] {
+                if picks.len() % 3 != 0 {
+                    entries.push((required.to_string(), 1));
+                }
+            }
+            let text = text_of(&entries).replace("\\\\u0036", "\\u0036");
+            let decoded: Vec<(String, i64)> = entries
+                .iter()
+                .map(|(k, v)| (k.replace("\\u0036", "6"), *v))
+                .collect();
+            proptest::prop_assert_eq!(
+                conforms_json(&schema, &text),
+                reference(&schema, &decoded),
+                "{}", text
+            );
+        }
     }
 }

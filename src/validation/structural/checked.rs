@@ -14,7 +14,7 @@ use std::fmt;
 
 use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::{Compiled, Field, Scalar, conforms_json};
+use super::{Compiled, Field, KeySet, Scalar, Type, conforms_json};
 use crate::api::template::RAW_TOKEN;
 
 /// `T` read from `text`, every value checked against `schema` on the way;
@@ -206,7 +206,7 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Check<'_, V> {
         let Mode::Schema(schema) = self.mode else {
             return Err(fail());
         };
-        if !schema.takes_container("array") {
+        if !schema.takes_container(Type::Array) {
             return Err(fail());
         }
         match schema.item_schema() {
@@ -219,12 +219,11 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Check<'_, V> {
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
         match self.mode {
             Mode::Raw(schema) => self.visitor.visit_map(RawEntries { schema, map }),
-            Mode::Schema(schema) if !schema.takes_container("object") => Err(fail()),
+            Mode::Schema(schema) if !schema.takes_container(Type::Object) => Err(fail()),
             Mode::Schema(schema) if schema.is_object() => self.visitor.visit_map(Entries {
                 schema,
                 map,
-                // One allocation per object: every key it may hold has room.
-                seen: Vec::with_capacity(schema.properties.as_ref().map_or(4, |p| p.len())),
+                seen: KeySet::default(),
                 next: Next::Unknown,
             }),
             // No type: anything but null, and nothing is looked into.
@@ -290,7 +289,7 @@ enum Next<'s> {
 struct Entries<'s, 'de, A> {
     schema: &'s Compiled,
     map: A,
-    seen: Vec<Cow<'de, str>>,
+    seen: KeySet<'de>,
     next: Next<'s>,
 }
 
@@ -308,23 +307,20 @@ impl<'s, 'de, A: MapAccess<'de>> MapAccess<'de> for Entries<'s, 'de, A> {
         })?
         else {
             // Every value seen was checked not null, so present is enough.
-            return if self.schema.has_required(&self.seen) {
+            return if self.seen.has_required(self.schema) {
                 Ok(None)
             } else {
                 Err(fail())
             };
         };
         let key = key.ok_or_else(fail)?;
-        if self.seen.contains(&key) {
-            return Err(fail());
-        }
-        self.next = match self.schema.field(&key) {
-            Field::Schema(sub) => Next::Schema(sub),
-            Field::Preserved { required: true } => Next::NotNull,
-            Field::Preserved { required: false } => Next::Unchecked,
-            Field::Unknown => return Err(fail()),
+        self.next = match self.seen.add(self.schema, key) {
+            Some(Field::Schema(sub)) => Next::Schema(sub),
+            Some(Field::Preserved { required: true }) => Next::NotNull,
+            Some(Field::Preserved { required: false }) => Next::Unchecked,
+            // Unknown, or given twice.
+            Some(Field::Unknown) | None => return Err(fail()),
         };
-        self.seen.push(key);
         Ok(Some(value))
     }
 
