@@ -172,11 +172,22 @@ impl Plan {
     /// Writes nothing, makes no transition, leaves nothing pending and has
     /// nothing for the Deployment manager to do.
     fn calm(&self, manager: Option<&DeploymentManager>, key: &str) -> bool {
-        self.next.is_none()
-            && self.out.transitions.is_empty()
-            && !pending(self.out.states.as_ref())
-            && matches!(&self.decision, Ok(d) if settles(manager, d.as_ref(), key))
+        changes_nothing(
+            self.next.as_ref(),
+            &self.out,
+            matches!(&self.decision, Ok(d) if settles(manager, d.as_ref(), key)),
+        )
     }
+}
+
+/// No status to write, no transition, no instance pending, and the Deployments
+/// `settled`: the Consumer may be skipped until something changes.
+fn changes_nothing(
+    next: Option<&ConsumerStatus>,
+    out: &consumer_step::ConsumerOutput,
+    settled: bool,
+) -> bool {
+    next.is_none() && out.transitions.is_empty() && !pending(out.states.as_ref()) && settled
 }
 
 /// Nothing to write, no rollout to start or under way.
@@ -813,10 +824,7 @@ impl Reconciler {
                 .execute(consumer, decision, rollout, self.sink.as_deref(), now)
                 .await;
         }
-        let quiet = next.is_none()
-            && out.transitions.is_empty()
-            && !pending(out.states.as_ref())
-            && deployments_settled;
+        let quiet = changes_nothing(next.as_ref(), &out, deployments_settled);
         Ok(quiet.then(|| {
             let (refresh_due, waits) = match &spec {
                 Ok(Some(spec)) => {
