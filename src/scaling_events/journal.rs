@@ -344,6 +344,7 @@ pub fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::shared::Shared;
     use proptest::prelude::*;
 
     fn event(n: usize) -> NewEvent {
@@ -453,14 +454,14 @@ mod tests {
     #[test]
     fn a_metrics_outage_and_its_end_are_events_but_not_autoscaled_is_not() {
         let cond = |status: &str, reason: &str| ConsumerStatus {
-            conditions: Some(vec![Condition {
+            conditions: Some(Shared::new(vec![Condition {
                 type_: METRICS_AVAILABLE.into(),
                 status: status.into(),
                 reason: reason.into(),
                 message: "m".into(),
                 last_transition_time: Time(at()),
                 observed_generation: None,
-            }]),
+            }])),
             ..ConsumerStatus::default()
         };
         let ok = cond("True", "MetricsRead");
@@ -485,14 +486,14 @@ mod tests {
             ..ConsumerStatus::default()
         };
         let mut next = Some(ConsumerStatus {
-            conditions: Some(vec![Condition {
+            conditions: Some(Shared::new(vec![Condition {
                 type_: METRICS_AVAILABLE.into(),
                 status: "False".into(),
                 reason: "PrometheusUnavailable".into(),
                 message: "connection refused".into(),
                 last_transition_time: Time(at()),
                 observed_generation: None,
-            }]),
+            }])),
             ..ConsumerStatus::default()
         });
         let types = record(Some(&previous), &mut next, &[], Vec::new(), at());

@@ -653,9 +653,7 @@ mod tests {
         let text = m.encode();
         assert_eq!(text.matches("# TYPE konsumer_instances gauge\n").count(), 1);
         assert!(
-            text.contains(
-                "# HELP konsumer_instances Instances per scaling state, per Consumer.\n"
-            ),
+            text.contains("# HELP konsumer_instances Instances per scaling state, per Consumer.\n"),
             "{text}"
         );
         assert!(instance_series(&text).is_empty(), "{text}");
@@ -684,14 +682,22 @@ mod tests {
         // A state the counts leave out is 0; a Consumer that is gone has no series.
         m.set_instances(
             "streams/billing",
-            Some([("RUNNING", 5), ("RUNNING", 5), ("RUNNING", 5), ("RUNNING", 5)]),
+            Some([
+                ("RUNNING", 5),
+                ("RUNNING", 5),
+                ("RUNNING", 5),
+                ("RUNNING", 5),
+            ]),
         );
         assert_eq!(m.instances.get("streams/billing", "SATURATED"), Some(0));
         m.set_instances("streams/orders", None);
         let text = m.encode();
         let series = instance_series(&text);
         assert_eq!(series.len(), 4, "{text}");
-        assert!(series.iter().all(|l| l.contains("streams/billing")), "{text}");
+        assert!(
+            series.iter().all(|l| l.contains("streams/billing")),
+            "{text}"
+        );
         assert_eq!(m.instances.get("streams/orders", "RUNNING"), None);
         assert_eq!(text.matches("# TYPE konsumer_instances gauge\n").count(), 1);
     }
