@@ -54,8 +54,9 @@ pub struct ConsumerStatus {
     /// The recommendation per instance, injected into new Pods and Deployments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instances: Option<Vec<InstanceStatus>>,
-    /// Shared: a fleet's Consumers mostly hold equal conditions (the same
-    /// outage, the same pass), which the cache keeps once ([`ConsumerStatus::share_conditions`]).
+    // Shared (no doc comment: it would be the CRD's description): a fleet's
+    // Consumers mostly hold equal conditions (the same outage, the same pass),
+    // which the cache keeps once (`ConsumerStatus::share_conditions`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<Shared<Vec<Condition>>>,
     /// The recent scaling events, oldest first, each with its sequence number:

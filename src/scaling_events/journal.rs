@@ -22,14 +22,9 @@ pub const MAX_ENTRIES: usize = 64;
 pub const MAX_BYTES: usize = 256 * 1024;
 
 /// Entries a store that keeps whole journals elsewhere (local mode: its
-/// database) holds in memory per Consumer: the head only. It is what the
-/// reconciler reads (the sequence to count on from; the newest event, which a
-/// retried rollout's `applied` is compared with) and what a subscriber that
-/// keeps up is sent next; a subscriber further behind reads the database (one
-/// read per catch-up). Four entries here were 13.6 MB of the heap at 10,000
-/// Consumers (each entry ~340 bytes, nearly all its data), for subscribers
-/// that local mode rarely has.
-pub const RECENT: usize = 1;
+/// database) holds in memory per Consumer: the head, and the events a subscriber
+/// that keeps up reads, without a read from the database.
+pub const RECENT: usize = 4;
 
 /// The newest [`RECENT`] entries of `journal`.
 pub fn recent(journal: &[JournalEntry]) -> Vec<JournalEntry> {
@@ -553,7 +548,7 @@ mod tests {
     }
 
     #[test]
-    fn a_retried_rollout_is_said_once_from_the_head_a_store_keeps_in_memory() {
+    fn a_retried_rollout_is_said_once_from_the_recent_entries_a_store_keeps_in_memory() {
         // The pass that starts a rollout writes its `applied` last; the retry
         // (the Deployment write failed) comes in the next pass, before that
         // pass's status write: the head is that `applied`.

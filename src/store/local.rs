@@ -19,9 +19,8 @@ use crate::scaling_events::journal;
 const STATUS: TableDefinition<&str, &[u8]> = TableDefinition::new("consumer_status");
 /// Each Consumer's whole scaling-event journal (a JSON list), written in the
 /// same transaction as its status row, which (like the in-memory index) keeps
-/// only the newest `journal::RECENT` entries (the head): full journals of 1,000
-/// Consumers would otherwise sit in memory for the few subscribers that fall
-/// behind.
+/// only the newest `journal::RECENT` entries: full journals of 1,000 Consumers
+/// would otherwise sit in memory for the few subscribers that fall behind.
 /// Status rows of earlier versions hold the whole journal themselves.
 const JOURNAL: TableDefinition<&str, &[u8]> = TableDefinition::new("consumer_journal");
 /// ScalingSubscription statuses (cursors, conditions), keyed `namespace/name`.
