@@ -338,6 +338,7 @@ mod tests {
                     observed_generation: None,
                     last_transition_time: Time("2026-11-22T12:00:00Z".parse().unwrap()),
                 }]
+                .into()
             }),
             ..ConsumerStatus::default()
         }

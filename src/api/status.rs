@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::resource_list::ResourceList;
+use super::shared::{Content, Pool, Shared};
 use super::sync_state::SyncState;
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -53,8 +54,11 @@ pub struct ConsumerStatus {
     /// The recommendation per instance, injected into new Pods and Deployments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instances: Option<Vec<InstanceStatus>>,
+    // Shared (no doc comment: it would be the CRD's description): a fleet's
+    // Consumers mostly hold equal conditions (the same outage, the same pass),
+    // which the cache keeps once (`ConsumerStatus::share_conditions`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub conditions: Option<Vec<Condition>>,
+    pub conditions: Option<Shared<Vec<Condition>>>,
     /// The recent scaling events, oldest first, each with its sequence number:
     /// recorded in the same write as the decision that caused it, delivered to
     /// ScalingSubscriptions from here (bounded, see `scaling_events::journal`).
@@ -220,7 +224,43 @@ mod json_bound {
     }
 }
 
+/// Conditions compared by content, for [`Pool`]ing.
+impl Content for Vec<Condition> {
+    fn hash_content(&self, h: &mut impl std::hash::Hasher) {
+        for c in self {
+            let Condition {
+                last_transition_time,
+                message,
+                observed_generation,
+                reason,
+                status,
+                type_,
+            } = c;
+            for text in [type_, status, reason, message] {
+                h.write(text.as_bytes());
+                h.write_u8(0xff);
+            }
+            h.write_i64(last_transition_time.0.as_second());
+            h.write_i32(last_transition_time.0.subsec_nanosecond());
+            h.write_i64(observed_generation.unwrap_or(i64::MIN));
+        }
+    }
+
+    fn same_content(&self, other: &Self) -> bool {
+        self == other
+    }
+}
+
 impl ConsumerStatus {
+    /// Replaces the conditions with the pool's copy of equal ones. At 10,000
+    /// Consumers whose Prometheus is down, each held the same three conditions
+    /// (6.6 MB of the heap, in their own strings).
+    pub fn share_conditions(&mut self, pool: &Pool<Vec<Condition>>) {
+        if let Some(c) = &mut self.conditions {
+            c.share(pool);
+        }
+    }
+
     /// At least the length of its JSON (`serde_json::to_vec(self)`), counted
     /// without writing it: exact for `lastSyncState`, every string as if each
     /// of its bytes were escaped, every number and time at its longest.
@@ -557,7 +597,7 @@ mod tests {
                         last_sync_time,
                         last_sync_state,
                         instances,
-                        conditions,
+                        conditions: conditions.map(Shared::new),
                         journal,
                     }
                 },
@@ -614,14 +654,17 @@ mod tests {
                 pending: Some(containers),
                 saturation: Some(q),
             }]),
-            conditions: Some(vec![Condition {
-                last_transition_time: t.clone(),
-                message: "\u{1}".into(),
-                observed_generation: Some(i64::MIN),
-                reason: "\u{1}".into(),
-                status: "\u{1}".into(),
-                type_: "\u{1}".into(),
-            }]),
+            conditions: Some(
+                vec![Condition {
+                    last_transition_time: t.clone(),
+                    message: "\u{1}".into(),
+                    observed_generation: Some(i64::MIN),
+                    reason: "\u{1}".into(),
+                    status: "\u{1}".into(),
+                    type_: "\u{1}".into(),
+                }]
+                .into(),
+            ),
             journal: Some(vec![JournalEntry {
                 sequence: i64::MIN,
                 type_: "\u{1}".into(),

@@ -109,7 +109,7 @@ fn item(cached: &CachedConsumer) -> ConsumerItem {
         name: c.metadata.name.clone().unwrap_or_default(),
         instances: instances(cached),
         summary: summary(&status),
-        conditions: status.conditions.unwrap_or_default(),
+        conditions: status.conditions.as_deref().cloned().unwrap_or_default(),
     }
 }
 

@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::spec::{ScalingSpec, autoscaler_disabled};
 use super::status::{self, METRICS_AVAILABLE, RECONCILED};
 use super::step::{Metrics, Restored, StepInput, Transition, step};
+use crate::api::shared::Shared;
 use crate::api::{Consumer, ConsumerStatus, PartitionState, ScalingState, SyncState};
 use crate::inject::ConsumerSettings;
 
@@ -142,7 +143,7 @@ pub fn reconcile(input: ConsumerInput<'_>) -> ConsumerOutput {
     let generation = consumer.metadata.generation;
     let empty = ConsumerStatus::default();
     let previous = consumer.status.as_ref().unwrap_or(&empty);
-    let mut conditions: Vec<Condition> = previous.conditions.clone().unwrap_or_default();
+    let mut conditions: Shared<Vec<Condition>> = previous.conditions.clone().unwrap_or_default();
     let mut sync: Option<(Option<SyncState>, Time)> = None;
     let mut instances = None;
     let mut lagging = Vec::new();
@@ -709,7 +710,7 @@ mod tests {
             last_sync_state: Some(SyncState::from_partitions(
                 &(0..10).map(|p| (p, PartitionState::default())).collect(),
             )),
-            conditions: Some(conditions),
+            conditions: Some(conditions.into()),
             ..ConsumerStatus::default()
         };
         assert!(status.json_len_bound() > STATUS_MAX_BYTES);

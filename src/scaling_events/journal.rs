@@ -339,6 +339,7 @@ pub fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::shared::Shared;
     use proptest::prelude::*;
 
     fn event(n: usize) -> NewEvent {
@@ -448,14 +449,14 @@ mod tests {
     #[test]
     fn a_metrics_outage_and_its_end_are_events_but_not_autoscaled_is_not() {
         let cond = |status: &str, reason: &str| ConsumerStatus {
-            conditions: Some(vec![Condition {
+            conditions: Some(Shared::new(vec![Condition {
                 type_: METRICS_AVAILABLE.into(),
                 status: status.into(),
                 reason: reason.into(),
                 message: "m".into(),
                 last_transition_time: Time(at()),
                 observed_generation: None,
-            }]),
+            }])),
             ..ConsumerStatus::default()
         };
         let ok = cond("True", "MetricsRead");
@@ -480,14 +481,14 @@ mod tests {
             ..ConsumerStatus::default()
         };
         let mut next = Some(ConsumerStatus {
-            conditions: Some(vec![Condition {
+            conditions: Some(Shared::new(vec![Condition {
                 type_: METRICS_AVAILABLE.into(),
                 status: "False".into(),
                 reason: "PrometheusUnavailable".into(),
                 message: "connection refused".into(),
                 last_transition_time: Time(at()),
                 observed_generation: None,
-            }]),
+            }])),
             ..ConsumerStatus::default()
         });
         let types = record(Some(&previous), &mut next, &[], Vec::new(), at());
@@ -544,6 +545,22 @@ mod tests {
         // Another instance, or the same one rolled to something else, is new.
         assert!(from_rollout(&rollout(0, "2"), &j).is_some());
         assert!(from_rollout(&rollout(1, "3"), &j).is_some());
+    }
+
+    #[test]
+    fn a_retried_rollout_is_said_once_from_the_recent_entries_a_store_keeps_in_memory() {
+        // The pass that starts a rollout writes its `applied` last; the retry
+        // (the Deployment write failed) comes in the next pass, before that
+        // pass's status write: the head is that `applied`.
+        let mut j = Vec::new();
+        append(&mut j, (0..10).map(event).collect(), at());
+        let applied = from_rollout(&rollout(1, "2"), &recent(&j)).unwrap();
+        append(&mut j, vec![event(11), applied], at());
+        let kept = recent(&j);
+        assert_eq!(kept.len(), RECENT);
+        assert_eq!(head(&kept), head(&j));
+        assert_eq!(from_rollout(&rollout(1, "2"), &kept), None);
+        assert!(from_rollout(&rollout(1, "3"), &kept).is_some());
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! is resolved once (`ConsumerSettings`) when it changes, not per request.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use tokio::sync::watch;
 
+use crate::api::shared::Pool;
 use crate::api::{Consumer, ConsumerStatus};
 use crate::inject::ConsumerSettings;
 use crate::inject::settings::SettingsError;
@@ -53,8 +55,18 @@ fn kept(mut consumer: Consumer) -> Consumer {
     if let Some(annotations) = &mut consumer.metadata.annotations {
         annotations.remove(LAST_APPLIED);
     }
-    consumer.share_parts();
+    share(&mut consumer);
     consumer
+}
+
+/// The Consumer's parts shared with the other cached Consumers: those
+/// [`Consumer::share_parts`] shares, and the status' conditions.
+fn share(consumer: &mut Consumer) {
+    static CONDITIONS: LazyLock<Pool<Vec<Condition>>> = LazyLock::new(Pool::default);
+    consumer.share_parts();
+    if let Some(status) = &mut consumer.status {
+        status.share_conditions(&CONDITIONS);
+    }
 }
 
 type Namespaces = HashMap<String, HashMap<String, Arc<CachedConsumer>>>;
@@ -117,7 +129,7 @@ impl ConsumerIndex {
             };
             let mut consumer = (*slot.consumer).clone();
             consumer.status = Some(status);
-            consumer.share_parts();
+            share(&mut consumer);
             *slot = Arc::new(CachedConsumer::of_kept(consumer));
             true
         };
@@ -215,6 +227,7 @@ impl ConsumerIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::shared::Shared;
 
     fn consumer(ns: &str, name: &str, partitions: i32) -> Consumer {
         let mut c = Consumer::new(name, Default::default());
@@ -345,5 +358,74 @@ mod tests {
         // The same object listed again is the same cached entry.
         index.replace_all(vec![c]);
         assert!(Arc::ptr_eq(&cached, &index.get("a", "x").unwrap()));
+    }
+
+    #[test]
+    fn equal_conditions_of_cached_consumers_are_held_once_and_changed_apart() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let condition = |message: &str| Condition {
+            type_: "MetricsAvailable".into(),
+            status: "False".into(),
+            reason: "PrometheusUnavailable".into(),
+            message: message.into(),
+            last_transition_time: Time("2026-11-30T12:00:00Z".parse().unwrap()),
+            observed_generation: Some(1),
+        };
+        let status = |message: &str| ConsumerStatus {
+            conditions: Some(vec![condition(message)].into()),
+            ..ConsumerStatus::default()
+        };
+        let index = ConsumerIndex::new();
+        index.upsert(consumer("a", "x", 3));
+        index.upsert(consumer("a", "y", 3));
+        let mut loaded = consumer("a", "z", 3);
+        loaded.status = Some(status("connection refused"));
+        index.upsert(loaded);
+        index.set_status("a", "x", status("connection refused"));
+        index.set_status("a", "y", status("connection refused"));
+        let held = |name: &str| {
+            index
+                .get("a", name)
+                .unwrap()
+                .consumer
+                .status
+                .as_ref()
+                .unwrap()
+                .conditions
+                .clone()
+                .unwrap()
+        };
+        assert!(Shared::ptr_eq(&held("x"), &held("y")));
+        assert!(
+            Shared::ptr_eq(&held("x"), &held("z")),
+            "a status read with its Consumer too"
+        );
+
+        // A change to one copy is that Consumer's alone.
+        let mut next = index
+            .get("a", "y")
+            .unwrap()
+            .consumer
+            .status
+            .clone()
+            .unwrap();
+        next.conditions.as_mut().unwrap()[0].message = "timeout".into();
+        index.set_status("a", "y", next);
+        assert_eq!(held("y")[0].message, "timeout");
+        assert_eq!(held("x")[0].message, "connection refused");
+        assert_eq!(held("z")[0].message, "connection refused");
+        assert_eq!(
+            serde_json::to_value(
+                index
+                    .get("a", "x")
+                    .unwrap()
+                    .consumer
+                    .status
+                    .as_ref()
+                    .unwrap()
+            )
+            .unwrap(),
+            serde_json::to_value(status("connection refused")).unwrap()
+        );
     }
 }

@@ -1,12 +1,17 @@
 //! One Prometheus registry, metric names prefixed `konsumer_`, label values from
 //! closed enums (never a pod name or a uid).
 
-use std::sync::OnceLock;
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock, RwLock};
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
+};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
@@ -109,11 +114,69 @@ pub struct AddressLabel {
     pub address: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct InstanceStateLabels {
-    /// `namespace/name` of the Consumer.
-    pub consumer: String,
-    pub state: String,
+/// The scaling states `konsumer_instances` counts, in the order of
+/// [`InstanceGauges`]' counts.
+const INSTANCE_STATES: [&str; 4] = [
+    "RUNNING",
+    "PENDING_SCALE_UP",
+    "PENDING_SCALE_DOWN",
+    "SATURATED",
+];
+
+/// `konsumer_instances{consumer, state}`: per Consumer its key once and its four
+/// counts, encoded as the four series at each scrape. A `Family` kept a label set
+/// per Consumer and state, each with its own two strings, and a gauge each: 6.0 MB
+/// of the heap at 10,000 Consumers, and eight strings made per Consumer per pass.
+#[derive(Clone, Debug, Default)]
+pub struct InstanceGauges(Arc<RwLock<BTreeMap<Box<str>, [i64; 4]>>>);
+
+impl InstanceGauges {
+    fn set(&self, consumer: &str, counts: Option<[(&str, i64); 4]>) {
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let Some(counts) = counts else {
+            map.remove(consumer);
+            return;
+        };
+        let values = INSTANCE_STATES.map(|state| {
+            counts
+                .iter()
+                .find(|(s, _)| *s == state)
+                .map_or(0, |(_, n)| *n)
+        });
+        match map.get_mut(consumer) {
+            Some(v) => *v = values,
+            None => {
+                map.insert(consumer.into(), values);
+            }
+        }
+    }
+
+    /// The count of one Consumer in one state (`None`: no such series).
+    pub fn get(&self, consumer: &str, state: &str) -> Option<i64> {
+        let i = INSTANCE_STATES.iter().position(|s| *s == state)?;
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        map.get(consumer).map(|v| v[i])
+    }
+}
+
+impl Collector for InstanceGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let mut metric = encoder.encode_descriptor(
+            "instances",
+            // With the full stop `Registry::register` adds to a metric's help.
+            "Instances per scaling state, per Consumer.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (consumer, counts) in map.iter() {
+            for (state, n) in INSTANCE_STATES.iter().zip(counts) {
+                let labels = [("consumer", &**consumer), ("state", *state)];
+                ConstGauge::new(*n).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -198,7 +261,7 @@ pub struct Metrics {
     pub reconcile_pass_duration: Histogram,
     pub reconcile_errors: Family<ReasonLabel, Counter>,
     pub prometheus_failing_consumers: Gauge,
-    pub instances: Family<InstanceStateLabels, Gauge>,
+    pub instances: InstanceGauges,
     pub transitions: Family<EventLabel, Counter>,
     pub leader: Gauge,
     pub events_journaled: Family<TypeLabel, Counter>,
@@ -304,12 +367,8 @@ impl Default for Metrics {
             "Consumers whose last Prometheus read failed (their MetricsAvailable condition says why)",
             prometheus_failing_consumers.clone(),
         );
-        let instances = Family::<InstanceStateLabels, Gauge>::default();
-        registry.register(
-            "instances",
-            "Instances per scaling state, per Consumer",
-            instances.clone(),
-        );
+        let instances = InstanceGauges::default();
+        registry.register_collector(Box::new(instances.clone()));
         let transitions = Family::<EventLabel, Counter>::default();
         registry.register(
             "scaling_transitions",
@@ -471,29 +530,7 @@ impl Metrics {
 
     /// Sets the instance-per-state gauges of one Consumer (`None`: it is gone).
     pub fn set_instances(&self, consumer: &str, counts: Option<[(&str, i64); 4]>) {
-        for state in [
-            "RUNNING",
-            "PENDING_SCALE_UP",
-            "PENDING_SCALE_DOWN",
-            "SATURATED",
-        ] {
-            let labels = InstanceStateLabels {
-                consumer: consumer.to_string(),
-                state: state.to_string(),
-            };
-            match counts {
-                Some(counts) => {
-                    let n = counts
-                        .iter()
-                        .find(|(s, _)| *s == state)
-                        .map_or(0, |(_, n)| *n);
-                    self.instances.get_or_create(&labels).set(n);
-                }
-                None => {
-                    self.instances.remove(&labels);
-                }
-            }
-        }
+        self.instances.set(consumer, counts);
     }
 
     pub fn count_deployment_write(&self, change: &str, ok: bool) {
@@ -594,5 +631,74 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), ADMISSION_SERIES);
+    }
+
+    fn instance_series(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter(|l| l.starts_with("konsumer_instances{"))
+            .collect()
+    }
+
+    #[test]
+    fn instance_gauges_are_four_series_per_consumer_set_in_place_and_gone_with_it() {
+        let m = Metrics::default();
+        let counts = |running, up, saturated| {
+            Some([
+                ("RUNNING", running),
+                ("PENDING_SCALE_UP", up),
+                ("PENDING_SCALE_DOWN", 0),
+                ("SATURATED", saturated),
+            ])
+        };
+        let text = m.encode();
+        assert_eq!(text.matches("# TYPE konsumer_instances gauge\n").count(), 1);
+        assert!(
+            text.contains("# HELP konsumer_instances Instances per scaling state, per Consumer.\n"),
+            "{text}"
+        );
+        assert!(instance_series(&text).is_empty(), "{text}");
+
+        m.set_instances("streams/orders", counts(3, 1, 0));
+        m.set_instances("streams/billing", counts(1, 0, 2));
+        m.set_instances("streams/orders", counts(2, 2, 0));
+        let text = m.encode();
+        let mut series = instance_series(&text);
+        series.sort_unstable();
+        assert_eq!(
+            series,
+            [
+                r#"konsumer_instances{consumer="streams/billing",state="PENDING_SCALE_DOWN"} 0"#,
+                r#"konsumer_instances{consumer="streams/billing",state="PENDING_SCALE_UP"} 0"#,
+                r#"konsumer_instances{consumer="streams/billing",state="RUNNING"} 1"#,
+                r#"konsumer_instances{consumer="streams/billing",state="SATURATED"} 2"#,
+                r#"konsumer_instances{consumer="streams/orders",state="PENDING_SCALE_DOWN"} 0"#,
+                r#"konsumer_instances{consumer="streams/orders",state="PENDING_SCALE_UP"} 2"#,
+                r#"konsumer_instances{consumer="streams/orders",state="RUNNING"} 2"#,
+                r#"konsumer_instances{consumer="streams/orders",state="SATURATED"} 0"#,
+            ]
+        );
+        assert_eq!(m.instances.get("streams/orders", "RUNNING"), Some(2));
+
+        // A state the counts leave out is 0; a Consumer that is gone has no series.
+        m.set_instances(
+            "streams/billing",
+            Some([
+                ("RUNNING", 5),
+                ("RUNNING", 5),
+                ("RUNNING", 5),
+                ("RUNNING", 5),
+            ]),
+        );
+        assert_eq!(m.instances.get("streams/billing", "SATURATED"), Some(0));
+        m.set_instances("streams/orders", None);
+        let text = m.encode();
+        let series = instance_series(&text);
+        assert_eq!(series.len(), 4, "{text}");
+        assert!(
+            series.iter().all(|l| l.contains("streams/billing")),
+            "{text}"
+        );
+        assert_eq!(m.instances.get("streams/orders", "RUNNING"), None);
+        assert_eq!(text.matches("# TYPE konsumer_instances gauge\n").count(), 1);
     }
 }
