@@ -490,6 +490,7 @@ impl Digests {
         self.elsewhere.remove(path);
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.placed.values().map(HashSet::len).sum::<usize>() + self.elsewhere.len()
     }
