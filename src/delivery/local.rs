@@ -4,6 +4,7 @@
 //! mode is `--lease-namespace` (`POD_NAMESPACE`, default `default`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -15,7 +16,7 @@ use serde_json::Value;
 use super::{SecretValue, SourceError, SubscriptionSource};
 use crate::api::subscription::SUBSCRIPTION_GROUP;
 use crate::api::{JournalEntry, ScalingSubscription, SubscriptionStatus};
-use crate::store::local::{ApiTable, LocalStore, RELIST_AT_LEAST_EVERY, find_path, manifest_paths};
+use crate::store::local::{ApiTable, LocalStore, RELIST_AT_LEAST_EVERY, manifest_paths};
 
 type Stamp = Option<(SystemTime, u64)>;
 
@@ -31,7 +32,8 @@ struct FileDocs {
 
 #[derive(Default)]
 struct Cache {
-    files: HashMap<PathBuf, FileDocs>,
+    /// By file name (not path: 10,000 Consumer files at scale).
+    files: HashMap<OsString, Seen>,
     /// The files that hold any of the kinds read here, in listing order, as
     /// of the last listing (most files of a fleet's directory hold Consumers
     /// only: 10,000 of them at scale).
@@ -56,6 +58,13 @@ pub struct LocalSubscriptions {
 struct ApiObjects {
     subscriptions: BTreeMap<String, ScalingSubscription>,
     secrets: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// A file as last read: its stamp, and what it holds of the kinds read here
+/// (`None`: nothing, like most files of a fleet's directory: kept small).
+struct Seen {
+    stamp: Stamp,
+    docs: Option<Box<FileDocs>>,
 }
 
 impl FileDocs {
@@ -191,23 +200,31 @@ impl LocalSubscriptions {
         let paths = std::fs::read_dir(&self.dir)
             .map(manifest_paths)
             .unwrap_or_default();
-        // A lookup per cached file in the sorted listing, not a scan of it
-        // (quadratic: the largest share of an idle tick at 10,000 files).
-        cache.files.retain(|p, _| find_path(&paths, p).is_some());
+        // Made afresh, sized as the last one: a file no longer listed is
+        // forgotten with it.
+        let mut files = HashMap::with_capacity(cache.files.len());
         let mut found = Vec::new();
         for path in paths {
+            let Some(name) = path.file_name() else {
+                continue;
+            };
             let now = stamp(&path);
-            let fresh = cache
-                .files
-                .get(&path)
-                .is_some_and(|f| now.is_some() && f.stamp == now);
-            if !fresh {
-                cache.files.insert(path.clone(), parse_file(&path));
+            let seen = match cache.files.remove(name) {
+                Some(f) if now.is_some() && f.stamp == now => f,
+                _ => {
+                    let docs = parse_file(&path);
+                    Seen {
+                        stamp: docs.stamp,
+                        docs: docs.holds_any().then(|| Box::new(docs)),
+                    }
+                }
+            };
+            if let Some(docs) = &seen.docs {
+                found.push((**docs).clone());
             }
-            if let Some(f) = cache.files.get(&path).filter(|f| f.holds_any()) {
-                found.push(f.clone());
-            }
+            files.insert(name.to_os_string(), seen);
         }
+        cache.files = files;
         cache.found = found.into();
         cache.listed = Some((changes, Instant::now()));
         cache.listings += 1;

@@ -14,11 +14,14 @@ use super::decide::{Decision, InFlight};
 use crate::api::Consumer;
 
 /// How a listed Deployment's version is known: objects of the API server by
-/// their `resourceVersion` (local mode: the manifest file's stamp); any other
-/// object (a labelled workload read from a file) by its whole text.
+/// their `resourceVersion`; local mode's manifests by their file's stamp (kept
+/// as numbers: 40,000 of them at 10,000 Consumers); any other object (a
+/// labelled workload read from a file) by its whole text.
 #[derive(Clone, Copy, Debug)]
 pub enum Version<'a> {
     Resource(&'a str),
+    /// Modification time (ns since the epoch) and length.
+    Stamp(u64, u64),
     Whole(&'a Value),
 }
 
@@ -48,6 +51,7 @@ pub fn fingerprint<'a>(
         name.hash(&mut h);
         match version {
             Version::Resource(rv) => rv.hash(&mut h),
+            Version::Stamp(modified, len) => (modified, len).hash(&mut h),
             Version::Whole(d) => d.to_string().hash(&mut h),
         }
     }

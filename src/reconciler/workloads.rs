@@ -1,6 +1,7 @@
 //! The labelled Deployments and Pods konsumer can see, for the status counters.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -99,13 +100,17 @@ impl WorkloadSource for KubeWorkloads {
 /// most of an idle konsumer's CPU.
 pub struct LocalWorkloads {
     pub dir: PathBuf,
-    files: Arc<Mutex<HashMap<PathBuf, ParsedFile>>>,
+    files: Arc<Mutex<ParsedFiles>>,
     /// The Consumer store, whose watcher of the same directory tells when it
     /// changed: an unchanged directory is not listed again (10,000 `stat`s a
     /// pass at 10,000 Consumers) but at least every [`crate::store::local::RELIST_AT_LEAST_EVERY`].
     store: Option<Arc<LocalStore>>,
     last: Arc<KeptListing<WorkloadMap>>,
 }
+
+/// The files of the directory as last read, by file name (not path: 10,000
+/// Consumer files at scale, each name kept once and small).
+type ParsedFiles = HashMap<OsString, ParsedFile>;
 
 /// The workloads of one file, as of its modification time and size.
 struct ParsedFile {
@@ -141,34 +146,33 @@ fn is_workload(doc: &Value) -> bool {
     )
 }
 
-fn read_local(
-    dir: &Path,
-    files: &mut HashMap<PathBuf, ParsedFile>,
-) -> Result<WorkloadMap, StoreError> {
+fn read_local(dir: &Path, files: &mut ParsedFiles) -> Result<WorkloadMap, StoreError> {
     let mut map = WorkloadMap::new();
     let entries = std::fs::read_dir(dir).map_err(|source| StoreError::Io {
         path: dir.display().to_string(),
         source,
     })?;
-    let mut present = HashSet::new();
+    // Made afresh, sized as the last one: a file no longer there is
+    // forgotten with it.
+    let mut next = ParsedFiles::with_capacity(files.len());
     for entry in entries.filter_map(Result::ok) {
-        let path = entry.path();
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-        let hidden = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_none_or(|n| n.starts_with('.'));
+        let name = entry.file_name();
+        let ext = Path::new(&name)
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("");
+        let hidden = name.to_str().is_none_or(|n| n.starts_with('.'));
         if hidden || !matches!(ext, "yaml" | "yml" | "json") {
             continue;
         }
+        let path = entry.path();
         let Some(stamp) = std::fs::metadata(&path)
             .ok()
             .and_then(|m| Some((m.modified().ok()?, m.len())))
         else {
             continue;
         };
-        present.insert(path.clone());
-        let parsed = match files.get(&path) {
+        let parsed = match files.remove(&name) {
             Some(p) if p.stamp == stamp => p,
             _ => {
                 let workloads = std::fs::read_to_string(&path)
@@ -176,15 +180,15 @@ fn read_local(
                     .and_then(|text| serde_saphyr::from_multiple::<Value>(&text).ok())
                     .map(|docs| docs.into_iter().filter(is_workload).collect())
                     .unwrap_or_default();
-                files.insert(path.clone(), ParsedFile { stamp, workloads });
-                &files[&path]
+                ParsedFile { stamp, workloads }
             }
         };
         for doc in &parsed.workloads {
             group(&mut map, doc.clone(), "default");
         }
+        next.insert(name, parsed);
     }
-    files.retain(|p, _| present.contains(p));
+    *files = next;
     Ok(map)
 }
 

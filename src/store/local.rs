@@ -73,7 +73,8 @@ struct CachedFile {
 }
 
 /// Parsed files of the local directory: a rescan re-parses only what changed.
-pub type FileCache = HashMap<PathBuf, CachedFileEntry>;
+/// By file name, not path (10,000 Consumer files at scale).
+pub type FileCache = HashMap<std::ffi::OsString, CachedFileEntry>;
 
 /// Opaque entry of a [`FileCache`].
 #[derive(Clone, Debug, Default)]
@@ -122,8 +123,10 @@ pub fn scan_dir(
     })?;
     let paths = manifest_paths(read_dir);
     let probes: Vec<Probe> = paths.iter().map(|p| probe(p)).collect();
+    let name = |p: &Path| p.file_name().unwrap_or_default().to_os_string();
     let seen_before = |p: &PathBuf, now: &Probe| {
-        cache.get(p).is_some_and(|e| match now {
+        let cached = p.file_name().and_then(|n| cache.get(n));
+        cached.is_some_and(|e| match now {
             Probe::Regular(s) => s.is_some() && e.0.stamp == *s && e.0.skipped.is_none(),
             Probe::Skipped(why) => e.0.skipped.as_deref() == Some(why.as_str()),
         })
@@ -139,13 +142,13 @@ pub fn scan_dir(
     // Consumers defined by files that changed or went away: whichever file
     // defines them too must be read again, not taken from the index.
     let mut stale: HashSet<(String, String)> = HashSet::new();
-    for (path, entry) in cache.iter() {
-        let still = find_path(&paths, path).is_some_and(|i| seen_before(path, &probes[i]));
+    for (file, entry) in cache.iter() {
+        let still = find_name(&paths, file).is_some_and(|i| seen_before(&paths[i], &probes[i]));
         if !still {
             stale.extend(entry.0.keys.iter().cloned());
         }
     }
-    cache.retain(|p, _| find_path(&paths, p).is_some());
+    cache.retain(|file, _| find_name(&paths, file).is_some());
     let mut consumers = Vec::new();
     let mut problems = Vec::new();
     let mut seen = HashSet::new();
@@ -153,7 +156,7 @@ pub fn scan_dir(
         let now = match now {
             Probe::Skipped(why) => {
                 cache.insert(
-                    path.clone(),
+                    name(&path),
                     CachedFileEntry(CachedFile {
                         skipped: Some(why.clone()),
                         ..CachedFile::default()
@@ -164,7 +167,7 @@ pub fn scan_dir(
             }
             Probe::Regular(now) => now,
         };
-        let entry = cache.entry(path.clone()).or_default();
+        let entry = cache.entry(name(&path)).or_default();
         let unchanged = now.is_some()
             && entry.0.stamp == now
             && entry.0.skipped.is_none()
@@ -271,10 +274,11 @@ pub(crate) fn manifest_paths(read_dir: std::fs::ReadDir) -> Vec<PathBuf> {
     paths
 }
 
-/// Where `path` is in a listing sorted by [`manifest_paths`].
-pub(crate) fn find_path(paths: &[PathBuf], path: &Path) -> Option<usize> {
+/// Where the file `name` is in a listing of one directory sorted by
+/// [`manifest_paths`] (its paths share their directory: sorted by name too).
+fn find_name(paths: &[PathBuf], name: &std::ffi::OsStr) -> Option<usize> {
     paths
-        .binary_search_by(|p| p.as_os_str().cmp(path.as_os_str()))
+        .binary_search_by(|p| p.file_name().unwrap_or_default().cmp(name))
         .ok()
 }
 
