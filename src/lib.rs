@@ -10,8 +10,11 @@
 //! - [`server`]: listeners, TLS, admin endpoints, one shutdown signal.
 //! - [`manifest`]: reading the YAML a user hands konsumer, within limits.
 //! - [`cli`]: the `konsumer` command line.
+//! - `allocator`: jemalloc, with buffers of a few pages kept in place across shrink and growth.
 
 pub mod admission;
+#[cfg(not(target_env = "msvc"))]
+pub mod allocator;
 pub mod api;
 pub mod cli;
 pub mod config;

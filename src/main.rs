@@ -5,11 +5,13 @@ use clap::Parser;
 
 // jemalloc, returning freed memory within a second, two arenas: measured (see
 // BENCHMARKS.md) to hold less memory than glibc's malloc at 1,000 and 10,000
-// Consumers, whose arenas kept tens of MB of freed chunks. The feature
-// `system-allocator` leaves it out, so that heaptrack sees every allocation.
+// Consumers, whose arenas kept tens of MB of freed chunks; with buffers of a few
+// pages kept in place when shrunk and grown again (rustls's receive buffer, every
+// large review: `konsumer::allocator`). The feature `system-allocator` leaves it
+// out, so that heaptrack sees every allocation.
 #[cfg(not(any(target_env = "msvc", feature = "system-allocator")))]
 #[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static ALLOCATOR: konsumer::allocator::Allocator = konsumer::allocator::Allocator;
 
 #[cfg(not(any(target_env = "msvc", feature = "system-allocator")))]
 #[allow(non_upper_case_globals)]

@@ -58,7 +58,7 @@ impl Ops for PatchText {
 
 /// A JSON string as serde_json writes it: only `"`, `\` and control characters escaped.
 pub fn string(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if plain(s.as_bytes()) {
         out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
@@ -67,6 +67,32 @@ pub fn string(out: &mut Vec<u8>, s: &str) {
         // Writing a string into a Vec cannot fail.
         out.extend_from_slice(b"null");
     }
+}
+
+/// Whether `s` has no quote, backslash or control character: eight bytes at a time
+/// (a byte at a time cost about a twentieth of a large Pod's decision).
+fn plain(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // Each is non-zero exactly when some byte of the word matches.
+    let eq = |w: u64, byte: u8| {
+        let x = w ^ (ONES * u64::from(byte));
+        x.wrapping_sub(ONES) & !x & HIGHS
+    };
+    let below_space = |w: u64| w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+    let mut chunks = s.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        if (eq(w, b'"') | eq(w, b'\\') | below_space(w)) != 0 {
+            return false;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
 }
 
 fn write_val(out: &mut Vec<u8>, value: Val<'_>) {
@@ -168,4 +194,34 @@ pub(crate) fn val_bytes(value: Val<'_>) -> Vec<u8> {
     let mut out = Vec::new();
     write_val(&mut out, value);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_string_is_escaped_wherever_its_quote_backslash_or_control_character_is() {
+        for len in 0..20 {
+            for at in 0..len {
+                for bad in [b'"', b'\\', 0x00, 0x1F, b'\n'] {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = bad;
+                    assert!(!plain(&bytes), "{bad:#x} at {at} of {len}");
+                    let text = String::from_utf8(bytes).unwrap();
+                    let mut out = Vec::new();
+                    string(&mut out, &text);
+                    assert_eq!(out, serde_json::to_vec(&text).unwrap());
+                }
+            }
+            // Bytes next to the stops, and multi-byte UTF-8, are plain.
+            for good in [" ", "!", "#", "[", "]", "~", "\u{7f}", "é", "日"] {
+                let text = good.repeat(len);
+                assert!(plain(text.as_bytes()), "{text:?}");
+                let mut out = Vec::new();
+                string(&mut out, &text);
+                assert_eq!(out, serde_json::to_vec(&text).unwrap());
+            }
+        }
+    }
 }
