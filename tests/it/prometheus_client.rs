@@ -11,6 +11,7 @@ use konsumer::reconciler::prometheus::{PromClient, PromError};
 use konsumer::telemetry::Metrics;
 
 use crate::prometheus_harness::{Exporter, Prometheus};
+use crate::support::serve_http as serve;
 
 /// One series with `partition="3"` and value 42, without any scraped data.
 const QUERY: &str = r#"label_replace(vector(42), "partition", "3", "", "")"#;
@@ -18,15 +19,6 @@ const QUERY: &str = r#"label_replace(vector(42), "partition", "3", "", "")"#;
 fn client(timeout: Duration) -> (PromClient, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::default());
     (PromClient::new(timeout, metrics.clone()).unwrap(), metrics)
-}
-
-async fn serve(app: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    format!("http://{addr}")
 }
 
 #[tokio::test]

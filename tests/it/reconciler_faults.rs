@@ -51,9 +51,14 @@ impl WorkloadSource for NoWorkloads {
 }
 
 fn consumer(name: &str) -> Consumer {
+    // Prometheus down: the status still changes (its condition says so).
+    consumer_at(name, "http://127.0.0.1:9")
+}
+
+/// The orders Consumer named `name`, reading the Prometheus at `address`.
+fn consumer_at(name: &str, address: &str) -> Consumer {
     let mut c: Consumer = serde_saphyr::from_str(&orders_yaml()).unwrap();
     c.metadata.name = Some(name.into());
-    // Prometheus down: the status still changes (its condition says so).
     if let Some(p) = c
         .spec
         .autoscaler
@@ -61,7 +66,7 @@ fn consumer(name: &str) -> Consumer {
         .map(konsumer::api::Shared::make_mut)
         .and_then(|a| a.prometheus.as_mut())
     {
-        p.address = Some(vec!["http://127.0.0.1:9".into()]);
+        p.address = Some(vec![address.into()]);
     }
     c
 }
@@ -198,6 +203,18 @@ impl std::io::Write for Lines {
 }
 
 impl Lines {
+    /// This thread's INFO and higher log lines, while the guard lives.
+    fn capture() -> (Lines, tracing::subscriber::DefaultGuard) {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        (lines, tracing::subscriber::set_default(subscriber))
+    }
+
     fn count(&self, level: &str, text: &str) -> usize {
         String::from_utf8_lossy(&self.0.lock().unwrap())
             .lines()
@@ -208,14 +225,7 @@ impl Lines {
 
 #[tokio::test]
 async fn one_prometheus_outage_is_logged_once_and_unchanged_consumers_are_skipped() {
-    let lines = Lines::default();
-    let writer = lines.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (lines, _guard) = Lines::capture();
 
     let index = ConsumerIndex::new();
     for name in ["alpha", "bravo", "charlie"] {
@@ -338,43 +348,21 @@ async fn flaky_prometheus(
         "/api/v1/query",
         axum::routing::post(answer.clone()).get(answer),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    format!("http://{addr}")
+    crate::support::serve_http(app).await
 }
 
 #[tokio::test]
 async fn a_hundred_consumers_behind_one_down_prometheus_cost_one_probe_a_period_and_all_read_again_when_it_answers()
  {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let lines = Lines::default();
-    let writer = lines.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (lines, _guard) = Lines::capture();
 
     let up = Arc::new(AtomicBool::new(false));
     let queries = Arc::new(Mutex::new(0));
     let address = flaky_prometheus(up.clone(), queries.clone()).await;
     let index = ConsumerIndex::new();
     for i in 0..100 {
-        let mut c = consumer(&format!("orders-{i:03}"));
-        if let Some(p) = c
-            .spec
-            .autoscaler
-            .as_mut()
-            .map(konsumer::api::Shared::make_mut)
-            .and_then(|a| a.prometheus.as_mut())
-        {
-            p.address = Some(vec![address.clone()]);
-        }
-        index.upsert(c);
+        index.upsert(consumer_at(&format!("orders-{i:03}"), &address));
     }
     let store = Arc::new(IndexStore {
         index: index.clone(),

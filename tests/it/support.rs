@@ -9,6 +9,17 @@ use konsumer::server::{self, Running};
 use konsumer::store::ConsumerIndex;
 use serde_json::Value;
 
+/// Serves `app` over plain HTTP on a loopback port (a stand-in for a server
+/// konsumer talks to); its base URL.
+pub async fn serve_http(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
 /// Runs the built `konsumer` binary with `args`, expects success, and parses its
 /// standard output as JSON.
 pub fn konsumer_json(args: &[&std::ffi::OsStr]) -> Value {
